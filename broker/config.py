@@ -1,0 +1,165 @@
+"""Lanner's settings: one pydantic-settings object, ``LANNER_*`` environment variables.
+
+Defaults point at embedded mode. ``lanner services up`` writes the addresses of the services it
+started into ``<state_dir>/services.json``; while that file exists, every later ``lanner`` command
+and the test suite read it, so they use those services with no further settings. Explicit
+environment variables still win over it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SERVICES_FILE = "services.json"
+
+
+class Backend(enum.StrEnum):
+    """Where the broker keeps its queues and its archive."""
+
+    embedded = "embedded"
+    """One process, an in-process queue and SQLite: no servers."""
+
+    services = "services"
+    """Kafka, Cassandra and MariaDB shard servers."""
+
+
+class LogFormat(enum.StrEnum):
+    """How log lines are rendered."""
+
+    console = "console"
+    json = "json"
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "lanner"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lanner"
+
+
+def _repo_deploy_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "deploy"
+
+
+class _ServicesFileSource(PydanticBaseSettingsSource):
+    """Reads the addresses that ``lanner services up`` recorded, if any."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        state_dir = os.environ.get("LANNER_STATE_DIR")
+        path = (Path(state_dir) if state_dir else _default_state_dir()) / SERVICES_FILE
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return recorded.get("settings", {}) if isinstance(recorded, dict) else {}
+
+
+class Settings(BaseSettings):
+    """Every setting of Lanner. Each field reads the environment variable ``LANNER_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LANNER_", env_file=".env", extra="ignore")
+
+    backend: Backend = Field(Backend.embedded, description="Queues and stores to use.")
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Folder holding the data, logs and pid files of the local services.",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Folder caching downloads (the Kafka and Cassandra jars).",
+    )
+    deploy_dir: Path = Field(
+        default_factory=_repo_deploy_dir,
+        description="The repository's deploy/ folder (Maven poms and service config templates).",
+    )
+    embedded_dir: Path | None = Field(
+        None, description="Folder of the embedded backend; defaults to <state_dir>/embedded."
+    )
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:19092", description="Kafka bootstrap servers, comma-separated host:port."
+    )
+    kafka_controller_port: int = Field(19093, description="KRaft controller port of local Kafka.")
+    kafka_partitions: int = Field(4, ge=1, description="Partitions of topics Lanner creates.")
+
+    cassandra_hosts: list[str] = Field(["127.0.0.1"], description="Cassandra contact points.")
+    cassandra_port: int = Field(19042, description="Cassandra CQL native port.")
+    cassandra_storage_port: int = Field(17000, description="Cassandra inter-node port (local).")
+    cassandra_keyspace: str = Field("lanner", description="Cassandra keyspace of the archive.")
+
+    mariadb_shards: list[str] = Field(
+        ["127.0.0.1:13306", "127.0.0.1:13307"],
+        description="MariaDB shard servers as host:port, in shard order.",
+    )
+    mariadb_user: str = Field("root", description="MariaDB user.")
+    mariadb_password: SecretStr = Field(SecretStr(""), description="MariaDB password.")
+    mariadb_database: str = Field("lanner", description="Database name on every shard.")
+
+    topic_alerts_lsst: str = Field("alerts.lsst", description="Topic of Rubin alert packets.")
+    topic_alerts_ztf: str = Field("alerts.ztf", description="Topic of ZTF alert packets.")
+    topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic of rejected packets.")
+
+    log_level: str = Field("INFO", description="Logging level name.")
+    log_format: LogFormat = Field(LogFormat.console, description="Log rendering.")
+
+    @field_validator("mariadb_shards")
+    @classmethod
+    def _check_shards(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                msg = f"MariaDB shard address {address!r} is not host:port"
+                raise ValueError(msg)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            _ServicesFileSource(settings_cls),
+            file_secret_settings,
+        )
+
+    @property
+    def embedded_path(self) -> Path:
+        """Folder of the embedded backend."""
+        return self.embedded_dir or self.state_dir / "embedded"
+
+    @property
+    def shard_addresses(self) -> list[tuple[str, int]]:
+        """MariaDB shards as (host, port) pairs."""
+        pairs = []
+        for address in self.mariadb_shards:
+            host, _, port = address.rpartition(":")
+            pairs.append((host, int(port)))
+        return pairs
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

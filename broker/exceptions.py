@@ -1,0 +1,79 @@
+"""The exception tree of Lanner.
+
+Two families: `TransientError` (a store or a service is unavailable for now; retry with back-off,
+commit nothing) and `PermanentError` (the input itself is bad; dead-letter it with the reason and
+move on). Each carries a short machine-readable ``reason`` used in dead-letter records and metrics.
+"""
+
+from __future__ import annotations
+
+
+class LannerError(Exception):
+    """Base of every error raised by Lanner on purpose."""
+
+    reason: str = "error"
+
+
+class TransientError(LannerError):
+    """A failure that may go away by itself: retry later, never dead-letter."""
+
+    reason = "transient"
+
+
+class PermanentError(LannerError):
+    """A failure of the input itself: retrying cannot help."""
+
+    reason = "permanent"
+
+
+class WireFormatError(PermanentError):
+    """A message does not follow the Confluent wire format or cannot be decoded."""
+
+    reason = "wire_format"
+
+
+class BadMagicByteError(WireFormatError):
+    """The first byte of a message is not the Confluent magic byte 0x00."""
+
+    reason = "bad_magic_byte"
+
+
+class TruncatedMessageError(WireFormatError):
+    """A message is shorter than its header, or its Avro body ends early."""
+
+    reason = "truncated"
+
+
+class UnknownSchemaError(WireFormatError):
+    """The schema id in a message header is not one Lanner knows."""
+
+    reason = "unknown_schema_id"
+
+    def __init__(self, schema_id: int, known: list[int] | None = None) -> None:
+        self.schema_id = schema_id
+        hint = f" (known: {', '.join(map(str, sorted(known)))})" if known else ""
+        super().__init__(f"unknown schema id {schema_id}{hint}")
+
+
+class CorruptBodyError(WireFormatError):
+    """The Avro body cannot be decoded with the schema named by its header."""
+
+    reason = "corrupt_body"
+
+
+class ServiceError(LannerError):
+    """A local service could not be fetched, started, reached or stopped."""
+
+    reason = "service"
+
+    def __init__(self, service: str, message: str, log_path: str | None = None) -> None:
+        self.service = service
+        self.log_path = log_path
+        where = f" (log: {log_path})" if log_path else ""
+        super().__init__(f"{service}: {message}{where}")
+
+
+class ServiceUnavailableError(TransientError):
+    """A configured service does not answer."""
+
+    reason = "service_unavailable"
