@@ -82,6 +82,18 @@ def services_up(shards: ShardsOption = None) -> None:
     _print_status(statuses)
 
 
+@services_app.command("fetch")
+@clean_errors
+def services_fetch() -> None:
+    """Resolve the Kafka and Cassandra jars from Maven Central into the cache (once)."""
+    from broker.services import manager  # noqa: PLC0415
+
+    with console.status("resolving jars with Maven (first time only)"):
+        for service in manager.build(get_settings()):
+            service.fetch()
+    out.print("jars are in " + str(get_settings().cache_dir / "jars"), highlight=False)
+
+
 @services_app.command("down")
 @clean_errors
 def services_down() -> None:

@@ -1,0 +1,72 @@
+# Lanner's two set-up commands are `make demo` and `make test`; the rest are developer helpers.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := mariadb-server stilts
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-packages python-packages jars demo test test-fast lint typecheck bench \
+        services-up services-down lock clean
+
+install: system-packages python-packages jars  ## everything the broker and its tests need
+
+system-packages:  ## Debian packages: MariaDB server (catalog shards) and STILTS (taplint)
+	@missing=""; \
+	[ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
+	command -v stilts >/dev/null || missing="$$missing stilts"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+python-packages: $(VENV)/.installed
+
+jars: python-packages  ## resolve the Kafka and Cassandra jars from Maven Central (cached)
+	$(BIN)/lanner services fetch
+
+demo: install  ## run the broker embedded on bundled and simulated data
+	$(BIN)/lanner demo
+
+test: install  ## start the real services, run every test, stop the services (even on failure)
+	@status=0; \
+	$(BIN)/lanner services up || status=$$?; \
+	if [ $$status = 0 ]; then $(BIN)/pytest || status=$$?; fi; \
+	$(BIN)/lanner services down || true; \
+	exit $$status
+
+test-fast: python-packages  ## the tests that need no service
+	$(BIN)/pytest -m "not services"
+
+lint: python-packages
+	$(BIN)/ruff check broker consumers api tests bench
+
+typecheck: python-packages
+	$(BIN)/mypy broker consumers api
+
+bench: python-packages
+	$(BIN)/python bench/decode.py
+
+services-up: jars
+	$(BIN)/lanner services up
+
+services-down:
+	$(BIN)/lanner services down
+
+lock: $(BIN)/python  ## refresh constraints.txt from a clean resolution of pyproject.toml
+	rm -rf $(VENV)/lock && $(PYTHON) -m venv $(VENV)/lock && \
+	$(VENV)/lock/bin/pip install -q --upgrade pip && $(VENV)/lock/bin/pip install -q '.[dev]' && \
+	$(VENV)/lock/bin/pip freeze --exclude-editable | grep -v '^lanner' > constraints.txt && \
+	rm -rf $(VENV)/lock
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

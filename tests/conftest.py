@@ -1,0 +1,54 @@
+"""Shared fixtures.
+
+The real services are started once per test session through the same code as
+``lanner services up`` (so a developer who already ran it pays nothing) and state is reset per
+test: fresh Kafka topics, truncated Cassandra tables, recreated MariaDB databases. A service that
+cannot be started fails every test that needs it; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from broker.config import Settings
+from tests.support.stack import ServiceStack
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings as a ``lanner`` command would read them."""
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[ServiceStack]:
+    """The real services, up for the whole session."""
+    stack = ServiceStack.start(settings)
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture
+def kafka_topics(stack: ServiceStack) -> Iterator[object]:
+    """A factory of fresh, uniquely named topics, deleted after the test."""
+    factory = stack.topic_factory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def cassandra_session(stack: ServiceStack) -> object:
+    """A session on the test keyspace, with every table in it truncated."""
+    return stack.fresh_cassandra()
+
+
+@pytest.fixture
+def shards(stack: ServiceStack) -> object:
+    """The MariaDB shard set on a freshly recreated test database."""
+    return stack.fresh_shards()
