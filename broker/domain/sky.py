@@ -1,0 +1,134 @@
+"""Sky indexing: Qserv-style chunks and HEALPix order-29 indices.
+
+Chunk ids follow Qserv's partitioning (lsst/sphgeom ``Chunker``): the sphere is cut into ``S``
+declination stripes, each into ``SS`` sub-stripes; each stripe is cut in RA into as many chunks as
+keep any two points more than a chunk apart in RA at least a stripe height apart on the sky; the
+chunk id is ``2 * S * stripe + chunk``. Locating a point is pure arithmetic, so it is vectorised
+here in numpy (lsst-sphgeom only locates one point at a time through its region API); the tests
+check it against ``lsst.sphgeom.Chunker`` on random points, edges and poles. Regions (a cone's
+chunks, a chunk's bounding box) are answered by lsst-sphgeom itself.
+
+Every positional row also carries ``hpx29``, its HEALPix nested index at order 29 (the HATS
+``_healpix_29`` convention): order ``k`` is ``hpx29 >> 2 * (29 - k)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import cdshealpix
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import Latitude, Longitude
+
+#: HEALPix order of the ``hpx29`` column.
+HPX_ORDER = 29
+
+
+def _num_segments(lat_lo: float, lat_hi: float, width: float) -> int:
+    """How many RA segments of at least ``width`` radians a latitude band is cut into.
+
+    The same rule as sphgeom's ``computeNumSegments``: the segment count is fixed by the band
+    edge nearest the pole, and is 1 when the band touches a pole.
+    """
+    if width > math.pi:
+        return 1
+    max_abs_lat = max(abs(lat_lo), abs(lat_hi))
+    if max_abs_lat > 0.5 * math.pi - 4.85e-6:
+        return 1
+    cos_width = math.cos(width)
+    sin_lat = math.sin(max_abs_lat)
+    cos_lat = math.cos(max_abs_lat)
+    x = cos_width - sin_lat * sin_lat
+    u_ = cos_lat * cos_lat
+    y = math.sqrt(abs(u_ * u_ - x * x))
+    return int(math.floor(2.0 * math.pi / abs(math.atan2(y, x))))
+
+
+@dataclass(frozen=True)
+class Chunker:
+    """Qserv's chunking with ``num_stripes`` stripes of ``num_sub_stripes`` sub-stripes."""
+
+    num_stripes: int
+    num_sub_stripes: int
+    _tables: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False,
+                                                               compare=False)
+
+    def __post_init__(self) -> None:
+        if self.num_stripes < 1 or self.num_sub_stripes < 1:
+            msg = f"stripes and sub-stripes must be positive, not {self.num_stripes}/{self.num_sub_stripes}"
+            raise ValueError(msg)
+        stripe_height = math.pi / self.num_stripes
+        total_sub = self.num_stripes * self.num_sub_stripes
+        sub_height = math.pi / total_sub
+        chunks_per_stripe = np.empty(self.num_stripes, dtype=np.int64)
+        sub_chunks_per_chunk = np.empty(total_sub, dtype=np.int64)
+        sub_chunk_width = np.empty(total_sub, dtype=np.float64)
+        for i in range(self.num_stripes):
+            n_chunks = _num_segments(i * stripe_height - 0.5 * math.pi,
+                                     (i + 1) * stripe_height - 0.5 * math.pi, stripe_height)
+            chunks_per_stripe[i] = n_chunks
+            for j in range(i * self.num_sub_stripes, (i + 1) * self.num_sub_stripes):
+                nss = _num_segments(j * sub_height - 0.5 * math.pi,
+                                    (j + 1) * sub_height - 0.5 * math.pi, sub_height)
+                per_chunk = nss // n_chunks
+                sub_chunks_per_chunk[j] = per_chunk
+                sub_chunk_width[j] = 2.0 * math.pi / (per_chunk * n_chunks)
+        object.__setattr__(self, "_tables",
+                           (chunks_per_stripe, sub_chunks_per_chunk, sub_chunk_width))
+
+    @property
+    def sub_stripe_height_deg(self) -> float:
+        return 180.0 / (self.num_stripes * self.num_sub_stripes)
+
+    def locate(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """Chunk ids of points given in degrees (vectorised; RA taken modulo 360)."""
+        chunks_per_stripe, sub_per_chunk, sub_width = self._tables
+        ra_rad = np.radians(np.mod(np.asarray(ra, dtype=np.float64), 360.0))
+        dec_rad = np.radians(np.asarray(dec, dtype=np.float64))
+        total_sub = self.num_stripes * self.num_sub_stripes
+        sub_height = math.pi / total_sub
+        sub_stripe = np.floor((dec_rad + 0.5 * math.pi) / sub_height).astype(np.int64)
+        np.clip(sub_stripe, 0, total_sub - 1, out=sub_stripe)
+        stripe = sub_stripe // self.num_sub_stripes
+        per_chunk = sub_per_chunk[sub_stripe]
+        n_chunks = chunks_per_stripe[stripe]
+        sub_chunk = np.floor(ra_rad / sub_width[sub_stripe]).astype(np.int64)
+        limit = n_chunks * per_chunk
+        sub_chunk = np.where(sub_chunk >= limit, limit - 1, sub_chunk)
+        chunk = sub_chunk // per_chunk
+        return 2 * self.num_stripes * stripe + chunk
+
+    def locate_one(self, ra: float, dec: float) -> int:
+        return int(self.locate(np.array([ra]), np.array([dec]))[0])
+
+    @cached_property
+    def all_chunks(self) -> np.ndarray:
+        """Every chunk id, ascending."""
+        chunks_per_stripe = self._tables[0]
+        return np.concatenate([
+            2 * self.num_stripes * s + np.arange(n, dtype=np.int64)
+            for s, n in enumerate(chunks_per_stripe)
+        ])
+
+
+def hpx29(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """HEALPix nested order-29 indices of points in degrees (vectorised, int64)."""
+    lon = Longitude(np.mod(np.asarray(ra, dtype=np.float64), 360.0), unit=u.deg)
+    lat = Latitude(np.asarray(dec, dtype=np.float64), unit=u.deg)
+    return np.asarray(cdshealpix.lonlat_to_healpix(lon, lat, HPX_ORDER), dtype=np.int64)
+
+
+def angular_separation_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray,
+                           dec2: np.ndarray) -> np.ndarray:
+    """Great-circle distance in degrees (Vincenty form: accurate at all separations)."""
+    ra1, dec1, ra2, dec2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (ra1, dec1, ra2, dec2))
+    d_ra = ra2 - ra1
+    sin_d1, cos_d1 = np.sin(dec1), np.cos(dec1)
+    sin_d2, cos_d2 = np.sin(dec2), np.cos(dec2)
+    num1 = cos_d2 * np.sin(d_ra)
+    num2 = cos_d1 * sin_d2 - sin_d1 * cos_d2 * np.cos(d_ra)
+    denom = sin_d1 * sin_d2 + cos_d1 * cos_d2 * np.cos(d_ra)
+    return np.degrees(np.arctan2(np.hypot(num1, num2), denom))

@@ -1,0 +1,73 @@
+"""Chunk ids against lsst-sphgeom's Chunker, HEALPix order-29 indices, angular distances."""
+
+from __future__ import annotations
+
+import lsst.sphgeom as sg
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+
+from broker.domain.sky import Chunker, angular_separation_deg, hpx29
+
+
+def _reference_chunk(reference: sg.Chunker, ra: float, dec: float) -> list[int]:
+    point = sg.UnitVector3d(sg.LonLat.fromDegrees(ra, dec))
+    return list(reference.getChunksIntersecting(sg.Circle(point, sg.Angle(1e-13))))
+
+
+@pytest.mark.parametrize(("stripes", "sub_stripes"), [(340, 3), (85, 12), (18, 10)])
+def test_chunk_ids_match_sphgeom(stripes: int, sub_stripes: int) -> None:
+    chunker = Chunker(stripes, sub_stripes)
+    reference = sg.Chunker(stripes, sub_stripes)
+    assert set(chunker.all_chunks.tolist()) == set(reference.getAllChunks())
+    rng = np.random.default_rng(stripes)
+    ra = rng.uniform(0, 360, 2000)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, 2000)))
+    # Points near poles, on RA = 0 and close to 360.
+    ra = np.concatenate([ra, [0.0, 359.9999999, 180.0, 0.0, 45.0, 359.999]])
+    dec = np.concatenate([dec, [0.0, 0.0, 89.9999, -89.9999, 90.0, -90.0]])
+    located = chunker.locate(ra, dec)
+    for r, d, chunk in zip(ra, dec, located, strict=True):
+        candidates = _reference_chunk(reference, r, d)
+        assert chunk in candidates, (r, d, chunk, candidates)
+
+
+def test_known_chunk_ids_at_rubin_parameters() -> None:
+    chunker = Chunker(340, 3)
+    assert chunker.locate_one(0.0, 0.0) == 115600
+    assert chunker.locate_one(10.5, -20.1) == 89778
+    assert chunker.locate_one(359.99, 89.9) == 230520
+    assert chunker.locate_one(360.0, 0.0) == chunker.locate_one(0.0, 0.0)
+
+
+def test_bad_chunking_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Chunker(0, 3)
+
+
+def test_hpx29_coarsens_to_lower_orders() -> None:
+    import cdshealpix
+    from astropy.coordinates import Latitude, Longitude
+
+    rng = np.random.default_rng(5)
+    ra = rng.uniform(0, 360, 500)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, 500)))
+    index = hpx29(ra, dec)
+    assert index.dtype == np.int64
+    assert (index >= 0).all()
+    assert (index < 12 * 4**29).all()
+    order10 = cdshealpix.lonlat_to_healpix(Longitude(ra, u.deg), Latitude(dec, u.deg), 10)
+    np.testing.assert_array_equal(index >> (2 * 19), order10)
+
+
+def test_angular_separation_matches_astropy() -> None:
+    rng = np.random.default_rng(9)
+    ra1, ra2 = rng.uniform(0, 360, (2, 1000))
+    dec1, dec2 = np.degrees(np.arcsin(rng.uniform(-1, 1, (2, 1000))))
+    # Tiny separations, where the haversine and cosine forms lose precision.
+    ra2[:100] = ra1[:100] + 1e-7
+    dec2[:100] = dec1[:100]
+    ours = angular_separation_deg(ra1, dec1, ra2, dec2)
+    theirs = SkyCoord(ra1, dec1, unit="deg").separation(SkyCoord(ra2, dec2, unit="deg")).deg
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)
