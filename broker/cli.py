@@ -116,6 +116,119 @@ def services_status() -> None:
         raise typer.Exit(3)
 
 
+SchemaOption = Annotated[
+    str, typer.Option("--schema", help="Rubin alert schema version (MAJOR.MINOR).")
+]
+
+
+@app.command()
+@clean_errors
+def simulate(
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Alerts to produce.")] = 1000,
+    rate: Annotated[float | None, typer.Option(
+        "--rate", min=0.001, help="Alerts per second (default: as fast as possible).")] = None,
+    schema: SchemaOption = "",
+    to: Annotated[str, typer.Option(
+        "--to", help="'kafka' (the Rubin alert topic) or a folder for one file per alert.")] = "kafka",
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for a repeatable stream.")] = None,
+    topic: Annotated[str | None, typer.Option(
+        "--topic", help="Topic to write to (default: the Rubin alert topic).")] = None,
+) -> None:
+    """Produce realistic synthetic Rubin alert packets (histories and FITS cutouts included)."""
+    from broker.streaming.schemas import SchemaVersion, latest_version  # noqa: PLC0415
+
+    settings = get_settings()
+    version = SchemaVersion.parse(schema) if schema else latest_version()
+    stream = _simulated(count, version, seed, rate)
+    if to == "kafka":
+        from broker.storage.kafka import KafkaClients, produce_all  # noqa: PLC0415
+
+        target = topic or settings.topic_alerts_lsst
+        clients = KafkaClients.from_settings(settings)
+        clients.ensure_topics([target])
+        sent = produce_all(clients.producer(), target, stream)
+        out.print(f"{sent} alerts (schema {version}) on topic {target} at {clients.bootstrap}",
+                  highlight=False)
+    else:
+        from broker.streaming import files, wire  # noqa: PLC0415
+
+        # Files are named by diaSourceId; reading it back costs a decode, which is cheap next to
+        # writing the file and keeps the simulator's output the exact bytes Kafka would carry.
+        written = files.write_alerts(
+            to, ((wire.decode(value)[1]["diaSource"]["diaSourceId"], value)
+                 for _, value in stream)
+        )
+        out.print(f"{written} alerts (schema {version}) written to {to}", highlight=False)
+
+
+@app.command()
+@clean_errors
+def demo(
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Alerts to simulate.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated stream.")] = 2026,
+) -> None:
+    """A first look with no servers: simulate alerts into the embedded folder and summarise them.
+
+    The ingest stage (issue 3) extends this into an embedded archive served over HTTP.
+    """
+    from collections import Counter  # noqa: PLC0415
+
+    from broker.streaming import files, wire  # noqa: PLC0415
+    from broker.streaming.schemas import latest_version  # noqa: PLC0415
+
+    settings = get_settings()
+    folder = settings.embedded_path / "alerts"
+    version = latest_version()
+    objects: Counter[int] = Counter()
+    bands: Counter[str] = Counter()
+    size = 0
+    first = last = None
+
+    def stream() -> Any:
+        nonlocal size, first, last
+        for _, value in _simulated(count, version, seed, None):
+            record = wire.decode(value)[1]
+            source = record["diaSource"]
+            objects[source["diaObjectId"]] += 1
+            bands[source["band"]] += 1
+            size += len(value)
+            first = source["midpointMjdTai"] if first is None else first
+            last = source["midpointMjdTai"]
+            yield source["diaSourceId"], value
+
+    written = files.write_alerts(folder, stream())
+    out.print(f"\n{written} simulated Rubin alerts (schema {version}) in {folder}", highlight=False)
+    out.print(f"  objects: {len(objects)}, most alerts for one object: "
+              f"{max(objects.values())}", highlight=False)
+    out.print("  bands: " + ", ".join(f"{b} {n}" for b, n in sorted(bands.items())),
+              highlight=False)
+    out.print(f"  MJD {first:.3f} to {last:.3f}; mean packet {size / written / 1024:.1f} KiB "
+              "(three FITS cutouts each)", highlight=False)
+    out.print("  next: `lanner services up`, then `lanner simulate --count 10000 --to kafka`",
+              highlight=False)
+
+
+def _simulated(count: int, version: Any, seed: int | None, rate: float | None) -> Any:
+    """Yield (key, wire-format value) with a progress bar, paced to ``rate``."""
+    import time  # noqa: PLC0415
+
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from broker.domain.simulator import AlertSimulator  # noqa: PLC0415
+
+    simulator = AlertSimulator(schema=version, seed=seed)
+    started = time.monotonic()
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task(f"simulating schema {version}", total=count)
+        for done, (key, value) in enumerate(simulator.encoded(count), start=1):
+            if rate is not None:
+                delay = started + done / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            yield key, value
+            progress.advance(task)
+
+
 def _print_status(statuses: list[Any]) -> None:
     if not sys.stdout.isatty():
         for s in statuses:
@@ -126,7 +239,8 @@ def _print_status(statuses: list[Any]) -> None:
         table.add_column(column)
     for s in statuses:
         colour = "green" if s.state == "running" else "red"
-        table.add_row(s.name, f"[{colour}]{s.state}[/{colour}]", s.address, str(s.pid or "-"), s.log)
+        table.add_row(s.name, f"[{colour}]{s.state}[/{colour}]", s.address,
+                      str(s.pid or "-"), s.log)
     out.print(table)
 
 

@@ -44,7 +44,7 @@ def _num_segments(lat_lo: float, lat_hi: float, width: float) -> int:
     x = cos_width - sin_lat * sin_lat
     u_ = cos_lat * cos_lat
     y = math.sqrt(abs(u_ * u_ - x * x))
-    return int(math.floor(2.0 * math.pi / abs(math.atan2(y, x))))
+    return math.floor(2.0 * math.pi / abs(math.atan2(y, x)))
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class Chunker:
 
     def __post_init__(self) -> None:
         if self.num_stripes < 1 or self.num_sub_stripes < 1:
-            msg = f"stripes and sub-stripes must be positive, not {self.num_stripes}/{self.num_sub_stripes}"
+            msg = ("stripes and sub-stripes must be positive, not "
+                   f"{self.num_stripes}/{self.num_sub_stripes}")
             raise ValueError(msg)
         stripe_height = math.pi / self.num_stripes
         total_sub = self.num_stripes * self.num_sub_stripes
@@ -124,7 +125,9 @@ def hpx29(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 def angular_separation_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray,
                            dec2: np.ndarray) -> np.ndarray:
     """Great-circle distance in degrees (Vincenty form: accurate at all separations)."""
-    ra1, dec1, ra2, dec2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (ra1, dec1, ra2, dec2))
+    ra1, dec1, ra2, dec2 = (
+        np.radians(np.asarray(a, dtype=np.float64)) for a in (ra1, dec1, ra2, dec2)
+    )
     d_ra = ra2 - ra1
     sin_d1, cos_d1 = np.sin(dec1), np.cos(dec1)
     sin_d2, cos_d2 = np.sin(dec2), np.cos(dec2)

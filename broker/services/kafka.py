@@ -80,7 +80,8 @@ class KafkaService(LocalService):
                 stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
             )
         if result.returncode != 0:
-            raise ServiceError(self.name, f"storage format failed: {process.last_error_line(self.files)}",
+            reason = process.last_error_line(self.files)
+            raise ServiceError(self.name, f"storage format failed: {reason}",
                                str(self.files.log_file))
 
     def ready(self) -> bool:

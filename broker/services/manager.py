@@ -77,7 +77,9 @@ def _ignore(_name: str, _message: str) -> None:
     return None
 
 
-def up(settings: Settings, shards: int | None = None, report: Reporter = _ignore) -> list[ServiceStatus]:
+def up(
+    settings: Settings, shards: int | None = None, report: Reporter = _ignore
+) -> list[ServiceStatus]:
     """Fetch, start and wait for every service; record their addresses.
 
     Raises
@@ -92,7 +94,7 @@ def up(settings: Settings, shards: int | None = None, report: Reporter = _ignore
         if service.pid() is not None:
             try:
                 ready = service.ready()
-            except Exception:  # noqa: BLE001 - any failure to answer means "not ready yet"
+            except Exception:  # any failure to answer means "not ready yet"
                 ready = False
             if ready:
                 report(service.name, "already running")

@@ -34,7 +34,8 @@ def fetch(deploy_dir: Path, cache_dir: Path, name: str) -> Path:
     done = target / ".complete"
     if done.is_file():
         return target
-    if shutil.which("mvn") is None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
         raise ServiceError(name, "Maven (mvn) is not installed; it resolves the server's jars")
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -42,7 +43,7 @@ def fetch(deploy_dir: Path, cache_dir: Path, name: str) -> Path:
     log = staging.parent / f"{name}-maven.log"
     with log.open("wb") as out:
         result = subprocess.run(
-            ["mvn", "-B", "-q", "-f", str(pom), f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
+            [mvn, "-B", "-q", "-f", str(pom), f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
              "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
             stdout=out, stderr=subprocess.STDOUT, check=False,
         )

@@ -78,11 +78,14 @@ def decode(message: bytes) -> tuple[int, dict[str, Any]]:
     body.seek(WIRE_HEADER_SIZE)
     try:
         record = fastavro.schemaless_reader(body, schema, None)
-    except EOFError as exc:
-        msg = f"Avro body ends early for schema {schema_id}: {exc}"
-        raise TruncatedMessageError(msg) from exc
-    except (ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, OverflowError,
-            MemoryError, struct.error) as exc:
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError,
+            OverflowError, MemoryError, struct.error) as exc:
+        # fastavro signals a short read in several ways (EOFError, IndexError, struct.error),
+        # and a corrupt length can also raise EOFError: the reliable sign of truncation is
+        # that the reader ran into the end of the message.
+        if body.tell() >= len(message):
+            msg = f"Avro body ends early for schema {schema_id}: {type(exc).__name__}: {exc}"
+            raise TruncatedMessageError(msg) from exc
         msg = f"Avro body does not decode with schema {schema_id}: {type(exc).__name__}: {exc}"
         raise CorruptBodyError(msg) from exc
     left = len(message) - body.tell()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import cdshealpix
 import lsst.sphgeom as sg
 import numpy as np
 import pytest
 from astropy import units as u
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import Latitude, Longitude, SkyCoord
 
 from broker.domain.sky import Chunker, angular_separation_deg, hpx29
 
@@ -47,9 +48,6 @@ def test_bad_chunking_parameters_are_refused() -> None:
 
 
 def test_hpx29_coarsens_to_lower_orders() -> None:
-    import cdshealpix
-    from astropy.coordinates import Latitude, Longitude
-
     rng = np.random.default_rng(5)
     ra = rng.uniform(0, 360, 500)
     dec = np.degrees(np.arcsin(rng.uniform(-1, 1, 500)))
