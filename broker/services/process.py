@@ -49,7 +49,8 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
-def _is_zombie(pid: int) -> bool:
+def _exited(pid: int) -> bool:
+    """True if the pid is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -64,7 +65,7 @@ def running_pid(files: ProcessFiles) -> int | None:
         pid = int(files.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    if pid <= 0 or _is_zombie(pid):
+    if pid <= 0 or _exited(pid):
         return None
     if files.marker not in _cmdline(pid):
         return None
@@ -109,9 +110,16 @@ def wait_ready(
     interval: float = 0.5,
 ) -> None:
     """Poll ``probe`` until it answers True; fail early if the process dies."""
+    # Liveness here is "the pid we recorded has not exited", not `running_pid`: right after
+    # exec the kernel has closed the close-on-exec pipe Popen waits on before it has set up the
+    # new argv, so for a moment /proc/<pid>/cmdline is empty and the pid would look foreign.
+    try:
+        pid = int(files.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
     deadline = time.monotonic() + timeout
     while True:
-        if running_pid(files) is None:
+        if pid <= 0 or _exited(pid):
             raise ServiceError(files.name, f"exited during start-up: {last_error_line(files)}",
                                str(files.log_file))
         with contextlib.suppress(Exception):

@@ -56,7 +56,7 @@ def test_stop_terminates_our_process(tmp_path: Path) -> None:
     assert process.running_pid(files) == pid
     assert process.stop(files, timeout=5)
     assert process.running_pid(files) is None
-    assert not Path(f"/proc/{pid}").exists() or process._is_zombie(pid)
+    assert not Path(f"/proc/{pid}").exists() or process._exited(pid)
     assert not files.pid_file.exists()
 
 
@@ -69,7 +69,7 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
     assert process.stop(files, timeout=1.0)
     assert time.monotonic() - started < 10
     assert process.running_pid(files) is None
-    assert not Path(f"/proc/{pid}").exists() or process._is_zombie(pid)
+    assert not Path(f"/proc/{pid}").exists() or process._exited(pid)
 
 
 def test_stop_leaves_a_foreign_pid_alone(tmp_path: Path) -> None:
