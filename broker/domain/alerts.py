@@ -1,0 +1,257 @@
+"""The internal alert model: what every survey's packet becomes after decoding.
+
+Rubin and ZTF packets differ in names, units and ids; the stages after ingest only see these
+classes. Fluxes are difference-image PSF fluxes in nanojansky (ZTF magnitudes are converted with
+the AB zero point), times are MJD, bands are single letters (u g r i z y). Object ids are text so
+that Rubin's integer ``diaObjectId`` and ZTF's ``objectId`` names live in one column; source ids
+are 64-bit integers in both surveys and are the idempotency keys of every write.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.constants import NJY_AB_ZEROPOINT
+from broker.exceptions import PermanentError
+
+CUTOUT_KINDS = ("science", "template", "difference")
+
+
+class Survey(enum.StrEnum):
+    """Where an alert comes from."""
+
+    lsst = "lsst"
+    ztf = "ztf"
+
+
+class InvalidAlertError(PermanentError):
+    """A packet decoded but holds values no real alert can have."""
+
+    reason = "invalid_alert"
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One detection on a difference image (a Rubin diaSource, a ZTF candidate)."""
+
+    source_id: int
+    object_id: str
+    mjd: float
+    ra: float
+    dec: float
+    band: str
+    psf_flux: float | None
+    psf_flux_err: float | None
+    science_flux: float | None = None
+    science_flux_err: float | None = None
+    snr: float | None = None
+    reliability: float | None = None
+
+    @property
+    def mag(self) -> float | None:
+        """AB magnitude of the absolute difference flux, when there is a flux."""
+        return flux_to_mag(self.psf_flux)
+
+    @property
+    def mag_err(self) -> float | None:
+        if self.psf_flux in (None, 0.0) or self.psf_flux_err is None:
+            return None
+        return 2.5 / math.log(10) * self.psf_flux_err / abs(self.psf_flux)
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedMeasurement:
+    """Forced photometry at the object's position on one visit."""
+
+    forced_id: int
+    object_id: str
+    mjd: float
+    band: str
+    psf_flux: float | None
+    psf_flux_err: float | None
+    science_flux: float | None = None
+    science_flux_err: float | None = None
+
+
+@dataclass(slots=True)
+class Alert:
+    """A decoded, normalised alert packet.
+
+    ``history`` holds the previous detections the packet repeats (it never includes
+    ``detection``); ``packet`` keeps the original bytes for replay.
+    """
+
+    survey: Survey
+    schema: str
+    detection: Detection
+    history: tuple[Detection, ...] = ()
+    forced: tuple[ForcedMeasurement, ...] = ()
+    cutouts: Mapping[str, bytes] = field(default_factory=dict)
+    packet: bytes = b""
+
+    @property
+    def alert_id(self) -> int:
+        return self.detection.source_id
+
+    @property
+    def object_id(self) -> str:
+        return self.detection.object_id
+
+    def detections(self) -> tuple[Detection, ...]:
+        """History and the triggering detection, oldest first."""
+        return (*self.history, self.detection)
+
+
+def flux_to_mag(flux_njy: float | None) -> float | None:
+    """AB magnitude of a flux in nJy (of its absolute value); None for no or zero flux."""
+    if flux_njy is None or flux_njy == 0.0 or not math.isfinite(flux_njy):
+        return None
+    return -2.5 * math.log10(abs(flux_njy)) + NJY_AB_ZEROPOINT
+
+
+def mag_to_flux(mag: float) -> float:
+    """Flux in nJy of an AB magnitude."""
+    return 10.0 ** (-0.4 * (mag - NJY_AB_ZEROPOINT))
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _check_detection(d: Detection, what: str) -> None:
+    if d.source_id is None or d.source_id <= 0:
+        raise InvalidAlertError("missing_id", f"{what} has no positive source id")
+    if not d.object_id:
+        raise InvalidAlertError("missing_id", f"{what} {d.source_id} has no object id")
+    if not (_finite(d.ra) and _finite(d.dec)):
+        raise InvalidAlertError("bad_coordinates",
+                                f"{what} {d.source_id} has non-finite coordinates")
+    if not (0.0 <= d.ra <= 360.0 and -90.0 <= d.dec <= 90.0):
+        raise InvalidAlertError(
+            "bad_coordinates", f"{what} {d.source_id} is at ra={d.ra}, dec={d.dec}, off the sky"
+        )
+    if not _finite(d.mjd):
+        raise InvalidAlertError("bad_time", f"{what} {d.source_id} has no finite time")
+    for name in ("psf_flux_err", "science_flux_err"):
+        err = getattr(d, name)
+        if err is not None and (math.isnan(err) or err < 0):
+            raise InvalidAlertError("negative_error",
+                                    f"{what} {d.source_id} has {name} = {err}")
+    for name in ("psf_flux", "science_flux"):
+        value = getattr(d, name)
+        if value is not None and math.isnan(value):
+            raise InvalidAlertError("nan_value", f"{what} {d.source_id} has {name} = NaN")
+
+
+def validate(alert: Alert) -> Alert:
+    """Return the alert if every value is possible; raise InvalidAlertError otherwise."""
+    _check_detection(alert.detection, "detection")
+    for previous in alert.history:
+        _check_detection(previous, "previous detection")
+        if previous.object_id != alert.object_id:
+            raise InvalidAlertError(
+                "inconsistent_ids",
+                f"previous detection {previous.source_id} belongs to object {previous.object_id}, "
+                f"not {alert.object_id}",
+            )
+    for forced in alert.forced:
+        if forced.forced_id is None or forced.forced_id <= 0:
+            raise InvalidAlertError("missing_id", "forced measurement has no positive id")
+        if forced.psf_flux_err is not None and (math.isnan(forced.psf_flux_err)
+                                                or forced.psf_flux_err < 0):
+            raise InvalidAlertError("negative_error",
+                                    f"forced measurement {forced.forced_id} has a negative error")
+    return alert
+
+
+# ---- Rubin ---------------------------------------------------------------------------------
+
+
+def _get(record: Mapping[str, Any], *names: str) -> Any:
+    """The first of several field names a schema version uses (e.g. dec / decl)."""
+    for name in names:
+        if name in record:
+            return record[name]
+    return None
+
+
+def _rubin_detection(source: Mapping[str, Any], fallback_object: int | None) -> Detection:
+    object_id = source.get("diaObjectId") or fallback_object
+    return Detection(
+        source_id=int(source["diaSourceId"]) if source.get("diaSourceId") is not None else 0,
+        object_id=str(object_id) if object_id else "",
+        mjd=float(_get(source, "midpointMjdTai", "midPointTai", "midpointTai")),
+        ra=float(source["ra"]),
+        dec=float(_get(source, "dec", "decl")),
+        band=str(_get(source, "band", "filterName") or "?"),
+        psf_flux=_get(source, "psfFlux", "psFlux"),
+        psf_flux_err=_get(source, "psfFluxErr", "psFluxErr"),
+        science_flux=_get(source, "scienceFlux", "totFlux"),
+        science_flux_err=_get(source, "scienceFluxErr", "totFluxErr"),
+        snr=source.get("snr"),
+        reliability=source.get("reliability"),
+    )
+
+
+def _rubin_forced(forced: Mapping[str, Any]) -> ForcedMeasurement:
+    return ForcedMeasurement(
+        forced_id=int(forced["diaForcedSourceId"]),
+        object_id=str(forced["diaObjectId"]),
+        mjd=float(_get(forced, "midpointMjdTai", "midPointTai", "midpointTai")),
+        band=str(_get(forced, "band", "filterName") or "?"),
+        psf_flux=_get(forced, "psfFlux", "psFlux"),
+        psf_flux_err=_get(forced, "psfFluxErr", "psFluxErr"),
+        science_flux=_get(forced, "scienceFlux", "totFlux"),
+        science_flux_err=_get(forced, "scienceFluxErr", "totFluxErr"),
+    )
+
+
+def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"") -> Alert:
+    """Normalise a decoded Rubin alert record; raise InvalidAlertError if it is impossible."""
+    source = record.get("diaSource")
+    if not isinstance(source, Mapping):
+        raise InvalidAlertError("missing_id", "packet has no diaSource")
+    dia_object = record.get("diaObject") or {}
+    object_ref = dia_object.get("diaObjectId") if isinstance(dia_object, Mapping) else None
+    try:
+        detection = _rubin_detection(source, object_ref)
+        history = tuple(
+            _rubin_detection(prv, object_ref) for prv in (record.get("prvDiaSources") or ())
+        )
+        forced = tuple(_rubin_forced(f) for f in (record.get("prvDiaForcedSources") or ()))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidAlertError("missing_field", f"packet lacks a required value: {exc}") from exc
+    cutouts = {
+        kind: record[f"cutout{kind.capitalize()}"]
+        for kind in CUTOUT_KINDS
+        if record.get(f"cutout{kind.capitalize()}")
+    }
+    alert = Alert(
+        survey=Survey.lsst,
+        schema=f"lsst:{schema_id}",
+        detection=detection,
+        history=_sorted_unique(history, exclude=detection.source_id),
+        forced=forced,
+        cutouts=cutouts,
+        packet=packet,
+    )
+    return validate(alert)
+
+
+def _sorted_unique(history: Iterable[Detection], exclude: int) -> tuple[Detection, ...]:
+    seen: dict[int, Detection] = {}
+    for d in history:
+        if d.source_id != exclude:
+            seen.setdefault(d.source_id, d)
+    return tuple(sorted(seen.values(), key=lambda d: (d.mjd, d.source_id)))
