@@ -75,8 +75,9 @@ class KafkaService(LocalService):
         self.home.mkdir(parents=True, exist_ok=True)
         with self.files.log_file.open("ab") as log:
             result = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
-                           "--ignore-formatted"),
+                # `=` form: an id starting with "-" would otherwise read as an option.
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                           "-c", str(config), "--ignore-formatted"),
                 stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
             )
         if result.returncode != 0:
