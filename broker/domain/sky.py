@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 from functools import cached_property
 
 import cdshealpix
@@ -135,3 +136,79 @@ def angular_separation_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray,
     num2 = cos_d1 * sin_d2 - sin_d1 * cos_d2 * np.cos(d_ra)
     denom = sin_d1 * sin_d2 + cos_d1 * cos_d2 * np.cos(d_ra)
     return np.degrees(np.arctan2(np.hypot(num1, num2), denom))
+
+
+#: Margin added to cone radii when choosing chunks: an object keeps the chunk it was first placed
+#: in while its mean position drifts by fractions of an arcsecond.
+CHUNK_MARGIN_DEG = 2.0 / 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConeCover:
+    """The chunks a cone touches and the merged hpx29 ranges ``[lo, hi)`` covering it."""
+
+    chunks: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...]
+
+
+def _cover_depth(radius_deg: float) -> int:
+    # About 4-16 cells across the cone: few SQL ranges, little area outside the cone.
+    if radius_deg <= 0:
+        return HPX_ORDER
+    depth = int(math.floor(math.log2(58.6 / radius_deg / 4.0))) if radius_deg < 58.6 else 0
+    return max(0, min(HPX_ORDER, depth))
+
+
+def cone_cover(chunker: Chunker, ra: float, dec: float, radius_deg: float) -> ConeCover:
+    """Chunks (via lsst-sphgeom) and merged order-29 ranges (via cdshealpix) covering a cone."""
+    import lsst.sphgeom as sg  # noqa: PLC0415 - imported where used: heavy, and only here
+
+    centre = sg.UnitVector3d(sg.LonLat.fromDegrees(ra % 360.0, dec))
+    circle = sg.Circle(centre, sg.Angle.fromDegrees(radius_deg + CHUNK_MARGIN_DEG))
+    chunks = tuple(sorted(int(c) for c in chunker_sphgeom(chunker).getChunksIntersecting(circle)))
+    depth = _cover_depth(radius_deg)
+    ipix, depths, _ = cdshealpix.cone_search(
+        Longitude(ra % 360.0, u.deg), Latitude(dec, u.deg),
+        max(radius_deg, 1e-9) * u.deg, depth=depth, flat=False,
+    )
+    shift = 2 * (HPX_ORDER - np.asarray(depths, dtype=np.int64))
+    lo = np.asarray(ipix, dtype=np.int64) << shift
+    hi = (np.asarray(ipix, dtype=np.int64) + 1) << shift
+    order = np.argsort(lo)
+    merged: list[list[int]] = []
+    for a, b in zip(lo[order].tolist(), hi[order].tolist(), strict=True):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return ConeCover(chunks, tuple((a, b) for a, b in merged))
+
+
+_SPHGEOM: dict[tuple[int, int], object] = {}
+
+
+def chunker_sphgeom(chunker: Chunker) -> Any:
+    """The lsst-sphgeom Chunker with the same parameters (cached)."""
+    import lsst.sphgeom as sg  # noqa: PLC0415
+
+    key = (chunker.num_stripes, chunker.num_sub_stripes)
+    if key not in _SPHGEOM:
+        _SPHGEOM[key] = sg.Chunker(*key)
+    return _SPHGEOM[key]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlacement:
+    """Which shard holds a chunk: a fixed function of the chunk id and the shard count.
+
+    Neighbouring chunks (consecutive ids along a stripe) go to different shards, so a cone that
+    touches several chunks usually queries several shards in parallel.
+    """
+
+    shards: int
+
+    def shard_of(self, chunk_id: int) -> int:
+        return int(chunk_id) % self.shards
+
+    def shards_of(self, chunk_ids: np.ndarray) -> np.ndarray:
+        return np.asarray(chunk_ids, dtype=np.int64) % self.shards
