@@ -1,15 +1,28 @@
-"""Cassandra through the DataStax driver: one cluster object per process, sessions per keyspace."""
+"""Cassandra through the DataStax driver: the connection and the light-curve archive."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra import OperationTimedOut
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
+from cassandra.concurrent import execute_concurrent
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from broker.config import Settings
+from broker.domain.archive import ArchiveBatch
 from broker.exceptions import ServiceUnavailableError
+from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, Origin, Row
 
 #: The single local node starts in this data centre (SimpleSnitch's name for it).
 LOCAL_DC = "datacenter1"
@@ -74,3 +87,120 @@ class CassandraConnection:
             self._cluster.shutdown()
         self._cluster = None
         self._session = None
+
+
+_SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "cql" / "archive.cql"
+
+_INSERTS = {
+    "detections": ("object_id", "mjd", "source_id", "survey", "chunk_id", "hpx29", "ra", "dec",
+                   "band", "psf_flux", "psf_flux_err", "science_flux", "science_flux_err", "snr",
+                   "reliability"),
+    "forced_photometry": ("object_id", "mjd", "forced_id", "band", "psf_flux", "psf_flux_err",
+                          "science_flux", "science_flux_err"),
+    "cutouts": ("source_id", "kind", "data"),
+    "packets": ("alert_id", "object_id", "survey", "alert_schema", "topic", "kafka_partition",
+                "kafka_offset",
+                "data"),
+}
+
+
+class CassandraLightCurves:
+    """`LightCurveArchive` in Cassandra: one partition per object, rows clustered by time.
+
+    A batch is written as concurrent prepared inserts (the driver keeps up to ``concurrency``
+    requests in flight); the call returns only when every insert is acknowledged, so the stage
+    can commit its offsets after it.
+    """
+
+    def __init__(self, *, connection: CassandraConnection, concurrency: int = 96) -> None:
+        self.connection = connection
+        self.concurrency = concurrency
+        self._prepared: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        session = self.connection.session()
+        text = "\n".join(line for line in _SCHEMA_FILE.read_text().splitlines()
+                         if not line.lstrip().startswith("--"))
+        for statement in (s.strip() for s in text.split(";")):
+            if statement:
+                session.execute(statement, timeout=60)
+
+    def _insert(self, table: str) -> Any:
+        prepared = self._prepared.get(table)
+        if prepared is None:
+            columns = _INSERTS[table]
+            prepared = self.connection.session().prepare(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})"
+            )
+            self._prepared[table] = prepared
+        return prepared
+
+    def write(self, batch: ArchiveBatch, origins: Mapping[int, Origin]) -> None:
+        statements: list[tuple[Any, tuple]] = []
+        detections = self._insert("detections")
+        for placed in batch.detections:
+            d = placed.detection
+            statements.append((detections, (
+                d.object_id, d.mjd, d.source_id, placed.survey, placed.chunk_id, placed.hpx29,
+                d.ra, d.dec, d.band, d.psf_flux, d.psf_flux_err, d.science_flux,
+                d.science_flux_err, d.snr, d.reliability)))
+        forced = self._insert("forced_photometry")
+        for f in batch.forced:
+            statements.append((forced, (f.object_id, f.mjd, f.forced_id, f.band, f.psf_flux,
+                                        f.psf_flux_err, f.science_flux, f.science_flux_err)))
+        cutouts = self._insert("cutouts")
+        packets = self._insert("packets")
+        for alert in batch.alerts:
+            for kind, data in alert.cutouts.items():
+                statements.append((cutouts, (alert.alert_id, kind, data)))
+            origin = origins.get(alert.alert_id)
+            statements.append((packets, (
+                alert.alert_id, alert.object_id, alert.survey.value, alert.schema,
+                origin.topic if origin else None, origin.partition if origin else None,
+                origin.offset if origin else None, alert.packet)))
+        if not statements:
+            return
+        try:
+            results = execute_concurrent(self.connection.session(), statements,
+                                         concurrency=self.concurrency, raise_on_first_error=False)
+        except (NoHostAvailable, OperationTimedOut) as exc:
+            raise ServiceUnavailableError(f"Cassandra write failed: {exc}") from exc
+        failures = [result for ok, result in results if not ok]
+        if failures:
+            msg = f"{len(failures)} of {len(statements)} Cassandra writes failed: {failures[0]}"
+            raise ServiceUnavailableError(msg)
+
+    def _rows(self, query: str, args: tuple) -> list[Row]:
+        try:
+            result = self.connection.session().execute(query, args, timeout=30)
+        except (NoHostAvailable, OperationTimedOut) as exc:
+            raise ServiceUnavailableError(f"Cassandra read failed: {exc}") from exc
+        return [dict(row._asdict()) for row in result]
+
+    def lightcurve(self, object_id: str) -> list[Row]:
+        rows = self._rows(f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections "
+                          "WHERE object_id = %s", (object_id,))
+        return [{c: r[c] for c in DETECTION_COLUMNS} for r in rows]
+
+    def forced_photometry(self, object_id: str) -> list[Row]:
+        rows = self._rows(f"SELECT {', '.join(FORCED_COLUMNS)} FROM forced_photometry "
+                          "WHERE object_id = %s", (object_id,))
+        return [{c: r[c] for c in FORCED_COLUMNS} for r in rows]
+
+    def cutout(self, source_id: int, kind: str) -> bytes | None:
+        rows = self._rows("SELECT data FROM cutouts WHERE source_id = %s AND kind = %s",
+                          (source_id, kind))
+        return rows[0]["data"] if rows else None
+
+    def packet(self, alert_id: int) -> bytes | None:
+        rows = self._rows("SELECT data FROM packets WHERE alert_id = %s", (alert_id,))
+        return rows[0]["data"] if rows else None
+
+    def counts(self) -> Mapping[str, int]:
+        # Full scans: for tests and small archives only.
+        return {table: int(self._rows(f"SELECT COUNT(*) AS n FROM {table}", ())[0]["n"])
+                for table in _INSERTS}
+
+    def close(self) -> None:
+        self.connection.close()
