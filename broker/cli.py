@@ -129,8 +129,10 @@ def simulate(
         "--rate", min=0.001, help="Alerts per second (default: as fast as possible).")] = None,
     schema: SchemaOption = "",
     to: Annotated[str, typer.Option(
-        "--to", help="'kafka' (the Rubin alert topic) or a folder for one file per alert.")] = "kafka",
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for a repeatable stream.")] = None,
+        "--to", help="'kafka' (the Rubin alert topic) or a folder for one file per alert."
+    )] = "kafka",
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Seed for a repeatable stream.")] = None,
     topic: Annotated[str | None, typer.Option(
         "--topic", help="Topic to write to (default: the Rubin alert topic).")] = None,
 ) -> None:
@@ -159,6 +161,30 @@ def simulate(
                  for _, value in stream)
         )
         out.print(f"{written} alerts (schema {version}) written to {to}", highlight=False)
+
+
+@app.command()
+@clean_errors
+def ingest(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Drain what is on the topics, then exit.")] = False,
+) -> None:
+    """Run the ingest stage: alert topics into the archive, bad packets to the dead-letter topic."""
+    import signal  # noqa: PLC0415
+
+    from broker.factory import Factory  # noqa: PLC0415
+
+    factory = Factory(get_settings())
+    try:
+        factory.ensure_topics()
+        stage = factory.ingest_stage()
+        signal.signal(signal.SIGTERM, lambda *_: stage.stop())
+        signal.signal(signal.SIGINT, lambda *_: stage.stop())
+        total = stage.run(once=once)
+        out.print(f"ingested {total.archived} alerts, {total.dead_lettered} to the dead-letter "
+                  f"topic, from {total.consumed} packets", highlight=False)
+    finally:
+        factory.close()
 
 
 @app.command()

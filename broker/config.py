@@ -19,6 +19,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from broker.constants import DEFAULT_CHUNK_STRIPES, DEFAULT_CHUNK_SUB_STRIPES
+
 SERVICES_FILE = "services.json"
 
 
@@ -113,6 +115,18 @@ class Settings(BaseSettings):
     topic_alerts_lsst: str = Field("alerts.lsst", description="Topic of Rubin alert packets.")
     topic_alerts_ztf: str = Field("alerts.ztf", description="Topic of ZTF alert packets.")
     topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic of rejected packets.")
+    topic_ingested: str = Field("internal.ingested",
+                                description="Topic of compact records of archived alerts.")
+
+    chunk_stripes: int = Field(DEFAULT_CHUNK_STRIPES, ge=1, le=2048,
+                               description="Qserv partitioning: number of declination stripes.")
+    chunk_sub_stripes: int = Field(DEFAULT_CHUNK_SUB_STRIPES, ge=1, le=64,
+                                   description="Qserv partitioning: sub-stripes per stripe.")
+
+    ingest_group: str = Field("lanner-ingest", description="Consumer group of the ingest stage.")
+    ingest_batch_size: int = Field(500, ge=1, le=100_000,
+                                   description="Most alerts one ingest batch takes.")
+    ingest_poll_timeout_s: float = Field(1.0, gt=0, description="Wait for a batch, seconds.")
 
     log_level: str = Field("INFO", description="Logging level name.")
     log_format: LogFormat = Field(LogFormat.console, description="Log rendering.")

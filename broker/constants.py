@@ -25,3 +25,9 @@ CASSANDRA_START_TIMEOUT_S = 180.0
 MARIADB_START_TIMEOUT_S = 60.0
 #: Seconds between SIGTERM and SIGKILL when stopping a local service.
 STOP_TIMEOUT_S = 45.0
+
+#: Default Qserv partitioning of the archive: 85 stripes of 12 sub-stripes gives 8,983 chunks of
+#: about 2.1 deg (Qserv's test-dataset parameters), a good size for one to a few shard servers.
+#: Changing it on an existing archive needs a reload: rows carry their chunk ids.
+DEFAULT_CHUNK_STRIPES = 85
+DEFAULT_CHUNK_SUB_STRIPES = 12

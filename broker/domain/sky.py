@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 from functools import cached_property
+from typing import Any
 
 import cdshealpix
 import numpy as np
@@ -155,7 +155,7 @@ def _cover_depth(radius_deg: float) -> int:
     # About 4-16 cells across the cone: few SQL ranges, little area outside the cone.
     if radius_deg <= 0:
         return HPX_ORDER
-    depth = int(math.floor(math.log2(58.6 / radius_deg / 4.0))) if radius_deg < 58.6 else 0
+    depth = math.floor(math.log2(58.6 / radius_deg / 4.0)) if radius_deg < 58.6 else 0
     return max(0, min(HPX_ORDER, depth))
 
 

@@ -130,7 +130,7 @@ class CassandraLightCurves:
         if prepared is None:
             columns = _INSERTS[table]
             prepared = self.connection.session().prepare(
-                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"INSERT INTO {self.connection.keyspace}.{table} ({', '.join(columns)}) "
                 f"VALUES ({', '.join('?' * len(columns))})"
             )
             self._prepared[table] = prepared
@@ -179,27 +179,27 @@ class CassandraLightCurves:
         return [dict(row._asdict()) for row in result]
 
     def lightcurve(self, object_id: str) -> list[Row]:
-        rows = self._rows(f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections "
+        rows = self._rows(f"SELECT {', '.join(DETECTION_COLUMNS)} FROM {self.connection.keyspace}.detections "
                           "WHERE object_id = %s", (object_id,))
         return [{c: r[c] for c in DETECTION_COLUMNS} for r in rows]
 
     def forced_photometry(self, object_id: str) -> list[Row]:
-        rows = self._rows(f"SELECT {', '.join(FORCED_COLUMNS)} FROM forced_photometry "
+        rows = self._rows(f"SELECT {', '.join(FORCED_COLUMNS)} FROM {self.connection.keyspace}.forced_photometry "
                           "WHERE object_id = %s", (object_id,))
         return [{c: r[c] for c in FORCED_COLUMNS} for r in rows]
 
     def cutout(self, source_id: int, kind: str) -> bytes | None:
-        rows = self._rows("SELECT data FROM cutouts WHERE source_id = %s AND kind = %s",
+        rows = self._rows(f"SELECT data FROM {self.connection.keyspace}.cutouts WHERE source_id = %s AND kind = %s",
                           (source_id, kind))
         return rows[0]["data"] if rows else None
 
     def packet(self, alert_id: int) -> bytes | None:
-        rows = self._rows("SELECT data FROM packets WHERE alert_id = %s", (alert_id,))
+        rows = self._rows(f"SELECT data FROM {self.connection.keyspace}.packets WHERE alert_id = %s", (alert_id,))
         return rows[0]["data"] if rows else None
 
     def counts(self) -> Mapping[str, int]:
         # Full scans: for tests and small archives only.
-        return {table: int(self._rows(f"SELECT COUNT(*) AS n FROM {table}", ())[0]["n"])
+        return {table: int(self._rows(f"SELECT COUNT(*) AS n FROM {self.connection.keyspace}.{table}", ())[0]["n"])
                 for table in _INSERTS}
 
     def close(self) -> None:

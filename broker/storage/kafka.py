@@ -1,14 +1,23 @@
-"""Kafka through confluent-kafka: client configuration, topic creation and bulk produce."""
+"""Kafka through confluent-kafka: topics, bulk produce, and the stage source and publisher."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from broker.config import Settings
 from broker.exceptions import ServiceUnavailableError
+from broker.streaming.queue import Message
 
 #: Producer settings for alert traffic: idempotent, acknowledged by all in-sync replicas,
 #: batched and compressed (cutouts compress well).
@@ -102,3 +111,117 @@ def produce_all(producer: Producer, topic: str, messages: Iterable[tuple[bytes |
         msg = f"{sent - tracker.delivered} of {sent} messages to {topic} failed: {reason}"
         raise ServiceUnavailableError(msg)
     return sent
+
+
+class KafkaSource:
+    """A `MessageSource` over a confluent-kafka consumer in a consumer group.
+
+    Auto-commit is off: `commit` is called by the stage after its writes are durable, and it is
+    synchronous, so an offset is never ahead of the archive.
+    """
+
+    def __init__(self, *, bootstrap: str, group: str, topics: list[str],
+                 **overrides: object) -> None:
+        self.topics = topics
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            # A batch may wait on a store coming back; don't get evicted meanwhile.
+            "max.poll.interval.ms": 600_000,
+            "session.timeout.ms": 30_000,
+            "fetch.max.bytes": 52_428_800,
+            "max.partition.fetch.bytes": 10_485_760,
+            **overrides,
+        })
+        self._consumer.subscribe(topics)
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        try:
+            raw = self._consumer.consume(num_messages=max_messages, timeout=timeout)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(f"Kafka consume failed: {exc}") from exc
+        messages = []
+        for m in raw:
+            error = m.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.retriable() or not error.fatal():
+                    continue
+                raise ServiceUnavailableError(f"Kafka consumer error: {error}")
+            timestamp_type, timestamp = m.timestamp()
+            messages.append(Message(
+                topic=m.topic(), partition=m.partition(), offset=m.offset(), value=m.value(),
+                key=m.key(),
+                timestamp_ms=timestamp if timestamp_type != TIMESTAMP_NOT_AVAILABLE else None,
+                headers=dict(m.headers() or []),
+            ))
+        return messages
+
+    def commit(self, messages: Sequence[Message]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic, m.partition)
+            next_offsets[key] = max(next_offsets.get(key, -1), m.offset + 1)
+        if not next_offsets:
+            return
+        partitions = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            self._consumer.commit(offsets=partitions, asynchronous=False)
+        except KafkaException as exc:
+            error = exc.args[0]
+            # After a rebalance the partitions may belong to another consumer now; it will
+            # reprocess those messages, and idempotent writes make that harmless.
+            if error.code() in (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+                                KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET):
+                return
+            raise ServiceUnavailableError(f"Kafka commit failed: {exc}") from exc
+
+    def rewind(self) -> None:
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        for tp in self._consumer.committed(assignment, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaPublisher:
+    """A `Publisher` over an idempotent confluent-kafka producer."""
+
+    def __init__(self, *, bootstrap: str, **overrides: object) -> None:
+        self._producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS,
+                                   **overrides})
+        self._tracker = DeliveryTracker()
+        self._sent = 0
+
+    def publish(self, topic: str, value: bytes, key: bytes | None = None,
+                headers: Mapping[str, bytes] | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key,
+                                       headers=list((headers or {}).items()) or None,
+                                       on_delivery=self._tracker)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._sent += 1
+        self._producer.poll(0)
+
+    def flush(self, timeout: float) -> None:
+        remaining = self._producer.flush(timeout)
+        tracker, sent = self._tracker, self._sent
+        self._tracker, self._sent = DeliveryTracker(), 0
+        if remaining or tracker.failed:
+            reason = tracker.failed[0] if tracker.failed else f"{remaining} not acknowledged"
+            msg = f"{sent - tracker.delivered} of {sent} messages were not delivered: {reason}"
+            raise ServiceUnavailableError(msg)
+
+    def close(self) -> None:
+        self._producer.flush(30)

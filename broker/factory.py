@@ -1,0 +1,133 @@
+"""Builds each process's collaborators from the settings: one place that knows the backends.
+
+Entry points (the CLI, the stages in ``consumers/``, the API) ask the factory for what they
+need and never construct a driver themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import cached_property
+from typing import Any
+
+from broker.config import Backend, Settings
+from broker.domain.sky import Chunker
+from broker.storage.archive import LightCurveArchive, ObjectCatalog
+
+
+class Factory:
+    """Per-process context owning the store connections of one backend."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._closers: list[Any] = []
+
+    @cached_property
+    def chunker(self) -> Chunker:
+        return Chunker(self.settings.chunk_stripes, self.settings.chunk_sub_stripes)
+
+    # -- stores
+
+    @cached_property
+    def _embedded(self) -> Any:
+        from broker.storage.sqlite import SQLiteArchive  # noqa: PLC0415
+
+        self.settings.embedded_path.mkdir(parents=True, exist_ok=True)
+        archive = SQLiteArchive(path=self.settings.embedded_path / "archive.sqlite3",
+                                chunker=self.chunker)
+        archive.setup()
+        self._closers.append(archive)
+        return archive
+
+    @cached_property
+    def lightcurves(self) -> LightCurveArchive:
+        if self.settings.backend is Backend.embedded:
+            return self._embedded.lightcurves
+        from broker.storage.cassandra import (  # noqa: PLC0415
+            CassandraConnection,
+            CassandraLightCurves,
+        )
+
+        store = CassandraLightCurves(connection=CassandraConnection.from_settings(self.settings))
+        store.setup()
+        self._closers.append(store)
+        return store
+
+    @cached_property
+    def catalog(self) -> ObjectCatalog:
+        if self.settings.backend is Backend.embedded:
+            return self._embedded.catalog
+        from broker.storage.mariadb import ShardedCatalog, ShardSet  # noqa: PLC0415
+
+        store = ShardedCatalog(shards=ShardSet.from_settings(self.settings), chunker=self.chunker)
+        store.setup()
+        self._closers.append(store)
+        return store
+
+    # -- queues
+
+    @cached_property
+    def memory_broker(self) -> Any:
+        from broker.streaming.memory import MemoryBroker  # noqa: PLC0415
+
+        return MemoryBroker()
+
+    def source(self, *, group: str, topics: list[str]) -> Any:
+        if self.settings.backend is Backend.embedded:
+            from broker.streaming.memory import MemorySource  # noqa: PLC0415
+
+            return MemorySource(self.memory_broker, group=group, topics=topics)
+        from broker.storage.kafka import KafkaSource  # noqa: PLC0415
+
+        return KafkaSource(bootstrap=self.settings.kafka_bootstrap, group=group, topics=topics,
+                           **{"client.id": f"{group}-{uuid.uuid4().hex[:8]}"})
+
+    def publisher(self) -> Any:
+        if self.settings.backend is Backend.embedded:
+            from broker.streaming.memory import MemoryPublisher  # noqa: PLC0415
+
+            return MemoryPublisher(self.memory_broker)
+        from broker.storage.kafka import KafkaPublisher  # noqa: PLC0415
+
+        return KafkaPublisher(bootstrap=self.settings.kafka_bootstrap)
+
+    def ensure_topics(self) -> None:
+        """Create the topics of the pipeline (Kafka only; the memory broker needs none)."""
+        if self.settings.backend is Backend.embedded:
+            return
+        from broker.storage.kafka import KafkaClients  # noqa: PLC0415
+
+        s = self.settings
+        KafkaClients.from_settings(s).ensure_topics(
+            [s.topic_alerts_lsst, s.topic_alerts_ztf, s.topic_ingested, s.topic_dlq])
+
+    # -- stages
+
+    def ingest_stage(self, **overrides: Any) -> Any:
+        from consumers.ingest import IngestStage, IngestTopics  # noqa: PLC0415
+
+        s = self.settings
+        topics = IngestTopics(lsst=s.topic_alerts_lsst, ztf=s.topic_alerts_ztf,
+                              ingested=s.topic_ingested, dlq=s.topic_dlq)
+        arguments: dict[str, Any] = {
+            "source": None, "publisher": None, "lightcurves": None, "catalog": None,
+            "chunker": self.chunker, "topics": topics, "batch_size": s.ingest_batch_size,
+            "poll_timeout": s.ingest_poll_timeout_s,
+        }
+        arguments.update(overrides)
+        if arguments["source"] is None:
+            arguments["source"] = self.source(group=s.ingest_group, topics=topics.inputs)
+            self._closers.append(arguments["source"])
+        if arguments["publisher"] is None:
+            arguments["publisher"] = self.publisher()
+            self._closers.append(arguments["publisher"])
+        if arguments["lightcurves"] is None:
+            arguments["lightcurves"] = self.lightcurves
+        if arguments["catalog"] is None:
+            arguments["catalog"] = self.catalog
+        return IngestStage(**arguments)
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            closer.close()
+        self._closers.clear()
