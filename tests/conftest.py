@@ -52,3 +52,19 @@ def cassandra_session(stack: ServiceStack) -> object:
 def shards(stack: ServiceStack) -> object:
     """The MariaDB shard set on a freshly recreated test database."""
     return stack.fresh_shards()
+
+
+@pytest.fixture(params=["embedded", "services"])
+def harness(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
+    """The same scenario over the embedded backend and over the real services."""
+    from tests.support.backends import EmbeddedHarness, ServicesHarness
+
+    if request.param == "embedded":
+        built = EmbeddedHarness(tmp_path)
+    else:
+        stack = request.getfixturevalue("stack")
+        built = ServicesHarness(stack, request.getfixturevalue("kafka_topics"))
+    try:
+        yield built
+    finally:
+        built.close()

@@ -178,28 +178,34 @@ class CassandraLightCurves:
             raise ServiceUnavailableError(f"Cassandra read failed: {exc}") from exc
         return [dict(row._asdict()) for row in result]
 
+    def _table(self, name: str) -> str:
+        return f"{self.connection.keyspace}.{name}"
+
     def lightcurve(self, object_id: str) -> list[Row]:
-        rows = self._rows(f"SELECT {', '.join(DETECTION_COLUMNS)} FROM {self.connection.keyspace}.detections "
-                          "WHERE object_id = %s", (object_id,))
+        rows = self._rows(f"SELECT {', '.join(DETECTION_COLUMNS)} FROM "
+                          f"{self._table('detections')} WHERE object_id = %s", (object_id,))
         return [{c: r[c] for c in DETECTION_COLUMNS} for r in rows]
 
     def forced_photometry(self, object_id: str) -> list[Row]:
-        rows = self._rows(f"SELECT {', '.join(FORCED_COLUMNS)} FROM {self.connection.keyspace}.forced_photometry "
-                          "WHERE object_id = %s", (object_id,))
+        rows = self._rows(f"SELECT {', '.join(FORCED_COLUMNS)} FROM "
+                          f"{self._table('forced_photometry')} WHERE object_id = %s",
+                          (object_id,))
         return [{c: r[c] for c in FORCED_COLUMNS} for r in rows]
 
     def cutout(self, source_id: int, kind: str) -> bytes | None:
-        rows = self._rows(f"SELECT data FROM {self.connection.keyspace}.cutouts WHERE source_id = %s AND kind = %s",
-                          (source_id, kind))
+        rows = self._rows(f"SELECT data FROM {self._table('cutouts')} "
+                          "WHERE source_id = %s AND kind = %s", (source_id, kind))
         return rows[0]["data"] if rows else None
 
     def packet(self, alert_id: int) -> bytes | None:
-        rows = self._rows(f"SELECT data FROM {self.connection.keyspace}.packets WHERE alert_id = %s", (alert_id,))
+        rows = self._rows(f"SELECT data FROM {self._table('packets')} WHERE alert_id = %s",
+                          (alert_id,))
         return rows[0]["data"] if rows else None
 
     def counts(self) -> Mapping[str, int]:
         # Full scans: for tests and small archives only.
-        return {table: int(self._rows(f"SELECT COUNT(*) AS n FROM {self.connection.keyspace}.{table}", ())[0]["n"])
+        return {table: int(self._rows(f"SELECT COUNT(*) AS n FROM {self._table(table)}",
+                                      ())[0]["n"])
                 for table in _INSERTS}
 
     def close(self) -> None:

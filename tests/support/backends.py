@@ -1,0 +1,196 @@
+"""One test harness per backend, so one scenario base runs unchanged over both.
+
+In the manner of lsst/dax_apdb's test base: scenario tests take a `Harness` and never ask which
+backend they are on. The embedded harness is an in-process queue and a SQLite file; the
+services harness is fresh Kafka topics, a fresh Cassandra keyspace and fresh MariaDB databases
+on the real services started for the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from broker.domain.sky import Chunker
+from broker.storage.archive import LightCurveArchive, ObjectCatalog
+from broker.streaming.queue import Message
+from consumers.ingest import IngestStage, IngestTopics
+
+CHUNKER = Chunker(85, 12)
+
+
+class Harness:
+    """What a scenario needs: topics to produce to, stages, the stores and the outputs."""
+
+    name: str
+    topics: IngestTopics
+    lightcurves: LightCurveArchive
+    catalog: ObjectCatalog
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make everything produced visible to consumers."""
+
+    def stage(self, **overrides: Any) -> IngestStage:
+        raise NotImplementedError
+
+    def outputs(self, topic: str) -> list[Message]:
+        raise NotImplementedError
+
+    def ingest_once(self, **overrides: Any) -> Any:
+        """Build a stage, drain the input topics, leave the consumer group; the report."""
+        idle_polls = overrides.pop("idle_polls", 3)
+        stage = self.stage(**overrides)
+        try:
+            return stage.run(once=True, idle_polls=idle_polls)
+        finally:
+            stage.source.close()
+
+    def close(self) -> None:
+        pass
+
+
+class EmbeddedHarness(Harness):
+    name = "embedded"
+
+    def __init__(self, tmp_path: Path) -> None:
+        from broker.storage.sqlite import SQLiteArchive
+        from broker.streaming.memory import MemoryBroker
+
+        self.broker = MemoryBroker(partitions=3)
+        self.topics = IngestTopics()
+        self.archive = SQLiteArchive(path=tmp_path / "archive.sqlite3", chunker=CHUNKER)
+        self.archive.setup()
+        self.lightcurves = self.archive.lightcurves
+        self.catalog = self.archive.catalog
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.broker.produce(topic, value, key=key)
+
+    def stage(self, **overrides: Any) -> IngestStage:
+        from broker.streaming.memory import MemoryPublisher, MemorySource
+
+        group = overrides.pop("group", "lanner-ingest")
+        arguments: dict[str, Any] = {
+            "source": MemorySource(self.broker, group=group, topics=self.topics.inputs),
+            "publisher": MemoryPublisher(self.broker),
+            "lightcurves": self.lightcurves, "catalog": self.catalog, "chunker": CHUNKER,
+            "topics": self.topics, "batch_size": 200, "poll_timeout": 0.05,
+        }
+        arguments.update(overrides)
+        return IngestStage(**arguments)
+
+    def outputs(self, topic: str) -> list[Message]:
+        return self.broker.messages(topic)
+
+    def close(self) -> None:
+        self.archive.close()
+
+
+class ServicesHarness(Harness):
+    name = "services"
+
+    def __init__(self, stack: Any, topic_factory: Any) -> None:
+        from broker.storage.cassandra import CassandraConnection, CassandraLightCurves
+        from broker.storage.kafka import KafkaPublisher
+        from broker.storage.mariadb import ShardedCatalog, ShardSet
+
+        self.stack = stack
+        suffix = uuid.uuid4().hex[:8]
+        self.topics = IngestTopics(
+            lsst=topic_factory("alerts.lsst", partitions=3),
+            ztf=topic_factory("alerts.ztf", partitions=3),
+            ingested=topic_factory("internal.ingested", partitions=3),
+            dlq=topic_factory("alerts.dlq", partitions=1),
+        )
+        settings = stack.settings
+        self.group = f"ingest-{suffix}"
+        self.keyspace = f"lanner_t{suffix}"
+        self.database = f"lanner_t{suffix}"
+        self.lightcurves = CassandraLightCurves(connection=CassandraConnection(
+            hosts=settings.cassandra_hosts, port=settings.cassandra_port, keyspace=self.keyspace))
+        self.lightcurves.setup()
+        self.shards = ShardSet(addresses=settings.shard_addresses, user=settings.mariadb_user,
+                               password=settings.mariadb_password.get_secret_value(),
+                               database=self.database)
+        self.catalog = ShardedCatalog(shards=self.shards, chunker=CHUNKER)
+        self.catalog.setup()
+        self._producer = KafkaPublisher(bootstrap=stack.kafka.bootstrap)
+        self._publishers: list[Any] = []
+        self._sources: list[Any] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self._producer.publish(topic, value, key=key)
+
+    def flush(self) -> None:
+        self._producer.flush(60)
+
+    def stage(self, **overrides: Any) -> IngestStage:
+        from broker.storage.kafka import KafkaPublisher, KafkaSource
+
+        group = overrides.pop("group", self.group)
+        self.flush()
+        source = KafkaSource(bootstrap=self.stack.kafka.bootstrap, group=group,
+                             topics=self.topics.inputs)
+        publisher = KafkaPublisher(bootstrap=self.stack.kafka.bootstrap)
+        self._sources.append(source)
+        self._publishers.append(publisher)
+        arguments: dict[str, Any] = {
+            "source": source, "publisher": publisher, "lightcurves": self.lightcurves,
+            "catalog": self.catalog, "chunker": CHUNKER, "topics": self.topics,
+            "batch_size": 200, "poll_timeout": 1.0,
+        }
+        arguments.update(overrides)
+        return IngestStage(**arguments)
+
+    def outputs(self, topic: str) -> list[Message]:
+        consumer = Consumer({
+            "bootstrap.servers": self.stack.kafka.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "enable.partition.eof": True,
+        })
+        out: list[Message] = []
+        try:
+            consumer.subscribe([topic])
+            idle = 0
+            eof: set[int] = set()
+            while idle < 5:
+                batch = consumer.consume(num_messages=1000, timeout=1.0)
+                if not batch:
+                    idle += 1
+                    continue
+                for m in batch:
+                    if m.error() is not None:
+                        eof.add(m.partition())
+                        continue
+                    out.append(Message(topic=m.topic(), partition=m.partition(),
+                                       offset=m.offset(), value=m.value(), key=m.key(),
+                                       headers=dict(m.headers() or [])))
+                partitions = len(consumer.assignment())
+                if partitions and len(eof) >= partitions:
+                    break
+        finally:
+            consumer.close()
+        return out
+
+    def close(self) -> None:
+        for source in self._sources:
+            with contextlib.suppress(RuntimeError):
+                source.close()
+        self.lightcurves.connection.session().execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}")
+        self.lightcurves.close()
+        self.catalog.close()
+        for shard in range(len(self.shards)):
+            connection = self.shards.connect(shard, database=False)
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+                connection.commit()
+            finally:
+                connection.close()
