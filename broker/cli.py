@@ -165,6 +165,27 @@ def simulate(
 
 @app.command()
 @clean_errors
+def replay(
+    folder: Annotated[str, typer.Argument(help="Folder of Rubin or ZTF alert files.")],
+    topic: Annotated[str, typer.Option("--topic", help="Topic to put them on.")],
+) -> None:
+    """Put a folder of alert files (Rubin wire format or Avro containers, ZTF) on a topic."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from broker.storage.kafka import KafkaClients, produce_all  # noqa: PLC0415
+    from broker.streaming.replay import iter_alert_files  # noqa: PLC0415
+
+    if not Path(folder).is_dir():
+        raise LannerError(f"{folder} is not a folder")
+    clients = KafkaClients.from_settings(get_settings())
+    clients.ensure_topics([topic])
+    sent = produce_all(clients.producer(), topic,
+                       ((key, value) for _, value, key in iter_alert_files(folder)))
+    out.print(f"{sent} alerts from {folder} on topic {topic}", highlight=False)
+
+
+@app.command()
+@clean_errors
 def ingest(
     once: Annotated[bool, typer.Option(
         "--once", help="Drain what is on the topics, then exit.")] = False,
