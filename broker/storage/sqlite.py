@@ -83,6 +83,9 @@ SCHEMA_VERSION = 1
 #: Seconds a connection waits for a lock held by another connection before giving up.
 BUSY_TIMEOUT_S = 30.0
 
+#: Smallest radius handed to `cone_cover` (1 mas).
+MIN_COVER_RADIUS_DEG = 1e-3 / 3600.0
+
 #: Ids per ``IN (...)`` list (well below SQLite's limit on bound parameters).
 _ID_BATCH = 500
 
@@ -191,9 +194,9 @@ WHERE object_id IN (SELECT object_id FROM {_TOUCHED})
 _REFRESH_OBJECTS = _refresh_objects_sql()
 
 
-def _detection_row(placed: PlacedDetection) -> tuple[Any, ...]:
+def _detection_row(placed: PlacedDetection, chunk_id: int) -> tuple[Any, ...]:
     d = placed.detection
-    return (d.source_id, d.object_id, placed.survey, placed.chunk_id, placed.hpx29, d.mjd, d.ra,
+    return (d.source_id, d.object_id, placed.survey, chunk_id, placed.hpx29, d.mjd, d.ra,
             d.dec, d.band, d.psf_flux, d.psf_flux_err, d.science_flux, d.science_flux_err, d.snr,
             d.reliability)
 
@@ -354,6 +357,19 @@ class SQLiteArchive:
         connection.executemany(f"INSERT OR IGNORE INTO {_TOUCHED} (object_id) VALUES (?)",
                                ((object_id,) for object_id in object_ids))
 
+    def _insert_detections(self, connection: sqlite3.Connection,
+                           detections: Sequence[PlacedDetection]) -> None:
+        """Insert new detection rows in their object's chunk: the director's once it has one
+        (whoever planned the batch), else the planned one."""
+        if not detections:
+            return
+        self._mark_touched(connection, (p.detection.object_id for p in detections))
+        placed = dict(connection.execute(
+            f"SELECT object_id, chunk_id FROM director WHERE object_id IN "
+            f"(SELECT object_id FROM {_TOUCHED})").fetchall())
+        connection.executemany(_INSERT_DETECTION, (
+            _detection_row(p, placed.get(p.detection.object_id, p.chunk_id)) for p in detections))
+
     def _detections_of(self, object_id: str) -> list[Row]:
         rows = self._query(
             f"SELECT {_select(DETECTION_COLUMNS)} FROM detections WHERE object_id = ? "
@@ -385,7 +401,7 @@ class SQLiteLightCurves:
         """Write detections, forced photometry, cutouts and packets in one transaction."""
         forced_objects = {f.object_id for f in batch.forced}
         with self._archive._transaction() as connection:
-            connection.executemany(_INSERT_DETECTION, map(_detection_row, batch.detections))
+            self._archive._insert_detections(connection, batch.detections)
             connection.executemany(_INSERT_FORCED, (
                 (f.forced_id, f.object_id, f.mjd, f.band, f.psf_flux, f.psf_flux_err,
                  f.science_flux, f.science_flux_err) for f in batch.forced))
@@ -483,9 +499,9 @@ class SQLiteCatalog:
         if not batch.objects and not batch.detections:
             return
         with self._archive._transaction() as connection:
-            connection.executemany(_INSERT_DETECTION, map(_detection_row, batch.detections))
             connection.executemany(_INSERT_DIRECTOR,
                                    ((o.object_id, o.chunk_id) for o in batch.objects))
+            self._archive._insert_detections(connection, batch.detections)
             positions = []
             for update in batch.objects:
                 mjd, source_id = _position_epoch(update)
@@ -519,7 +535,9 @@ class SQLiteCatalog:
         _check_cone(ra, dec, radius_deg, limit)
         if limit == 0:
             return []
-        cover = cone_cover(self._archive.chunker, ra, dec, radius_deg)
+        # cone_cover cannot cover radii below a fraction of a milliarcsecond (cdshealpix panics
+        # past order 29); a wider cover only adds candidates that the exact distance drops.
+        cover = cone_cover(self._archive.chunker, ra, dec, max(radius_deg, MIN_COVER_RADIUS_DEG))
         if not cover.chunks or not cover.ranges:
             return []
         # Chunk ids and range bounds are integers computed here, so they go into the text
@@ -542,9 +560,10 @@ class SQLiteCatalog:
         return [{**dict(row), "distance_arcsec": d * 3600.0} for d, row in inside[:limit]]
 
     def counts(self) -> dict[str, int]:
-        """Rows in ``objects``, ``detections`` (the alert rows) and ``director``."""
-        return {table: self._archive._count(table)
-                for table in ("objects", "detections", "director")}
+        """Rows per table, named as on the MariaDB shards: ``objects``, ``alert_rows`` (embedded,
+        the ``detections`` table) and ``director``."""
+        return {name: self._archive._count(table) for name, table in
+                (("objects", "objects"), ("alert_rows", "detections"), ("director", "director"))}
 
     def close(self) -> None:
         """Close this view; the connections close with the last open view."""

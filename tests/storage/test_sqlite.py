@@ -1,0 +1,590 @@
+"""The embedded SQLite archive: idempotent writes, exact object rows, cone search vs brute force."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from broker.domain.alerts import Alert, Detection, ForcedMeasurement, Survey, from_rubin
+from broker.domain.archive import BANDS, ArchiveBatch, Seen, plan
+from broker.domain.simulator import AlertSimulator
+from broker.domain.sky import Chunker, angular_separation_deg, hpx29
+from broker.exceptions import TransientError
+from broker.storage.archive import (
+    DETECTION_COLUMNS,
+    FORCED_COLUMNS,
+    OBJECT_COLUMNS,
+    LightCurveArchive,
+    ObjectCatalog,
+    Origin,
+)
+from broker.storage.sqlite import SQLiteArchive
+from broker.streaming import wire
+
+CHUNKER = Chunker(85, 12)
+TABLES = ("detections", "forced_photometry", "cutouts", "packets", "objects", "director")
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _packet_bytes(alert_id: int) -> bytes:
+    return f"packet of {alert_id}".encode()
+
+
+def _simulated(count: int, *, seed: int, **options: Any) -> list[Alert]:
+    simulator = AlertSimulator(schema="11.1", seed=seed, **options)
+    alerts = []
+    for record in simulator.packets(count):
+        alert_id = record["diaSource"]["diaSourceId"]
+        alerts.append(from_rubin(record, 1101, _packet_bytes(alert_id)))
+    return alerts
+
+
+def _origins(alerts: Sequence[Alert], start: int = 0) -> dict[int, Origin]:
+    return {a.alert_id: Origin("alerts.lsst", 0, start + i) for i, a in enumerate(alerts)}
+
+
+def _ingest(archive: SQLiteArchive, alerts: Sequence[Alert],
+            origins: Mapping[int, Origin] | None = None) -> ArchiveBatch:
+    """What the ingest stage does with one batch."""
+    batch = plan(alerts, archive.catalog.seen({a.object_id for a in alerts}), CHUNKER)
+    archive.lightcurves.write(batch, origins if origins is not None else _origins(alerts))
+    archive.catalog.write(batch)
+    return batch
+
+
+def _ingest_in_batches(archive: SQLiteArchive, alerts: Sequence[Alert], size: int) -> None:
+    for start in range(0, len(alerts), size):
+        part = alerts[start:start + size]
+        _ingest(archive, part, _origins(part, start))
+
+
+def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in primary-key order, read through a separate connection."""
+    connection = sqlite3.connect(path)
+    try:
+        return {table: connection.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in TABLES}
+    finally:
+        connection.close()
+
+
+def _hand_alert(object_id: str, source_id: int, ra: float, dec: float, mjd: float,
+                band: str = "r", flux: float = 1000.0,
+                history: Sequence[Detection] = ()) -> Alert:
+    detection = Detection(source_id=source_id, object_id=object_id, mjd=mjd, ra=ra, dec=dec,
+                          band=band, psf_flux=flux, psf_flux_err=flux / 20.0)
+    return Alert(survey=Survey.lsst, schema="lsst:1101", detection=detection,
+                 history=tuple(history), packet=_packet_bytes(source_id))
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[SQLiteArchive]:
+    archive = SQLiteArchive(path=tmp_path / "lanner.db", chunker=CHUNKER)
+    archive.setup()
+    try:
+        yield archive
+    finally:
+        archive.close()
+
+
+@pytest.fixture
+def make_archive(tmp_path: Path) -> Iterator[Any]:
+    """A factory of further fresh archives in the same test."""
+    made: list[SQLiteArchive] = []
+    counter = itertools.count()
+
+    def make() -> SQLiteArchive:
+        archive = SQLiteArchive(path=tmp_path / f"other-{next(counter)}.db", chunker=CHUNKER)
+        archive.setup()
+        made.append(archive)
+        return archive
+
+    try:
+        yield make
+    finally:
+        for archive in made:
+            archive.close()
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[Alert]:
+    """1,000 packets of 60 objects: histories grow within the stream."""
+    return _simulated(1000, seed=41, n_objects=60)
+
+
+# ---- layout ---------------------------------------------------------------------------------
+
+
+def test_setup_creates_the_chunked_layout_and_is_idempotent(archive: SQLiteArchive) -> None:
+    archive.setup()  # a second time changes nothing
+    connection = sqlite3.connect(archive.path)
+    try:
+        names = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert set(TABLES) <= names
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        for table in ("detections", "objects"):
+            indexed = [
+                [col[2] for col in connection.execute(f"PRAGMA index_info({index[1]})")]
+                for index in connection.execute(f"PRAGMA index_list({table})")
+            ]
+            assert ["chunk_id", "hpx29"] in indexed
+        for table in ("detections", "forced_photometry"):
+            indexed = [
+                [col[2] for col in connection.execute(f"PRAGMA index_info({index[1]})")]
+                for index in connection.execute(f"PRAGMA index_list({table})")
+            ]
+            assert ["object_id", "mjd"] in indexed
+        object_columns = [row[1] for row in connection.execute("PRAGMA table_info(objects)")]
+        assert tuple(object_columns[:len(OBJECT_COLUMNS)]) == OBJECT_COLUMNS
+    finally:
+        connection.close()
+    assert archive.lightcurves.counts() == {"detections": 0, "forced_photometry": 0,
+                                            "cutouts": 0, "packets": 0}
+    assert archive.catalog.counts() == {"objects": 0, "alert_rows": 0, "director": 0}
+
+
+def test_views_fill_the_archive_protocols(archive: SQLiteArchive) -> None:
+    # Checked by mypy: each view is structurally one of the two roles.
+    lightcurves: LightCurveArchive = archive.lightcurves
+    catalog: ObjectCatalog = archive.catalog
+    lightcurves.setup()
+    catalog.setup()
+    assert catalog.seen(["x"]) == {}
+
+
+# ---- idempotency ----------------------------------------------------------------------------
+
+
+def test_same_batch_written_twice_leaves_identical_rows(archive: SQLiteArchive,
+                                                        stream: list[Alert]) -> None:
+    alerts = stream[:100]
+    batch = plan(alerts, archive.catalog.seen({a.object_id for a in alerts}), CHUNKER)
+    origins = _origins(alerts)
+    archive.lightcurves.write(batch, origins)
+    archive.catalog.write(batch)
+    first = _dump(archive.path)
+    counts = (dict(archive.lightcurves.counts()), dict(archive.catalog.counts()))
+    assert counts[0]["packets"] == 100
+    assert counts[0]["cutouts"] == 300
+
+    archive.lightcurves.write(batch, origins)
+    archive.catalog.write(batch)
+    assert _dump(archive.path) == first
+    assert (archive.lightcurves.counts(), archive.catalog.counts()) == counts
+
+    # Planned again against what is now stored (a redelivery after a crash before the commit).
+    _ingest(archive, alerts, origins)
+    assert _dump(archive.path) == first
+
+
+def test_thousand_packets_in_batches_then_again(archive: SQLiteArchive,
+                                                stream: list[Alert]) -> None:
+    _ingest_in_batches(archive, stream, 100)
+    first = _dump(archive.path)
+    assert len(first["packets"]) == 1000
+    assert len(first["cutouts"]) == 3000
+    assert len(first["objects"]) == len({a.object_id for a in stream})
+
+    _ingest_in_batches(archive, stream, 100)
+    assert _dump(archive.path) == first
+    # Any other cut of the same stream, replayed, too.
+    _ingest_in_batches(archive, stream, 37)
+    assert _dump(archive.path) == first
+
+
+def test_batch_size_does_not_change_the_rows(make_archive: Any, stream: list[Alert]) -> None:
+    by_hundred, by_one_batch = make_archive(), make_archive()
+    _ingest_in_batches(by_hundred, stream[:400], 100)
+    _ingest_in_batches(by_one_batch, stream[:400], 400)
+    assert _dump(by_hundred.path) == _dump(by_one_batch.path)
+
+
+def test_views_can_be_written_in_either_order(make_archive: Any, stream: list[Alert]) -> None:
+    forward, backward = make_archive(), make_archive()
+    for start in range(0, 300, 100):
+        alerts = stream[start:start + 100]
+        origins = _origins(alerts, start)
+        batch = plan(alerts, forward.catalog.seen({a.object_id for a in alerts}), CHUNKER)
+        forward.lightcurves.write(batch, origins)
+        forward.catalog.write(batch)
+        batch = plan(alerts, backward.catalog.seen({a.object_id for a in alerts}), CHUNKER)
+        backward.catalog.write(batch)
+        backward.lightcurves.write(batch, origins)
+    assert _dump(forward.path) == _dump(backward.path)
+
+
+# ---- object rows ----------------------------------------------------------------------------
+
+
+def test_object_rows_are_exact(archive: SQLiteArchive, stream: list[Alert]) -> None:
+    _ingest_in_batches(archive, stream, 100)
+    sources: dict[str, dict[int, Detection]] = defaultdict(dict)
+    forced: dict[str, dict[int, ForcedMeasurement]] = defaultdict(dict)
+    for alert in stream:
+        for detection in alert.detections():
+            sources[alert.object_id][detection.source_id] = detection
+        for measurement in alert.forced:
+            forced[alert.object_id][measurement.forced_id] = measurement
+
+    for object_id, detections in sources.items():
+        row = archive.catalog.get_object(object_id)
+        assert row is not None
+        assert tuple(row) == OBJECT_COLUMNS
+        lightcurve = archive.lightcurves.lightcurve(object_id)
+        # Every object's whole history is in the simulated stream, so the archive holds all of
+        # the distinct sources its packets carried, and the counts come from those rows.
+        assert row["n_detections"] == len(lightcurve) == len(detections)
+        assert {r["source_id"] for r in lightcurve} == set(detections)
+        assert row["first_mjd"] == min(d.mjd for d in detections.values())
+        assert row["last_mjd"] == max(d.mjd for d in detections.values())
+        if forced[object_id]:
+            assert row["last_forced_mjd"] == max(f.mjd for f in forced[object_id].values())
+        else:
+            assert row["last_forced_mjd"] is None
+        for band in BANDS:
+            in_band = [d for d in detections.values() if d.band == band]
+            assert row[f"{band}_n"] == len(in_band)
+            if in_band:
+                newest = max(in_band, key=lambda d: (d.mjd, d.source_id))
+                assert row[f"{band}_last_mjd"] == newest.mjd
+                assert row[f"{band}_last_flux"] == newest.psf_flux
+                assert row[f"{band}_last_flux_err"] == newest.psf_flux_err
+            else:
+                assert row[f"{band}_last_mjd"] is None
+        assert archive.catalog.alert_rows(object_id) == lightcurve
+        seen = archive.catalog.seen([object_id])[object_id]
+        assert seen == Seen(row["last_mjd"],
+                            row["last_forced_mjd"] if row["last_forced_mjd"] is not None
+                            else -math.inf,
+                            row["chunk_id"])
+        assert {r["chunk_id"] for r in lightcurve} == {row["chunk_id"]}
+
+
+def test_position_follows_the_newest_packet(archive: SQLiteArchive, stream: list[Alert]) -> None:
+    _ingest_in_batches(archive, stream, 100)
+    newest: dict[str, Alert] = {}
+    for alert in stream:
+        current = newest.get(alert.object_id)
+        if current is None or (alert.detection.mjd, alert.alert_id) > (current.detection.mjd,
+                                                                       current.alert_id):
+            newest[alert.object_id] = alert
+    for object_id, alert in newest.items():
+        expected = plan([alert], {}, CHUNKER).objects[0]
+        row = archive.catalog.get_object(object_id)
+        assert row is not None
+        assert (row["ra"], row["dec"], row["hpx29"]) == (expected.ra, expected.dec,
+                                                         expected.hpx29)
+
+
+def test_older_packet_after_newer_changes_nothing(make_archive: Any,
+                                                  stream: list[Alert]) -> None:
+    per_object: dict[str, list[Alert]] = defaultdict(list)
+    for alert in stream:
+        per_object[alert.object_id].append(alert)
+    object_id, alerts = max(per_object.items(), key=lambda item: len(item[1]))
+    newer, older = alerts[-1], alerts[-5]
+    assert older.alert_id in {d.source_id for d in newer.history}
+
+    archive = make_archive()
+    _ingest(archive, [newer])
+    before = archive.catalog.get_object(object_id)
+    dump = _dump(archive.path)
+    _ingest(archive, [older])
+    assert archive.catalog.get_object(object_id) == before
+    after = _dump(archive.path)
+    # Only the older packet's own rows are new.
+    assert after["objects"] == dump["objects"]
+    assert after["detections"] == dump["detections"]
+    assert len(after["packets"]) == len(dump["packets"]) + 1
+
+
+def test_older_detections_never_replace_newer_band_values(archive: SQLiteArchive) -> None:
+    oid = "hand-bands"
+    newer_r = _hand_alert(oid, 30, 10.0, -20.0, 60010.0, "r", 3000.0)
+    older_g = _hand_alert(oid, 20, 10.0, -20.0, 60009.0, "g", 2000.0)
+    older_r = _hand_alert(oid, 10, 10.0001, -20.0001, 60008.0, "r", 1000.0)
+    same_time_r = _hand_alert(oid, 31, 10.0, -20.0, 60010.0, "r", 3100.0)
+
+    _ingest(archive, [newer_r])
+    row = archive.catalog.get_object(oid)
+    assert row is not None
+    assert (row["r_last_mjd"], row["r_last_flux"], row["r_n"]) == (60010.0, 3000.0, 1)
+    position = (row["ra"], row["dec"], row["hpx29"])
+
+    _ingest(archive, [older_g])  # a band with nothing stored: its value is taken
+    _ingest(archive, [older_r])  # older than the stored r: counted, not taken
+    row = archive.catalog.get_object(oid)
+    assert row is not None
+    assert (row["g_last_mjd"], row["g_last_flux"], row["g_n"]) == (60009.0, 2000.0, 1)
+    assert (row["r_last_mjd"], row["r_last_flux"], row["r_n"]) == (60010.0, 3000.0, 2)
+    assert (row["first_mjd"], row["last_mjd"], row["n_detections"]) == (60008.0, 60010.0, 3)
+    assert (row["ra"], row["dec"], row["hpx29"]) == position
+
+    _ingest(archive, [same_time_r])  # same time, larger source id: newer by the tie-break
+    row = archive.catalog.get_object(oid)
+    assert row is not None
+    assert (row["r_last_mjd"], row["r_last_flux"], row["r_n"]) == (60010.0, 3100.0, 3)
+
+
+def test_director_keeps_the_first_chunk(archive: SQLiteArchive) -> None:
+    alert = _hand_alert("hand-drift", 100, 45.0, 10.0, 60000.0)
+    _ingest(archive, [alert])
+    first = archive.catalog.get_object("hand-drift")
+    assert first is not None
+    later = _hand_alert("hand-drift", 101, 200.0, -40.0, 60001.0)
+    batch = plan([later], {}, CHUNKER)  # planned as if the object were new
+    assert batch.objects[0].chunk_id != first["chunk_id"]
+    archive.lightcurves.write(batch, {})
+    archive.catalog.write(batch)
+    row = archive.catalog.get_object("hand-drift")
+    assert row is not None
+    assert row["chunk_id"] == first["chunk_id"]
+    assert (row["ra"], row["dec"]) == (200.0, -40.0)
+    assert archive.catalog.seen(["hand-drift"])["hand-drift"].chunk_id == first["chunk_id"]
+    # Its alert rows stay in its chunk too.
+    assert {r["chunk_id"] for r in archive.catalog.alert_rows("hand-drift")} == {
+        first["chunk_id"]}
+
+
+def test_seen_leaves_unknown_objects_out(archive: SQLiteArchive, stream: list[Alert]) -> None:
+    _ingest(archive, stream[:50])
+    known = {a.object_id for a in stream[:50]}
+    ids = [*known, "never-seen", *(f"unknown-{i}" for i in range(1200))]
+    seen = archive.catalog.seen(ids)
+    assert set(seen) == known
+    assert archive.catalog.get_object("never-seen") is None
+    assert archive.catalog.alert_rows("never-seen") == []
+    assert archive.lightcurves.lightcurve("never-seen") == []
+
+
+# ---- light-curve reads ----------------------------------------------------------------------
+
+
+def test_lightcurves_forced_cutouts_and_packets(archive: SQLiteArchive) -> None:
+    simulator = AlertSimulator(schema="11.1", seed=5, n_objects=5)
+    alerts = []
+    for _key, message in simulator.encoded(30):
+        schema_id, record = wire.decode(message)
+        alerts.append(from_rubin(record, schema_id, message))
+    origins = _origins(alerts, 1000)
+    _ingest(archive, alerts, origins)
+
+    for alert in alerts:
+        assert archive.lightcurves.packet(alert.alert_id) == alert.packet
+        assert archive.lightcurves.origin(alert.alert_id) == origins[alert.alert_id]
+        for kind, data in alert.cutouts.items():
+            assert archive.lightcurves.cutout(alert.alert_id, kind) == data
+    assert archive.lightcurves.cutout(alerts[0].alert_id, "nonsense") is None
+    assert archive.lightcurves.packet(1) is None
+    assert archive.lightcurves.origin(1) is None
+
+    alert = alerts[-1]
+    lightcurve = archive.lightcurves.lightcurve(alert.object_id)
+    assert all(tuple(row) == DETECTION_COLUMNS for row in lightcurve)
+    assert [r["mjd"] for r in lightcurve] == sorted(r["mjd"] for r in lightcurve)
+    by_id = {r["source_id"]: r for r in lightcurve}
+    detection = alert.detection
+    stored = by_id[detection.source_id]
+    assert (stored["ra"], stored["dec"], stored["band"], stored["psf_flux"], stored["snr"]) == (
+        detection.ra, detection.dec, detection.band, detection.psf_flux, detection.snr)
+    assert stored["hpx29"] == int(hpx29(np.array([detection.ra]), np.array([detection.dec]))[0])
+    assert stored["survey"] == "lsst"
+
+    forced = archive.lightcurves.forced_photometry(alert.object_id)
+    assert forced
+    assert all(tuple(row) == FORCED_COLUMNS for row in forced)
+    assert [r["mjd"] for r in forced] == sorted(r["mjd"] for r in forced)
+    assert {r["forced_id"] for r in forced} >= {f.forced_id for f in alert.forced}
+
+
+def test_packet_without_origin_or_bytes(archive: SQLiteArchive) -> None:
+    alert = dataclasses.replace(_hand_alert("hand-bare", 7, 1.0, 2.0, 60000.0), packet=b"")
+    _ingest(archive, [alert], {})
+    assert archive.lightcurves.packet(7) is None
+    assert archive.lightcurves.origin(7) is None
+    assert archive.lightcurves.counts()["packets"] == 1
+
+
+# ---- cone search ----------------------------------------------------------------------------
+
+#: Hand-made objects at the RA wrap and near both poles.
+_EDGE_POSITIONS = [
+    *((ra, dec) for ra in (359.9995, 359.998, 359.99, 359.9, 0.0, 0.0003, 0.002, 0.05)
+      for dec in (0.0, 0.001, -0.002, -30.0, 45.0)),
+    *((ra, dec) for ra in (0.0, 45.0, 90.0, 123.0, 180.0, 270.0, 359.9)
+      for dec in (89.9999, 89.999, 89.99, 89.95, -89.9999, -89.995, -89.97)),
+    (0.0, 90.0), (0.0, -90.0),
+]
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteArchive]:
+    """Simulated objects over the whole sky plus hand-made ones at the RA wrap and the poles."""
+    archive = SQLiteArchive(path=tmp_path_factory.mktemp("sky") / "sky.db", chunker=CHUNKER)
+    archive.setup()
+    alerts = _simulated(1500, seed=17, n_objects=500, dec_range=(-90.0, 90.0), cutouts=False)
+    _ingest_in_batches(archive, alerts, 500)
+    edge = [_hand_alert(f"edge-{i}", 10_000 + i, ra, dec, 60000.0)
+            for i, (ra, dec) in enumerate(_EDGE_POSITIONS)]
+    _ingest(archive, edge)
+    try:
+        yield archive
+    finally:
+        archive.close()
+
+
+def _brute_force(archive: SQLiteArchive, ra: float, dec: float,
+                 radius_deg: float) -> list[tuple[str, float]]:
+    connection = sqlite3.connect(archive.path)
+    try:
+        rows = connection.execute("SELECT object_id, ra, dec FROM objects").fetchall()
+    finally:
+        connection.close()
+    ids = [r[0] for r in rows]
+    distances = angular_separation_deg(np.full(len(rows), ra), np.full(len(rows), dec),
+                                       np.array([r[1] for r in rows]),
+                                       np.array([r[2] for r in rows]))
+    inside = sorted((float(d), i) for d, i in zip(distances.tolist(), ids, strict=True)
+                    if d <= radius_deg)
+    return [(i, d * 3600.0) for d, i in inside]
+
+
+def _check_cone(archive: SQLiteArchive, ra: float, dec: float, radius_deg: float) -> int:
+    expected = _brute_force(archive, ra, dec, radius_deg)
+    got = archive.catalog.cone(ra, dec, radius_deg, limit=100_000)
+    assert [(r["object_id"], r["distance_arcsec"]) for r in got] == expected, (ra, dec, radius_deg)
+    assert all(tuple(r)[:len(OBJECT_COLUMNS)] == OBJECT_COLUMNS for r in got)
+    if len(expected) > 2:
+        limited = archive.catalog.cone(ra, dec, radius_deg, limit=2)
+        assert [r["object_id"] for r in limited] == [i for i, _ in expected[:2]]
+    return len(expected)
+
+
+def test_cone_equals_brute_force_for_random_cones(sky: SQLiteArchive) -> None:
+    rng = np.random.default_rng(2024)
+    found = 0
+    for _ in range(60):
+        ra = float(rng.uniform(0.0, 360.0))
+        dec = float(np.degrees(np.arcsin(rng.uniform(-1.0, 1.0))))
+        radius = float(10 ** rng.uniform(math.log10(1 / 3600), 1.0))
+        found += _check_cone(sky, ra, dec, radius) > 0
+    # Cones around stored objects, so that small radii find something too.
+    rows = sqlite3.connect(sky.path).execute("SELECT ra, dec FROM objects").fetchall()
+    for index in rng.choice(len(rows), size=60, replace=False).tolist():
+        ra, dec = rows[index]
+        radius = float(10 ** rng.uniform(math.log10(0.5 / 3600), 0.0))
+        offset = float(rng.uniform(0.0, radius / 2))  # the object stays inside
+        found += _check_cone(sky, (ra + offset / max(math.cos(math.radians(dec)), 1e-3)) % 360,
+                             max(-90.0, min(90.0, dec - offset / 2)), radius) > 0
+    assert found > 60
+
+
+@pytest.mark.parametrize(("ra", "dec", "radius"), [
+    (0.0001, 0.0, 0.01),
+    (0.0001, 0.0, 0.1),
+    (0.0001, 0.0005, 2 / 3600),
+    (359.9999, 0.0, 0.01),
+    (0.0, -30.0, 0.2),
+    (359.95, 45.0, 0.1),
+    (0.0001, 0.0, 1.0),
+    (10.0, 89.99, 0.05),
+    (200.0, 89.9999, 0.01),
+    (0.0, 90.0, 0.06),
+    (0.0, 90.0, 1.0),
+    (300.0, -89.99, 0.05),
+    (0.0, -90.0, 0.04),
+    (42.0, -89.9, 0.5),
+])
+def test_cone_at_the_ra_wrap_and_poles(sky: SQLiteArchive, ra: float, dec: float,
+                                       radius: float) -> None:
+    assert _check_cone(sky, ra, dec, radius) > 0
+
+
+def test_cone_across_ra_zero_finds_objects_just_below_360(sky: SQLiteArchive) -> None:
+    rows = sky.catalog.cone(0.0001, 0.0, 0.01, limit=100)
+    names = {r["object_id"] for r in rows}
+    below = {f"edge-{i}" for i, (ra, dec) in enumerate(_EDGE_POSITIONS)
+             if ra > 359.99 and abs(dec) < 0.01}
+    assert below
+    assert below <= names
+    assert rows[0]["distance_arcsec"] <= rows[-1]["distance_arcsec"]
+
+
+def test_cone_rejects_bad_input(sky: SQLiteArchive) -> None:
+    for ra, dec, radius, limit in [(math.nan, 0.0, 1.0, 10), (0.0, math.inf, 1.0, 10),
+                                   (0.0, 91.0, 1.0, 10), (0.0, -90.5, 1.0, 10),
+                                   (0.0, 0.0, -1.0, 10), (0.0, 0.0, math.nan, 10),
+                                   (0.0, 0.0, 1.0, -1)]:
+        with pytest.raises(ValueError, match=r"cone|limit"):
+            sky.catalog.cone(ra, dec, radius, limit)
+    assert sky.catalog.cone(0.0, 0.0, 10.0, limit=0) == []
+    assert sky.catalog.cone(12.345, 6.789, 0.0, limit=10) == []
+    assert sky.catalog.cone(12.345, 6.789, 1e-12, limit=10) == []
+    exact = sky.catalog.cone(0.0, 0.0, 0.0, limit=10)  # an edge object sits exactly there
+    assert [(r["object_id"], r["distance_arcsec"]) for r in exact] == [("edge-20", 0.0)]
+
+
+# ---- threads and life cycle -----------------------------------------------------------------
+
+
+def test_reads_from_other_threads_while_writing(archive: SQLiteArchive,
+                                                stream: list[Alert]) -> None:
+    errors: list[BaseException] = []
+    done = threading.Event()
+    target = stream[0]
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                archive.catalog.cone(target.detection.ra, target.detection.dec, 1.0, 10)
+                archive.catalog.get_object(target.object_id)
+                archive.lightcurves.lightcurve(target.object_id)
+                archive.lightcurves.counts()
+        except BaseException as exc:  # handed to the main thread
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    try:
+        _ingest_in_batches(archive, stream[:500], 50)
+    finally:
+        done.set()
+        for thread in readers:
+            thread.join()
+    assert errors == []
+    assert archive.lightcurves.counts()["packets"] == 500
+
+
+def test_views_close_the_archive_together(tmp_path: Path) -> None:
+    archive = SQLiteArchive(path=tmp_path / "sub" / "x.db", chunker=CHUNKER)
+    archive.catalog.setup()
+    archive.lightcurves.close()
+    assert archive.catalog.counts()["objects"] == 0  # still open: one view left
+    archive.catalog.close()
+    archive.catalog.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        archive.catalog.counts()
+    archive.close()  # idempotent
+
+
+def test_unwritable_file_is_a_transient_error(tmp_path: Path) -> None:
+    folder = tmp_path / "not-a-db"
+    folder.mkdir()
+    archive = SQLiteArchive(path=folder, chunker=CHUNKER)  # a folder, not a file
+    with pytest.raises(TransientError):
+        archive.setup()
+    archive.close()
