@@ -154,9 +154,10 @@ class ConeCover:
 def _cover_depth(radius_deg: float) -> int:
     # About 4-16 cells across the cone: few SQL ranges, little area outside the cone.
     if radius_deg <= 0:
-        return HPX_ORDER
+        return HPX_ORDER - 2
     depth = math.floor(math.log2(58.6 / radius_deg / 4.0)) if radius_deg < 58.6 else 0
-    return max(0, min(HPX_ORDER, depth))
+    # cdshealpix refines the cover two orders deeper than asked, and 29 is its deepest order.
+    return max(0, min(HPX_ORDER - 2, depth))
 
 
 def cone_cover(chunker: Chunker, ra: float, dec: float, radius_deg: float) -> ConeCover:

@@ -9,7 +9,7 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import Latitude, Longitude, SkyCoord
 
-from broker.domain.sky import Chunker, angular_separation_deg, hpx29
+from broker.domain.sky import Chunker, angular_separation_deg, cone_cover, hpx29
 
 
 def _reference_chunk(reference: sg.Chunker, ra: float, dec: float) -> list[int]:
@@ -69,3 +69,26 @@ def test_angular_separation_matches_astropy() -> None:
     ours = angular_separation_deg(ra1, dec1, ra2, dec2)
     theirs = SkyCoord(ra1, dec1, unit="deg").separation(SkyCoord(ra2, dec2, unit="deg")).deg
     np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("radius", [0.0, 1e-12, 1e-9, 1e-7, 0.1 / 3600, 1.0, 5.0])
+def test_cone_cover_contains_every_point_of_the_cone(radius: float) -> None:
+    chunker = Chunker(85, 12)
+    rng = np.random.default_rng(int(radius * 1e6) + 1)
+    for ra, dec in [(0.0, 0.0), (359.9999, 10.0), (45.0, 89.99), (200.0, -89.95), (12.3, -4.5)]:
+        cover = cone_cover(chunker, ra, dec, radius)
+        # Random points inside the cone, built by offsetting the centre.
+        n = 200
+        angle = rng.uniform(0, 2 * np.pi, n)
+        dist = radius * np.sqrt(rng.uniform(0, 1, n))
+        centre = SkyCoord(ra, dec, unit="deg")
+        points = centre.directional_offset_by(angle * u.rad, dist * u.deg)
+        inside = angular_separation_deg(ra, dec, points.ra.deg, points.dec.deg) <= radius
+        pra, pdec = points.ra.deg[inside], points.dec.deg[inside]
+        chunks = set(chunker.locate(pra, pdec).tolist())
+        assert chunks <= set(cover.chunks)
+        index = hpx29(pra, pdec)
+        covered = np.zeros(len(index), dtype=bool)
+        for lo, hi in cover.ranges:
+            covered |= (index >= lo) & (index < hi)
+        assert covered.all()
