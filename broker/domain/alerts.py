@@ -178,42 +178,75 @@ def validate(alert: Alert) -> Alert:
 # ---- Rubin ---------------------------------------------------------------------------------
 
 
-def _get(record: Mapping[str, Any], *names: str) -> Any:
-    """The first of several field names a schema version uses (e.g. dec / decl)."""
-    for name in names:
-        if name in record:
-            return record[name]
-    return None
+@dataclass(frozen=True, slots=True)
+class _RubinNames:
+    """Field names of one Rubin schema version (they changed over versions: decl -> dec, ...)."""
+
+    mjd: str
+    dec: str
+    band: str
+    psf_flux: str
+    psf_flux_err: str
+    science_flux: str
+    science_flux_err: str
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> _RubinNames:
+        def first(*names: str) -> str:
+            return next((n for n in names if n in record), names[0])
+
+        return cls(
+            mjd=first("midpointMjdTai", "midPointTai", "midpointTai"),
+            dec=first("dec", "decl"),
+            band=first("band", "filterName"),
+            psf_flux=first("psfFlux", "psFlux"),
+            psf_flux_err=first("psfFluxErr", "psFluxErr"),
+            science_flux=first("scienceFlux", "totFlux"),
+            science_flux_err=first("scienceFluxErr", "totFluxErr"),
+        )
 
 
-def _rubin_detection(source: Mapping[str, Any], fallback_object: int | None) -> Detection:
+# Resolved once per (schema id, record kind): normalising is on the hot path of ingest.
+_NAMES: dict[tuple[int, str], _RubinNames] = {}
+
+
+def _names(schema_id: int, kind: str, record: Mapping[str, Any]) -> _RubinNames:
+    names = _NAMES.get((schema_id, kind))
+    if names is None:
+        names = _NAMES[(schema_id, kind)] = _RubinNames.of(record)
+    return names
+
+
+def _rubin_detection(source: Mapping[str, Any], fallback_object: int | None,
+                     n: _RubinNames) -> Detection:
     object_id = source.get("diaObjectId") or fallback_object
+    source_id = source.get("diaSourceId")
     return Detection(
-        source_id=int(source["diaSourceId"]) if source.get("diaSourceId") is not None else 0,
+        source_id=int(source_id) if source_id is not None else 0,
         object_id=str(object_id) if object_id else "",
-        mjd=float(_get(source, "midpointMjdTai", "midPointTai", "midpointTai")),
+        mjd=float(source[n.mjd]),
         ra=float(source["ra"]),
-        dec=float(_get(source, "dec", "decl")),
-        band=str(_get(source, "band", "filterName") or "?"),
-        psf_flux=_get(source, "psfFlux", "psFlux"),
-        psf_flux_err=_get(source, "psfFluxErr", "psFluxErr"),
-        science_flux=_get(source, "scienceFlux", "totFlux"),
-        science_flux_err=_get(source, "scienceFluxErr", "totFluxErr"),
+        dec=float(source[n.dec]),
+        band=str(source.get(n.band) or "?"),
+        psf_flux=source.get(n.psf_flux),
+        psf_flux_err=source.get(n.psf_flux_err),
+        science_flux=source.get(n.science_flux),
+        science_flux_err=source.get(n.science_flux_err),
         snr=source.get("snr"),
         reliability=source.get("reliability"),
     )
 
 
-def _rubin_forced(forced: Mapping[str, Any]) -> ForcedMeasurement:
+def _rubin_forced(forced: Mapping[str, Any], n: _RubinNames) -> ForcedMeasurement:
     return ForcedMeasurement(
         forced_id=int(forced["diaForcedSourceId"]),
         object_id=str(forced["diaObjectId"]),
-        mjd=float(_get(forced, "midpointMjdTai", "midPointTai", "midpointTai")),
-        band=str(_get(forced, "band", "filterName") or "?"),
-        psf_flux=_get(forced, "psfFlux", "psFlux"),
-        psf_flux_err=_get(forced, "psfFluxErr", "psFluxErr"),
-        science_flux=_get(forced, "scienceFlux", "totFlux"),
-        science_flux_err=_get(forced, "scienceFluxErr", "totFluxErr"),
+        mjd=float(forced[n.mjd]),
+        band=str(forced.get(n.band) or "?"),
+        psf_flux=forced.get(n.psf_flux),
+        psf_flux_err=forced.get(n.psf_flux_err),
+        science_flux=forced.get(n.science_flux),
+        science_flux_err=forced.get(n.science_flux_err),
     )
 
 
@@ -225,11 +258,14 @@ def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"") -
     dia_object = record.get("diaObject") or {}
     object_ref = dia_object.get("diaObjectId") if isinstance(dia_object, Mapping) else None
     try:
-        detection = _rubin_detection(source, object_ref)
+        names = _names(schema_id, "source", source)
+        detection = _rubin_detection(source, object_ref, names)
         history = tuple(
-            _rubin_detection(prv, object_ref) for prv in (record.get("prvDiaSources") or ())
+            _rubin_detection(prv, object_ref, names) for prv in (record.get("prvDiaSources") or ())
         )
-        forced = tuple(_rubin_forced(f) for f in (record.get("prvDiaForcedSources") or ()))
+        forced_records = record.get("prvDiaForcedSources") or ()
+        forced_names = _names(schema_id, "forced", forced_records[0]) if forced_records else names
+        forced = tuple(_rubin_forced(f, forced_names) for f in forced_records)
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidAlertError("missing_field", f"packet lacks a required value: {exc}") from exc
     cutouts = {
