@@ -16,10 +16,18 @@ What it keeps of Kafka's semantics:
   stopped one committed, like a restarted consumer. A commit sets the offset exactly (it may go
   backwards, as in Kafka).
 - `MemorySource.rewind` drops uncommitted progress, as a consumer does after a failed batch.
+- A group's open sources are its members: a source joins when it is created and leaves when it
+  is closed (or garbage-collected, the stand-in for a session timeout). The partitions of the
+  members' topics are shared among them round-robin, like Kafka's ``RoundRobinAssignor``: the
+  (topic, partition) pairs in sorted order are dealt to the members in join order, skipping a
+  member not subscribed to the pair's topic. Every join and leave is a rebalance: the assignment
+  is recomputed, a member keeps its positions only on the partitions it still owns and starts
+  on newly owned ones at the group's committed offsets (uncommitted progress on a lost partition
+  is dropped, so those messages go again to the new owner). A member's commit for a partition it
+  no longer owns is ignored, as Kafka rejects it; the owner will process the messages again.
 
 What it leaves out: the log lives in memory only (nothing survives the process), nothing is ever
-deleted, and a group has no partition assignment: every source of a group reads every partition
-of its topics, so run one source per group (embedded mode runs one process per stage).
+deleted, and a rebalance takes effect at once (no generations, no revocation callbacks).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -55,6 +64,8 @@ class MemoryBroker:
         self._arrivals: dict[str, list[Message]] = {}
         self._round_robin: dict[str, itertools.count[int]] = {}
         self._committed: dict[tuple[str, str, int], int] = {}
+        # Open members of each group in join order (weak: a dropped source leaves its group).
+        self._members: dict[str, list[weakref.ref[MemorySource]]] = {}
 
     # ---- topics --------------------------------------------------------------------------
 
@@ -145,9 +156,55 @@ class MemoryBroker:
         return self._logs[topic][partition][start:start + count]
 
     def _commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        # Called with the lock held.
+        for (topic, partition), offset in offsets.items():
+            self._committed[(group, topic, partition)] = offset
+
+    # ---- group membership ----------------------------------------------------------------
+
+    def members(self, group: str) -> int:
+        """How many open members ``group`` has."""
         with self._changed:
-            for (topic, partition), offset in offsets.items():
-                self._committed[(group, topic, partition)] = offset
+            self._prune(group)
+            return len(self._members.get(group, ()))
+
+    def _join(self, source: MemorySource) -> None:
+        with self._changed:
+            self._prune(source.group)
+            self._members.setdefault(source.group, []).append(weakref.ref(source))
+            self._rebalance(source.group)
+
+    def _leave(self, source: MemorySource) -> None:
+        # Called with the lock held.
+        refs = self._members.get(source.group, [])
+        refs[:] = [ref for ref in refs if ref() is not None and ref() is not source]
+        self._rebalance(source.group)
+
+    def _prune(self, group: str) -> None:
+        # Called with the lock held: members that were garbage-collected leave the group.
+        refs = self._members.get(group)
+        if refs and any(ref() is None for ref in refs):
+            refs[:] = [ref for ref in refs if ref() is not None]
+            self._rebalance(group)
+
+    def _rebalance(self, group: str) -> None:
+        # Called with the lock held: deal the group's partitions to its members round-robin.
+        members = [m for m in (ref() for ref in self._members.get(group, ())) if m is not None]
+        if not members:
+            self._members.pop(group, None)
+            return
+        pairs = sorted({(topic, partition) for member in members for topic in member.topics
+                        for partition in range(len(self._ensure(topic)))})
+        owned: dict[int, set[tuple[str, int]]] = {id(member): set() for member in members}
+        turn = 0
+        for topic, partition in pairs:
+            while topic not in members[turn % len(members)].topics:
+                turn += 1
+            owned[id(members[turn % len(members)])].add((topic, partition))
+            turn += 1
+        for member in members:
+            member._assign(owned[id(member)])
+        self._changed.notify_all()
 
 
 class MemorySource:
@@ -163,16 +220,25 @@ class MemorySource:
         self.broker = broker
         self.group = group
         self.topics = list(dict.fromkeys(topics))
+        self._assigned: list[tuple[str, int]] = []  # set by the broker at each rebalance
         self._positions: dict[tuple[str, int], int] = {}
         self._next = 0  # which partition a poll starts with, rotated for fairness
         self._closed = False
         for topic in self.topics:
             broker.create_topic(topic)
+        broker._join(self)
 
-    def _partitions(self) -> list[tuple[str, int]]:
-        # Called with the broker's lock held.
-        return [(topic, p) for topic in self.topics
-                for p in range(len(self.broker._ensure(topic)))]
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs this member owns, sorted."""
+        with self.broker._changed:
+            self.broker._prune(self.group)
+            return list(self._assigned)
+
+    def _assign(self, partitions: set[tuple[str, int]]) -> None:
+        # Called by the broker with its lock held: keep positions only where ownership stays.
+        self._assigned = sorted(partitions)
+        self._positions = {key: position for key, position in self._positions.items()
+                           if key in partitions}
 
     def _position(self, key: tuple[str, int]) -> int:
         # Called with the broker's lock held.
@@ -181,8 +247,10 @@ class MemorySource:
         return self._positions[key]
 
     def _available(self) -> bool:
-        return any(len(self.broker._logs[t][p]) > self._position((t, p))
-                   for t, p in self._partitions())
+        # Called with the broker's lock held.
+        self.broker._prune(self.group)
+        return self._closed or any(len(self.broker._logs[t][p]) > self._position((t, p))
+                                   for t, p in self._assigned)
 
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         """Up to ``max_messages`` messages from the current positions, waiting at most
@@ -192,7 +260,9 @@ class MemorySource:
             return []
         with self.broker._changed:
             self.broker._changed.wait_for(self._available, timeout=max(0.0, timeout))
-            partitions = self._partitions()
+            partitions = list(self._assigned)
+            if self._closed or not partitions:
+                return []
             start = self._next % len(partitions)
             self._next += 1
             batch: list[Message] = []
@@ -206,13 +276,21 @@ class MemorySource:
         return batch
 
     def commit(self, messages: Sequence[Message]) -> None:
-        """Commit, for each partition among ``messages``, the offset just past the last one."""
+        """Commit, for each partition among ``messages``, the offset just past the last one.
+
+        Partitions this member no longer owns (lost in a rebalance) are skipped, as Kafka
+        rejects such commits: their owner reads them again from the group's committed offset.
+        """
         self._check_open()
         offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             key = (message.topic, message.partition)
             offsets[key] = max(offsets.get(key, 0), message.offset + 1)
-        self.broker._commit(self.group, offsets)
+        with self.broker._changed:
+            self.broker._prune(self.group)
+            owned = set(self._assigned)
+            self.broker._commit(self.group, {key: offset for key, offset in offsets.items()
+                                             if key in owned})
 
     def rewind(self) -> None:
         """Forget uncommitted progress: the next poll starts at the committed offsets."""
@@ -221,8 +299,14 @@ class MemorySource:
             self._positions.clear()
 
     def close(self) -> None:
-        """Stop consuming (uncommitted progress is lost, as when a consumer leaves its group)."""
-        self._closed = True
+        """Leave the group (uncommitted progress is lost; the others take over its partitions)."""
+        with self.broker._changed:
+            if self._closed:
+                return
+            self._closed = True
+            self._assigned = []
+            self._positions.clear()
+            self.broker._leave(self)
 
     def _check_open(self) -> None:
         if self._closed:

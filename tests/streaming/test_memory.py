@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import zlib
@@ -244,3 +245,210 @@ def test_bad_arguments() -> None:
         MemorySource(broker, group="", topics=["t"])
     with pytest.raises(ValueError, match="topic"):
         MemorySource(broker, group="g", topics=[])
+
+
+# ---- consumer groups: partition assignment among open members --------------------------------
+
+
+def _pairs(messages: list[Message]) -> list[tuple[str, int, int]]:
+    return [(m.topic, m.partition, m.offset) for m in messages]
+
+
+def _drain(source: MemorySource, *, commit: bool = False) -> list[Message]:
+    taken: list[Message] = []
+    while batch := source.poll(7, timeout=0.0):
+        if commit:
+            source.commit(batch)
+        taken.extend(batch)
+    return taken
+
+
+def test_two_members_of_a_group_split_the_partitions() -> None:
+    broker = MemoryBroker()
+    broker.create_topic("a", partitions=3)
+    broker.create_topic("b", partitions=2)
+    everything = [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1)]
+    first = MemorySource(broker, group="g", topics=["a", "b"])
+    assert first.assignment() == everything  # alone, it owns everything
+    second = MemorySource(broker, group="g", topics=["b", "a"])
+    assert broker.members("g") == 2
+    one, two = set(first.assignment()), set(second.assignment())
+    assert one
+    assert two
+    assert not one & two
+    assert sorted(one | two) == everything
+    # Round-robin over the sorted pairs, members in join order.
+    assert first.assignment() == [("a", 0), ("a", 2), ("b", 1)]
+    assert second.assignment() == [("a", 1), ("b", 0)]
+
+    for topic in ("a", "b"):
+        _fill(broker, topic, 30)
+    got_one, got_two = _drain(first), _drain(second)
+    assert {(m.topic, m.partition) for m in got_one} == one
+    assert {(m.topic, m.partition) for m in got_two} == two
+    assert sorted(_pairs(got_one) + _pairs(got_two)) == sorted(
+        _pairs(broker.messages("a")) + _pairs(broker.messages("b")))
+
+
+def test_a_member_beyond_the_partition_count_gets_nothing() -> None:
+    broker = MemoryBroker()
+    _fill(broker, "t", 5)
+    first = MemorySource(broker, group="g", topics=["t"])
+    idle = MemorySource(broker, group="g", topics=["t"])
+    assert first.assignment() == [("t", 0)]
+    assert idle.assignment() == []
+    started = time.monotonic()
+    assert idle.poll(10, timeout=0.1) == []
+    assert time.monotonic() - started >= 0.05
+    assert len(first.poll(10, timeout=0.0)) == 5
+
+
+def test_members_get_only_partitions_of_their_topics() -> None:
+    broker = MemoryBroker(partitions=2)
+    narrow = MemorySource(broker, group="g", topics=["a"])
+    wide = MemorySource(broker, group="g", topics=["a", "b"])
+    assert narrow.assignment() == [("a", 0)]
+    assert wide.assignment() == [("a", 1), ("b", 0), ("b", 1)]
+    _fill(broker, "b", 4)
+    assert narrow.poll(10, timeout=0.0) == []
+    assert len(wide.poll(10, timeout=0.0)) == 4
+
+
+def test_concurrent_members_deliver_every_message_exactly_once() -> None:
+    broker = MemoryBroker(partitions=4)
+    members = [MemorySource(broker, group="g", topics=["t"]) for _ in range(2)]
+    assert all(member.assignment() for member in members)
+    total = 2000
+    produced = threading.Event()
+    received: list[list[Message]] = [[], []]
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        for i in range(total):
+            broker.produce("t", f"m{i}".encode(), key=f"k{i % 37}".encode())
+        produced.set()
+
+    def consume(index: int) -> None:
+        source = members[index]
+        try:
+            while True:
+                batch = source.poll(25, timeout=0.01)
+                if batch:
+                    source.commit(batch)
+                    received[index].extend(batch)
+                elif produced.is_set() and broker.lag("g", ["t"]) == 0:
+                    return
+        except BaseException as error:  # reported by the test thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=produce)] + [
+        threading.Thread(target=consume, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors
+    delivered = _pairs(received[0]) + _pairs(received[1])
+    assert len(delivered) == total
+    assert sorted(delivered) == sorted(_pairs(broker.messages("t")))
+    for index, member in enumerate(members):
+        assert received[index]
+        assert {("t", m.partition) for m in received[index]} <= set(member.assignment())
+        # Each key stays on one partition, so each member sees a key's messages in order.
+        per_key: dict[bytes | None, list[int]] = defaultdict(list)
+        for message in received[index]:
+            per_key[message.key].append(int(message.value[1:]))
+        assert all(values == sorted(values) for values in per_key.values())
+    assert broker.lag("g", ["t"]) == 0
+
+
+def test_a_leaving_member_hands_its_partitions_over_from_the_committed_offsets() -> None:
+    broker = MemoryBroker(partitions=2)
+    _fill(broker, "t", 20)  # ten per partition
+    first = MemorySource(broker, group="g", topics=["t"])
+    second = MemorySource(broker, group="g", topics=["t"])
+    assert first.assignment() == [("t", 0)]
+    assert second.assignment() == [("t", 1)]
+
+    done = first.poll(4, timeout=0.0)
+    first.commit(done)
+    uncommitted = first.poll(3, timeout=0.0)
+    assert [m.offset for m in uncommitted] == [4, 5, 6]
+    own = second.poll(5, timeout=0.0)  # second's progress on its own partition, uncommitted
+    assert [(m.partition, m.offset) for m in own] == [(1, o) for o in range(5)]
+
+    first.close()
+    first.close()  # closing twice is harmless
+    assert broker.members("g") == 1
+    assert second.assignment() == [("t", 0), ("t", 1)]
+    rest = _drain(second)
+    # Partition 0 resumes at the group's committed offset (4): first's uncommitted batch comes
+    # again; partition 1 continues where second was, as it kept owning it.
+    assert sorted((m.partition, m.offset) for m in rest) == (
+        [(0, o) for o in range(4, 10)] + [(1, o) for o in range(5, 10)])
+    assert {(m.partition, m.offset) for m in uncommitted} <= {
+        (m.partition, m.offset) for m in rest}
+
+
+def test_commits_for_lost_partitions_are_ignored() -> None:
+    broker = MemoryBroker(partitions=2)
+    _fill(broker, "t", 10)
+    first = MemorySource(broker, group="g", topics=["t"])
+    everything = first.poll(100, timeout=0.0)  # owns both partitions, reads everything
+    assert len(everything) == 10
+
+    second = MemorySource(broker, group="g", topics=["t"])  # rebalance: first loses partition 1
+    assert first.assignment() == [("t", 0)]
+    first.commit(everything)  # too late for partition 1: Kafka would reject it
+    assert broker.committed("g", "t", 0) == 5
+    assert broker.committed("g", "t", 1) is None
+    # The new owner reads partition 1 from the start; first keeps its place on partition 0.
+    assert [(m.partition, m.offset) for m in _drain(second)] == [(1, o) for o in range(5)]
+    assert first.poll(100, timeout=0.0) == []
+
+
+def test_a_regained_partition_starts_again_at_the_committed_offset() -> None:
+    broker = MemoryBroker(partitions=2)
+    _fill(broker, "t", 10)
+    first = MemorySource(broker, group="g", topics=["t"])
+    everything = _drain(first)
+    assert len(everything) == 10
+    first.commit([m for m in everything if m.partition == 0 or m.offset < 2])
+    assert broker.committed("g", "t", 1) == 2  # partition 1: offsets 2-4 read, uncommitted
+
+    second = MemorySource(broker, group="g", topics=["t"])  # first loses partition 1 ...
+    second.close()  # ... and gets it back, without its uncommitted progress
+    assert first.assignment() == [("t", 0), ("t", 1)]
+    assert [(m.partition, m.offset) for m in _drain(first)] == [(1, o) for o in range(2, 5)]
+
+
+def test_groups_rebalance_independently() -> None:
+    broker = MemoryBroker(partitions=2)
+    _fill(broker, "t", 10)
+    ingest = [MemorySource(broker, group="ingest", topics=["t"]) for _ in range(2)]
+    audit = MemorySource(broker, group="audit", topics=["t"])
+    assert [m.assignment() for m in ingest] == [[("t", 0)], [("t", 1)]]
+    assert audit.assignment() == [("t", 0), ("t", 1)]  # alone in its group
+    assert broker.members("ingest") == 2
+    assert broker.members("audit") == 1
+
+    for member in ingest:
+        _drain(member, commit=True)
+    assert broker.lag("ingest", ["t"]) == 0
+    assert broker.lag("audit", ["t"]) == 10
+    assert len(_drain(audit)) == 10
+    audit.close()
+    assert broker.members("audit") == 0
+    assert [m.assignment() for m in ingest] == [[("t", 0)], [("t", 1)]]
+
+
+def test_a_dropped_member_leaves_its_group() -> None:
+    broker = MemoryBroker(partitions=2)
+    kept = MemorySource(broker, group="g", topics=["t"])
+    dropped = MemorySource(broker, group="g", topics=["t"])
+    assert kept.assignment() == [("t", 0)]
+    del dropped
+    gc.collect()
+    assert kept.assignment() == [("t", 0), ("t", 1)]
+    assert broker.members("g") == 1
