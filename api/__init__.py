@@ -1,0 +1,1 @@
+"""Lanner's HTTP API (FastAPI): `api.app.create_app` builds it; `lanner serve` runs it."""

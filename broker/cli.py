@@ -210,6 +210,35 @@ def ingest(
 
 @app.command()
 @clean_errors
+def serve(
+    port: Annotated[int, typer.Option(
+        "--port", "-p", min=1, max=65535, help="TCP port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+) -> None:
+    """Serve the HTTP API (objects, light curves, cutouts, cone search, status; docs at /docs)."""
+    import os  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    # uvicorn logs a busy port among its start-up lines; checking first ends in one clear line.
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise LannerError(f"cannot listen on {host}:{port}: {reason}") from None
+    out.print(f"serving the API on http://{host}:{port} (docs at /docs); Ctrl-C stops",
+              highlight=False)
+    level = get_settings().log_level.lower()
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port,
+                log_level=level if level in ("critical", "error", "warning", "info", "debug")
+                else "info")
+
+
+@app.command()
+@clean_errors
 def demo(
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="Alerts to simulate.")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated stream.")] = 2026,

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
                                    description="Qserv partitioning: sub-stripes per stripe.")
 
     ingest_group: str = Field("lanner-ingest", description="Consumer group of the ingest stage.")
+    ingest_instance_id: str | None = Field(
+        None, description="Static consumer-group member id of this ingest process (e.g. the pod "
+        "name): a restart then resumes at once instead of after the session timeout.")
     ingest_batch_size: int = Field(500, ge=1, le=100_000,
                                    description="Most alerts one ingest batch takes.")
     ingest_poll_timeout_s: float = Field(1.0, gt=0, description="Wait for a batch, seconds.")

@@ -72,7 +72,7 @@ class Factory:
 
         return MemoryBroker()
 
-    def source(self, *, group: str, topics: list[str]) -> Any:
+    def source(self, *, group: str, topics: list[str], instance_id: str | None = None) -> Any:
         if self.settings.backend is Backend.embedded:
             from broker.streaming.memory import MemorySource  # noqa: PLC0415
 
@@ -80,6 +80,7 @@ class Factory:
         from broker.storage.kafka import KafkaSource  # noqa: PLC0415
 
         return KafkaSource(bootstrap=self.settings.kafka_bootstrap, group=group, topics=topics,
+                           instance_id=instance_id,
                            **{"client.id": f"{group}-{uuid.uuid4().hex[:8]}"})
 
     def publisher(self) -> Any:
@@ -116,7 +117,8 @@ class Factory:
         }
         arguments.update(overrides)
         if arguments["source"] is None:
-            arguments["source"] = self.source(group=s.ingest_group, topics=topics.inputs)
+            arguments["source"] = self.source(group=s.ingest_group, topics=topics.inputs,
+                                              instance_id=s.ingest_instance_id)
             self._closers.append(arguments["source"])
         if arguments["publisher"] is None:
             arguments["publisher"] = self.publisher()

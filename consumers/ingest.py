@@ -32,6 +32,8 @@ from broker.streaming.queue import Message, MessageSource, Publisher
 log = structlog.get_logger(__name__)
 
 STAGE = "ingest"
+#: `run(once=True)` stops after this many empty polls even if it never owned a partition.
+MAX_IDLE_POLLS = 120
 T = TypeVar("T")
 
 
@@ -118,7 +120,11 @@ class IngestStage:
                                                                      self.poll_timeout))
             if not messages:
                 idle += 1
-                if once and idle >= idle_polls:
+                # "Once" means: drain what is there. An empty poll is not enough (a consumer
+                # that just joined its group may not own partitions yet), so also ask whether
+                # the owned partitions are read to their ends; give up after many idle polls.
+                if once and idle >= idle_polls and (idle >= MAX_IDLE_POLLS
+                                                    or self._retry("kafka", self.source.drained)):
                     break
                 continue
             idle = 0

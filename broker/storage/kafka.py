@@ -121,8 +121,11 @@ class KafkaSource:
     """
 
     def __init__(self, *, bootstrap: str, group: str, topics: list[str],
-                 **overrides: object) -> None:
+                 instance_id: str | None = None, **overrides: object) -> None:
         self.topics = topics
+        # Static membership: a restarted process with the same instance id takes its
+        # partitions back at once instead of waiting for the dead member's session to expire.
+        static = {"group.instance.id": instance_id} if instance_id else {}
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -134,6 +137,7 @@ class KafkaSource:
             "session.timeout.ms": 30_000,
             "fetch.max.bytes": 52_428_800,
             "max.partition.fetch.bytes": 10_485_760,
+            **static,
             **overrides,
         })
         self._consumer.subscribe(topics)
@@ -179,6 +183,28 @@ class KafkaSource:
                                 KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET):
                 return
             raise ServiceUnavailableError(f"Kafka commit failed: {exc}") from exc
+
+    def drained(self) -> bool:
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return False
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in self._consumer.committed(assignment, timeout=10)}
+            for tp in self._consumer.position(assignment):
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+                # No position until the first fetch: it will start at the committed offset,
+                # or at the beginning (auto.offset.reset=earliest) if nothing was committed.
+                start = tp.offset
+                if start < 0:
+                    start = committed.get((tp.topic, tp.partition), -1)
+                if start < 0:
+                    start = low
+                if start < high:
+                    return False
+        except KafkaException as exc:
+            raise ServiceUnavailableError(f"Kafka offsets unavailable: {exc}") from exc
+        return True
 
     def rewind(self) -> None:
         assignment = self._consumer.assignment()

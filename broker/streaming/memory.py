@@ -252,6 +252,13 @@ class MemorySource:
         return self._closed or any(len(self.broker._logs[t][p]) > self._position((t, p))
                                    for t, p in self._assigned)
 
+    def drained(self) -> bool:
+        """True when this member owns partitions and has read everything in them."""
+        with self.broker._changed:
+            if self._closed or not self._assigned:
+                return False
+            return not self._available()
+
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         """Up to ``max_messages`` messages from the current positions, waiting at most
         ``timeout`` seconds for the first; partitions take turns in starting the batch."""

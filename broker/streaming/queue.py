@@ -33,6 +33,9 @@ class MessageSource(Protocol):
     def commit(self, messages: Sequence[Message]) -> None:
         """Commit, synchronously, the offsets just past the given messages per partition."""
 
+    def drained(self) -> bool:
+        """True when the consumer owns partitions and has read up to their ends."""
+
     def rewind(self) -> None:
         """Forget uncommitted progress: the next poll starts again at the committed offsets."""
 

@@ -1,0 +1,57 @@
+"""Per-request collaborators of the routes, built from the app's one `Factory`."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.services import ArchiveService
+from broker.factory import Factory
+from broker.storage.archive import LightCurveArchive, ObjectCatalog
+
+
+class LazyStores:
+    """The factory's stores, each connected on first use, once, whatever the thread.
+
+    Sync routes run in a thread pool and `Factory` builds its stores in ``cached_property``s,
+    which do not lock: two first requests at once could open two connections and leak one. A
+    store that fails to connect raises `ServiceUnavailableError` (answered 503) and is tried
+    again by the next request.
+    """
+
+    def __init__(self, factory: Factory) -> None:
+        self.factory = factory
+        self._lightcurves_lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
+
+    @property
+    def lightcurves(self) -> LightCurveArchive:
+        with self._lightcurves_lock:
+            return self.factory.lightcurves
+
+    @property
+    def catalog(self) -> ObjectCatalog:
+        with self._catalog_lock:
+            return self.factory.catalog
+
+
+def get_stores(request: Request) -> LazyStores:
+    """The app's stores."""
+    stores: LazyStores = request.app.state.stores
+    return stores
+
+
+def get_archive(stores: Annotated[LazyStores, Depends(get_stores)]) -> ArchiveService:
+    """The archive service over the app's stores."""
+    return ArchiveService(stores=stores)
+
+
+def get_backend_name(stores: Annotated[LazyStores, Depends(get_stores)]) -> str:
+    """Name of the backend the app reads ('embedded' or 'services')."""
+    return str(stores.factory.settings.backend.value)
+
+
+Archive = Annotated[ArchiveService, Depends(get_archive)]
+BackendName = Annotated[str, Depends(get_backend_name)]

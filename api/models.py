@@ -1,0 +1,203 @@
+"""Wire models of the HTTP API: what clients get, kept apart from the storage rows.
+
+The storage layer answers with plain dicts named by ``OBJECT_COLUMNS``, ``DETECTION_COLUMNS`` and
+``FORCED_COLUMNS`` (`broker.storage.archive`); the models here copy those columns one to one and
+add the conveniences a client should not have to compute (AB magnitudes, links). Non-finite
+floats become ``null``: JSON has no NaN.
+
+The per-band columns of an object (``{band}_n``, ``{band}_last_mjd``, ``{band}_last_flux``,
+``{band}_last_flux_err`` and the derived ``{band}_last_mag``, ``{band}_last_mag_err``) are
+generated from `broker.domain.archive.BANDS`, so the wire model follows the stored columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from broker.domain.alerts import flux_to_mag
+from broker.domain.archive import BANDS
+from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _columns(row: Mapping[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    return {name: _finite(row.get(name)) for name in columns}
+
+
+def mag_err(flux: float | None, flux_err: float | None) -> float | None:
+    """Magnitude error of a flux measurement (first order), None without both values."""
+    if flux is None or flux_err is None or flux == 0.0:
+        return None
+    value = 2.5 / math.log(10) * flux_err / abs(flux)
+    return value if math.isfinite(value) else None
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: one human-readable line, plus the details of a validation error."""
+
+    detail: str = Field(description="What went wrong, in one line.")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Validation errors one by one (only for 422 answers).")
+
+
+class _ObjectCore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    object_id: str = Field(description="Object id (Rubin diaObjectId as text, ZTF objectId).")
+    survey: str = Field(description="Survey of the object's alerts: 'lsst' or 'ztf'.")
+    chunk_id: int | None = Field(description="Qserv-style sky chunk holding the object.")
+    hpx29: int | None = Field(description="HEALPix nested order-29 index of the position.")
+    ra: float = Field(description="Right ascension (ICRS), degrees: the mean of the newest alert.")
+    dec: float = Field(description="Declination (ICRS), degrees.")
+    first_mjd: float | None = Field(description="MJD (TAI) of the first stored detection.")
+    last_mjd: float | None = Field(description="MJD (TAI) of the newest stored detection.")
+    n_detections: int | None = Field(description="Stored detections of the object.")
+    last_forced_mjd: float | None = Field(
+        description="MJD (TAI) of the newest forced measurement, if any.")
+
+
+def _band_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for band in BANDS:
+        fields[f"{band}_n"] = (int | None, Field(description=f"Detections in band {band}."))
+        fields[f"{band}_last_mjd"] = (
+            float | None, Field(description=f"MJD of the newest {band}-band detection."))
+        fields[f"{band}_last_flux"] = (
+            float | None,
+            Field(description=f"Difference PSF flux (nJy) of the newest {band}-band detection."))
+        fields[f"{band}_last_flux_err"] = (
+            float | None, Field(description=f"Error of {band}_last_flux, nJy."))
+        fields[f"{band}_last_mag"] = (
+            float | None,
+            Field(description=f"AB magnitude of |{band}_last_flux| (zero point 31.4 for nJy)."))
+        fields[f"{band}_last_mag_err"] = (
+            float | None, Field(description=f"Error of {band}_last_mag (first order)."))
+    return fields
+
+
+if TYPE_CHECKING:
+    # Type checkers cannot follow create_model; the generated fields are checked by the tests.
+    ObjectFields = _ObjectCore
+else:
+    ObjectFields = create_model(
+        "ObjectFields", __base__=_ObjectCore, __module__=__name__, **_band_fields())
+    ObjectFields.__doc__ = "The stored columns of an object, plus its latest magnitude per band."
+
+
+def object_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of `ObjectFields` for a stored object row."""
+    values = _columns(row, OBJECT_COLUMNS)
+    for band in BANDS:
+        flux, err = values[f"{band}_last_flux"], values[f"{band}_last_flux_err"]
+        values[f"{band}_last_mag"] = flux_to_mag(flux)
+        values[f"{band}_last_mag_err"] = mag_err(flux, err)
+    return values
+
+
+class ObjectLinks(BaseModel):
+    """Where to read more about an object."""
+
+    self: str = Field(description="This object.")
+    lightcurve: str = Field(description="Its detections and forced photometry.")
+    cutouts: dict[str, str] = Field(
+        description="Cutouts of its latest alert, by kind (science, template, difference).")
+
+
+class ObjectOut(ObjectFields):
+    """One object: its stored row, latest magnitudes and links."""
+
+    links: ObjectLinks
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], links: ObjectLinks) -> ObjectOut:
+        return cls.model_validate({**object_fields(row), "links": links})
+
+
+class DetectionOut(BaseModel):
+    """One detection (difference-image source) with its AB magnitude."""
+
+    source_id: int = Field(description="Source id (Rubin diaSourceId, ZTF candid).")
+    object_id: str
+    survey: str
+    chunk_id: int | None = Field(description="Chunk of the object (null on some backends).")
+    hpx29: int | None = Field(description="HEALPix order-29 index (null on some backends).")
+    mjd: float = Field(description="Mid-exposure MJD (TAI).")
+    ra: float = Field(description="Right ascension, degrees.")
+    dec: float = Field(description="Declination, degrees.")
+    band: str = Field(description="Band letter (u g r i z y; ZTF g r i).")
+    psf_flux: float | None = Field(description="Difference-image PSF flux, nJy (signed).")
+    psf_flux_err: float | None = Field(description="Error of psf_flux, nJy.")
+    science_flux: float | None = Field(description="Flux on the science image, nJy.")
+    science_flux_err: float | None = Field(description="Error of science_flux, nJy.")
+    snr: float | None = Field(description="Signal-to-noise ratio of the detection.")
+    reliability: float | None = Field(description="Real/bogus score in [0, 1].")
+    mag: float | None = Field(description="AB magnitude of |psf_flux| (zero point 31.4).")
+    mag_err: float | None = Field(description="Error of mag (first order).")
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> DetectionOut:
+        values = _columns(row, DETECTION_COLUMNS)
+        return cls(**values, mag=flux_to_mag(values["psf_flux"]),
+                   mag_err=mag_err(values["psf_flux"], values["psf_flux_err"]))
+
+
+class ForcedOut(BaseModel):
+    """One forced measurement at the object's position."""
+
+    forced_id: int = Field(description="Forced measurement id (Rubin diaForcedSourceId).")
+    object_id: str
+    mjd: float = Field(description="Mid-exposure MJD (TAI).")
+    band: str
+    psf_flux: float | None = Field(description="Difference-image forced PSF flux, nJy.")
+    psf_flux_err: float | None
+    science_flux: float | None = Field(description="Forced flux on the science image, nJy.")
+    science_flux_err: float | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ForcedOut:
+        return cls(**_columns(row, FORCED_COLUMNS))
+
+
+class LightCurveOut(BaseModel):
+    """The light curve of an object, oldest first."""
+
+    object_id: str
+    detections: list[DetectionOut]
+    forced_photometry: list[ForcedOut]
+
+
+class ConeRow(ObjectFields):
+    """An object inside a cone."""
+
+    id: str = Field(description="Object id (same as object_id).")
+    distance_arcsec: float = Field(description="Angular distance from the cone centre, arcsec.")
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ConeRow:
+        return cls.model_validate({**object_fields(row), "id": str(row["object_id"]),
+                                   "distance_arcsec": float(row["distance_arcsec"])})
+
+
+class ConeOut(BaseModel):
+    """A cone search answer: rows nearest first."""
+
+    rows: list[ConeRow]
+
+
+class StatusOut(BaseModel):
+    """The backend in use and the size of the archive."""
+
+    backend: str = Field(description="'embedded' (SQLite) or 'services' (Cassandra + MariaDB).")
+    version: str = Field(description="Lanner version.")
+    catalog: dict[str, int] = Field(description="Rows per table of the object catalog.")
+    lightcurves: dict[str, int] = Field(description="Rows per table of the light-curve archive.")

@@ -1,0 +1,176 @@
+"""What the routes do, over the two archive roles; the routers only translate HTTP.
+
+`ArchiveService` reads through `LightCurveArchive` and `ObjectCatalog` (the protocols of
+`broker.storage.archive`), so it answers the same over SQLite and over Cassandra + MariaDB. It
+raises `NotFoundError` for anything unknown and lets the stores' `TransientError` through (the
+app answers 503).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Protocol
+
+from api.errors import NotFoundError
+from broker.storage.archive import LightCurveArchive, ObjectCatalog, Row
+
+#: Catalogs a cone search can read; reference catalogs (Gaia, OpenNGC, ...) come later.
+CONE_CATALOGS = ("objects",)
+
+#: First two bytes of a gzip stream (ZTF ships its cutouts as gzip-compressed FITS).
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class CutoutKind(enum.StrEnum):
+    """The three cutouts of an alert (`broker.domain.alerts.CUTOUT_KINDS`)."""
+
+    science = "science"
+    template = "template"
+    difference = "difference"
+
+
+def lanner_version() -> str:
+    """The installed version of Lanner ("unknown" when run from a source tree)."""
+    try:
+        return metadata.version("lanner")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Stores(Protocol):
+    """Where the archive roles come from (a `Factory`, or `api.dependencies.LazyStores`).
+
+    Read per call, so that a route needing one store does not wait for the other to connect.
+    """
+
+    @property
+    def lightcurves(self) -> LightCurveArchive: ...
+
+    @property
+    def catalog(self) -> ObjectCatalog: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Cutout:
+    """The bytes of a cutout and how to send them."""
+
+    data: bytes
+    source_id: int
+    media_type: str
+    filename: str
+
+
+@dataclass(frozen=True, slots=True)
+class LightCurve:
+    """Stored detections and forced measurements of an object, oldest first."""
+
+    detections: list[Row]
+    forced: list[Row]
+
+
+def _safe_name(text: str) -> str:
+    """``text`` reduced to characters safe in a quoted Content-Disposition filename."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:100] or "object"
+
+
+class ArchiveService:
+    """Objects, light curves, cutouts and cone searches of the archive.
+
+    Parameters
+    ----------
+    stores
+        Gives the light-curve archive (detections, forced photometry, cutouts) and the object
+        catalog (objects, cone search), each connected on first use.
+    """
+
+    def __init__(self, *, stores: Stores) -> None:
+        self._stores = stores
+
+    @property
+    def lightcurves(self) -> LightCurveArchive:
+        return self._stores.lightcurves
+
+    @property
+    def catalog(self) -> ObjectCatalog:
+        return self._stores.catalog
+
+    def get_object(self, object_id: str) -> Row:
+        """The stored row of an object.
+
+        Raises
+        ------
+        NotFoundError
+            If the catalog does not know the object.
+        """
+        row = self.catalog.get_object(object_id)
+        if row is None:
+            raise NotFoundError(f"object {object_id} not found")
+        return row
+
+    def lightcurve(self, object_id: str) -> LightCurve:
+        """Detections and forced photometry of an object, oldest first.
+
+        Raises
+        ------
+        NotFoundError
+            If neither the light-curve archive nor the catalog knows the object.
+        """
+        detections = self.lightcurves.lightcurve(object_id)
+        if not detections:
+            # Every catalogued object has a detection; ask the catalog only to tell an unknown
+            # object from one whose light curve is not written yet.
+            self.get_object(object_id)
+        return LightCurve(detections=detections,
+                          forced=self.lightcurves.forced_photometry(object_id))
+
+    def cutout(self, object_id: str, kind: str, source_id: int | None = None) -> Cutout:
+        """A cutout of one of the object's alerts, by default its latest one (largest MJD).
+
+        Raises
+        ------
+        NotFoundError
+            If the object is unknown, ``source_id`` is not one of its detections, or the alert
+            has no cutout of that kind (history detections carry none).
+        """
+        self.get_object(object_id)
+        detections = self.lightcurves.lightcurve(object_id)
+        if source_id is None:
+            if not detections:
+                raise NotFoundError(f"object {object_id} has no stored detection")
+            latest = max(detections, key=lambda row: (row["mjd"], row["source_id"]))
+            source_id = int(latest["source_id"])
+        elif not any(int(row["source_id"]) == source_id for row in detections):
+            raise NotFoundError(f"source {source_id} is not a detection of object {object_id}")
+        data = self.lightcurves.cutout(source_id, kind)
+        if data is None:
+            raise NotFoundError(f"no {kind} cutout stored for source {source_id} "
+                                f"of object {object_id}")
+        stem = f"{_safe_name(object_id)}_{source_id}_{kind}"
+        if data[:2] == GZIP_MAGIC:
+            return Cutout(data=data, source_id=source_id, media_type="application/gzip",
+                          filename=f"{stem}.fits.gz")
+        return Cutout(data=data, source_id=source_id, media_type="application/fits",
+                      filename=f"{stem}.fits")
+
+    def cone(self, *, ra: float, dec: float, radius_arcsec: float, catalog: str,
+             limit: int) -> list[Row]:
+        """Rows of a catalog within ``radius_arcsec`` of (ra, dec), nearest first.
+
+        The parameters are validated by the route (finite, in range).
+
+        Raises
+        ------
+        NotFoundError
+            If ``catalog`` is not one a cone search can read.
+        """
+        if catalog not in CONE_CATALOGS:
+            raise NotFoundError(f"unknown catalog {catalog} (known: {', '.join(CONE_CATALOGS)})")
+        return self.catalog.cone(ra, dec, radius_arcsec / 3600.0, limit)
+
+    def counts(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """Rows per table of the catalog and of the light-curve archive."""
+        return self.catalog.counts(), self.lightcurves.counts()
