@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import structlog
@@ -26,7 +27,7 @@ services_app = typer.Typer(help="Run the real services locally (Kafka, Cassandra
 app.add_typer(services_app, name="services")
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -217,18 +218,10 @@ def serve(
         "--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
 ) -> None:
     """Serve the HTTP API (objects, light curves, cutouts, cone search, status; docs at /docs)."""
-    import os  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
     import uvicorn  # noqa: PLC0415
 
     # uvicorn logs a busy port among its start-up lines; checking first ends in one clear line.
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise LannerError(f"cannot listen on {host}:{port}: {reason}") from None
+    _check_port(host, port)
     out.print(f"serving the API on http://{host}:{port} (docs at /docs); Ctrl-C stops",
               highlight=False)
     level = get_settings().log_level.lower()
@@ -240,48 +233,95 @@ def serve(
 @app.command()
 @clean_errors
 def demo(
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Alerts to simulate.")] = 2000,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Alerts to simulate.")] = 3000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated stream.")] = 2026,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535,
+                                      help="Port of the API.")] = 8000,
+    serve_api: Annotated[bool, typer.Option(
+        "--serve/--no-serve", help="Serve the API when the archive is ready.")] = True,
 ) -> None:
-    """A first look with no servers: simulate alerts into the embedded folder and summarise them.
+    """A first look with no servers: simulated and real ZTF alerts, ingested and served.
 
-    The ingest stage (issue 3) extends this into an embedded archive served over HTTP.
+    Runs the real ingest stage over the embedded backend (an in-process queue and one SQLite
+    file under the state folder): simulated Rubin packets and the bundled real ZTF packets are
+    queued, archived with a progress bar, and served on http://127.0.0.1:PORT.
     """
-    from collections import Counter  # noqa: PLC0415
+    from rich.progress import Progress  # noqa: PLC0415
 
-    from broker.streaming import files, wire  # noqa: PLC0415
+    from broker.config import Backend  # noqa: PLC0415
+    from broker.factory import Factory  # noqa: PLC0415
+    from broker.streaming.replay import iter_alert_files  # noqa: PLC0415
     from broker.streaming.schemas import latest_version  # noqa: PLC0415
 
-    settings = get_settings()
-    folder = settings.embedded_path / "alerts"
+    settings = get_settings().model_copy(update={"backend": Backend.embedded})
+    if serve_api:
+        _check_port("127.0.0.1", port)
+    factory = Factory(settings)
+    queue = factory.memory_broker
     version = latest_version()
-    objects: Counter[int] = Counter()
-    bands: Counter[str] = Counter()
-    size = 0
-    first = last = None
+    queued = 0
+    for key, value in _simulated(count, version, seed, None):
+        queue.produce(settings.topic_alerts_lsst, value, key=key)
+        queued += 1
+    ztf = Path(__file__).resolve().parent.parent / "tests" / "data" / "ztf"
+    ztf_count = 0
+    if ztf.is_dir():
+        for _, value, key in iter_alert_files(ztf):
+            queue.produce(settings.topic_alerts_ztf, value, key=key)
+            ztf_count += 1
+    stage = factory.ingest_stage(poll_timeout=0.05)
+    with Progress(console=console) as progress:
+        task = progress.add_task("ingesting into the embedded archive", total=queued + ztf_count)
+        total = stage.run(once=True, idle_polls=2,
+                          on_batch=lambda report: progress.advance(task, report.consumed))
+    counts = dict(factory.catalog.counts())
+    base = f"http://127.0.0.1:{port}"
+    latest = next(iter(queue.messages(settings.topic_ingested)[-1:]), None)
+    example = None
+    if latest is not None:
+        from broker.streaming import lanner_schemas  # noqa: PLC0415
 
-    def stream() -> Any:
-        nonlocal size, first, last
-        for _, value in _simulated(count, version, seed, None):
-            record = wire.decode(value)[1]
-            source = record["diaSource"]
-            objects[source["diaObjectId"]] += 1
-            bands[source["band"]] += 1
-            size += len(value)
-            first = source["midpointMjdTai"] if first is None else first
-            last = source["midpointMjdTai"]
-            yield source["diaSourceId"], value
+        example = lanner_schemas.decode("ingested", latest.value)
+    out.print(f"\narchived {total.archived} alerts ({queued} simulated Rubin {version}, "
+              f"{ztf_count} real ZTF) into {settings.embedded_path}: "
+              f"{counts.get('objects', 0)} objects, {counts.get('alert_rows', 0)} detections",
+              highlight=False)
+    out.print("\nworth opening:", highlight=False)
+    out.print(f"  {base}/                      the landing page", highlight=False)
+    out.print(f"  {base}/docs                  the API documentation", highlight=False)
+    if example is not None:
+        oid = example["object_id"]
+        out.print(f"  {base}/api/v1/objects/{oid}", highlight=False)
+        out.print(f"  {base}/api/v1/objects/{oid}/lightcurve", highlight=False)
+        out.print(f"  {base}/api/v1/cone?ra={example['ra']:.5f}&dec={example['dec']:.5f}"
+                  "&radius=60", highlight=False)
+    if ztf_count:
+        out.print(f"  {base}/api/v1/objects/ZTF18abmmoot/lightcurve   a real ZTF light curve",
+                  highlight=False)
+        out.print(f"  {base}/api/v1/cone?ra=197.6&dec=7.3&radius=1800   a real ZTF field",
+                  highlight=False)
+    if not serve_api:
+        factory.close()
+        return
+    import uvicorn  # noqa: PLC0415
 
-    written = files.write_alerts(folder, stream())
-    out.print(f"\n{written} simulated Rubin alerts (schema {version}) in {folder}", highlight=False)
-    out.print(f"  objects: {len(objects)}, most alerts for one object: "
-              f"{max(objects.values())}", highlight=False)
-    out.print("  bands: " + ", ".join(f"{b} {n}" for b, n in sorted(bands.items())),
-              highlight=False)
-    out.print(f"  MJD {first:.3f} to {last:.3f}; mean packet {size / written / 1024:.1f} KiB "
-              "(three FITS cutouts each)", highlight=False)
-    out.print("  next: `lanner services up`, then `lanner simulate --count 10000 --to kafka`",
-              highlight=False)
+    from api.app import create_app  # noqa: PLC0415
+
+    out.print(f"\nserving on {base} (Ctrl-C stops)", highlight=False)
+    uvicorn.run(create_app(factory), host="127.0.0.1", port=port, log_level="warning")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with one clear line if the port is taken."""
+    import os  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise LannerError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def _simulated(count: int, version: Any, seed: int | None, rate: float | None) -> Any:

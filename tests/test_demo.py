@@ -1,0 +1,48 @@
+"""`lanner demo`: the embedded first look archives simulated and real alerts with no server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from broker.domain.sky import Chunker
+from broker.storage.sqlite import SQLiteArchive
+from tests.support.data import REPO_ROOT
+
+
+def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
+    env = {**os.environ, "LANNER_STATE_DIR": str(tmp_path), "LANNER_BACKEND": "embedded"}
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "demo", "--count", "150", "--no-serve"],
+        capture_output=True, text=True, check=False, cwd=REPO_ROOT, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "archived 203 alerts (150 simulated Rubin 11.1, 53 real ZTF)" in result.stdout
+    assert "/api/v1/objects/ZTF18abmmoot/lightcurve" in result.stdout
+
+    archive = SQLiteArchive(path=tmp_path / "embedded" / "archive.sqlite3",
+                            chunker=Chunker(85, 12))
+    try:
+        assert archive.lightcurves.counts()["packets"] == 203
+        ztf = archive.catalog.get_object("ZTF18abmmoot")
+        assert ztf is not None
+        assert ztf["survey"] == "ztf"
+    finally:
+        archive.close()
+
+
+def test_demo_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        env = {**os.environ, "LANNER_STATE_DIR": str(tmp_path)}
+        result = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "demo", "--count", "5", "--port", str(port)],
+            capture_output=True, text=True, check=False, cwd=REPO_ROOT, env=env, timeout=120,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
