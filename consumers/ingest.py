@@ -21,13 +21,15 @@ from typing import TypeVar
 import structlog
 
 from broker import metrics
-from broker.domain.alerts import Alert, from_rubin
-from broker.domain.archive import ArchiveBatch, plan
+from broker.domain.alerts import Alert, from_rubin, rubin_object_id
+from broker.domain.archive import ArchiveBatch, Seen, plan
 from broker.domain.sky import Chunker
+from broker.domain.ztf import from_ztf
 from broker.exceptions import PermanentError, TransientError
 from broker.storage.archive import LightCurveArchive, ObjectCatalog, Origin
 from broker.streaming import lanner_schemas, wire
 from broker.streaming.queue import Message, MessageSource, Publisher
+from broker.streaming.ztf import decode_container
 
 log = structlog.get_logger(__name__)
 
@@ -151,19 +153,28 @@ class IngestStage:
         origins: dict[int, Origin] = {}
         received: dict[int, Message] = {}
         rejected: list[tuple[Message, PermanentError]] = []
+        decoded: list[tuple[Message, object]] = []
         for message in messages:
             metrics.ALERTS_IN.labels(STAGE, message.topic).inc()
             try:
-                alert = self.decode(message)
+                decoded.append((message, self.read(message)))
+            except PermanentError as exc:
+                rejected.append((message, exc))
+            except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
+                rejected.append((message, self._unexpected(message, exc)))
+
+        # What the archive holds already decides how much of each packet's repeated history
+        # is worth normalising at all.
+        object_ids = {oid for _, packet in decoded if (oid := packet.object_id) is not None}
+        seen = self._retry("catalog", lambda: self.catalog.seen(object_ids)) if object_ids else {}
+        for message, packet in decoded:
+            try:
+                alert = packet.normalise(seen.get(packet.object_id or ""))
             except PermanentError as exc:
                 rejected.append((message, exc))
                 continue
             except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
-                log.exception("unexpected error decoding a packet", topic=message.topic,
-                              partition=message.partition, offset=message.offset)
-                error = PermanentError(f"unexpected {type(exc).__name__}: {exc}")
-                error.reason = "unexpected_error"
-                rejected.append((message, error))
+                rejected.append((message, self._unexpected(message, exc)))
                 continue
             alerts.append(alert)
             origins[alert.alert_id] = Origin(message.topic, message.partition, message.offset)
@@ -171,7 +182,6 @@ class IngestStage:
 
         batch = ArchiveBatch()
         if alerts:
-            seen = self._retry("catalog", lambda: self.catalog.seen(a.object_id for a in alerts))
             batch = plan(alerts, seen, self.chunker)
             self._retry("lightcurves", lambda: self.lightcurves.write(batch, origins))
             self._retry("catalog", lambda: self.catalog.write(batch))
@@ -195,20 +205,32 @@ class IngestStage:
             log.info("dead-lettered packets", count=len(rejected), reasons=report.reasons)
         return report
 
-    def decode(self, message: Message) -> Alert:
-        """Decode and normalise one packet, by the topic it came from."""
+    def read(self, message: Message) -> DecodedPacket:
+        """Decode one packet, by the topic it came from (normalising comes later)."""
         if message.topic == self.topics.lsst:
             schema_id, record = wire.decode(message.value)
-            return from_rubin(record, schema_id, message.value)
+            return DecodedPacket(message, "lsst", record, schema_id=schema_id,
+                                 object_id=rubin_object_id(record))
         if message.topic == self.topics.ztf:
-            from broker.domain.ztf import from_ztf  # noqa: PLC0415
-            from broker.streaming.ztf import decode_container  # noqa: PLC0415
-
             version, record = decode_container(message.value)
-            return from_ztf(record, message.value, version)
+            object_id = record.get("objectId")
+            return DecodedPacket(message, "ztf", record, version=version,
+                                 object_id=str(object_id) if object_id else None)
         error = PermanentError(f"no decoder for topic {message.topic}")
         error.reason = "unknown_topic"
         raise error
+
+    def decode(self, message: Message) -> Alert:
+        """Decode and normalise one packet as if the archive held nothing of its object."""
+        return self.read(message).normalise(None)
+
+    @staticmethod
+    def _unexpected(message: Message, exc: Exception) -> PermanentError:
+        log.exception("unexpected error reading a packet", topic=message.topic,
+                      partition=message.partition, offset=message.offset)
+        error = PermanentError(f"unexpected {type(exc).__name__}: {exc}")
+        error.reason = "unexpected_error"
+        return error
 
     def _publish(self, batch: ArchiveBatch, origins: dict[int, Origin],
                  received: dict[int, Message], rejected: list[tuple[Message, PermanentError]]
@@ -248,6 +270,27 @@ class IngestStage:
                 self.stopping.wait(delay)
 
 
+@dataclass(slots=True)
+class DecodedPacket:
+    """A packet read off its wire format, not yet normalised."""
+
+    message: Message
+    survey: str
+    record: dict
+    schema_id: int = 0
+    version: str | None = None
+    object_id: str | None = None
+
+    def normalise(self, seen: Seen | None) -> Alert:
+        if self.survey == "lsst":
+            if seen is None:
+                return from_rubin(self.record, self.schema_id, self.message.value)
+            return from_rubin(self.record, self.schema_id, self.message.value,
+                              detections_after=seen.last_detection_mjd,
+                              forced_after=seen.last_forced_mjd)
+        return from_ztf(self.record, self.message.value, self.version)
+
+
 def ingested_record(alert: Alert, obj: object, origin: Origin, source_ms: int | None,
                     now_ms: int) -> dict:
     """The ``internal.ingested`` record of an archived alert."""
@@ -271,8 +314,8 @@ def ingested_record(alert: Alert, obj: object, origin: Origin, source_ms: int | 
         "object_dec": obj.dec,  # type: ignore[attr-defined]
         "chunk_id": obj.chunk_id,  # type: ignore[attr-defined]
         "hpx29": obj.hpx29,  # type: ignore[attr-defined]
-        "n_detections": len(alert.history) + 1,
-        "n_forced": len(alert.forced),
+        "n_detections": alert.n_detections,
+        "n_forced": alert.n_forced,
         "has_cutouts": bool(alert.cutouts),
         "topic": origin.topic,
         "partition": origin.partition,

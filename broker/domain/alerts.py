@@ -96,6 +96,16 @@ class Alert:
     forced: tuple[ForcedMeasurement, ...] = ()
     cutouts: Mapping[str, bytes] = field(default_factory=dict)
     packet: bytes = b""
+    #: The survey's own object position (Rubin's diaObject ra, dec), when the packet has one.
+    position: tuple[float, float] | None = None
+    #: Detections and forced measurements the packet carries, including any left out of
+    #: ``history`` and ``forced`` because the archive already holds them.
+    n_detections: int = 0
+    n_forced: int = 0
+
+    def __post_init__(self) -> None:
+        self.n_detections = self.n_detections or len(self.history) + 1
+        self.n_forced = self.n_forced or len(self.forced)
 
     @property
     def alert_id(self) -> int:
@@ -250,8 +260,24 @@ def _rubin_forced(forced: Mapping[str, Any], n: _RubinNames) -> ForcedMeasuremen
     )
 
 
-def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"") -> Alert:
-    """Normalise a decoded Rubin alert record; raise InvalidAlertError if it is impossible."""
+def rubin_object_id(record: Mapping[str, Any]) -> str | None:
+    """The object id of a decoded Rubin record, without normalising it."""
+    source = record.get("diaSource")
+    object_id = source.get("diaObjectId") if isinstance(source, Mapping) else None
+    if not object_id:
+        dia_object = record.get("diaObject")
+        object_id = dia_object.get("diaObjectId") if isinstance(dia_object, Mapping) else None
+    return str(object_id) if object_id else None
+
+
+def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"", *,
+               detections_after: float = -math.inf, forced_after: float = -math.inf) -> Alert:
+    """Normalise a decoded Rubin alert record; raise InvalidAlertError if it is impossible.
+
+    Previous detections at or before ``detections_after`` and forced measurements at or before
+    ``forced_after`` (MJD) are left out: the archive already holds them, and building them is
+    most of the cost of normalising a packet that repeats a year of history.
+    """
     source = record.get("diaSource")
     if not isinstance(source, Mapping):
         raise InvalidAlertError("missing_id", "packet has no diaSource")
@@ -260,12 +286,16 @@ def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"") -
     try:
         names = _names(schema_id, "source", source)
         detection = _rubin_detection(source, object_ref, names)
-        history = tuple(
-            _rubin_detection(prv, object_ref, names) for prv in (record.get("prvDiaSources") or ())
-        )
+        previous = record.get("prvDiaSources") or ()
+        history = tuple(_rubin_detection(prv, object_ref, names) for prv in previous
+                        if not prv[names.mjd] <= detections_after)
         forced_records = record.get("prvDiaForcedSources") or ()
         forced_names = _names(schema_id, "forced", forced_records[0]) if forced_records else names
-        forced = tuple(_rubin_forced(f, forced_names) for f in forced_records)
+        forced = tuple(_rubin_forced(f, forced_names) for f in forced_records
+                       if not f[forced_names.mjd] <= forced_after)
+        position = None
+        if isinstance(dia_object, Mapping) and dia_object.get("ra") is not None:
+            position = (float(dia_object["ra"]), float(dia_object[names.dec]))
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidAlertError("missing_field", f"packet lacks a required value: {exc}") from exc
     cutouts = {
@@ -281,6 +311,9 @@ def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"") -
         forced=forced,
         cutouts=cutouts,
         packet=packet,
+        position=position,
+        n_detections=len(previous) + 1,
+        n_forced=len(forced_records),
     )
     return validate(alert)
 

@@ -81,6 +81,15 @@ def mean_position(detections: Iterable[Detection]) -> tuple[float, float]:
     return lon, lat
 
 
+def _position(alert: Alert) -> tuple[float, float]:
+    """The survey's object position when it is a real sky position, else the mean detection."""
+    if alert.position is not None:
+        ra, dec = alert.position
+        if math.isfinite(ra) and math.isfinite(dec) and 0 <= ra <= 360 and -90 <= dec <= 90:
+            return ra % 360.0, dec
+    return mean_position(alert.detections())
+
+
 def plan(alerts: Iterable[Alert], seen: Mapping[str, Seen], chunker: Chunker) -> ArchiveBatch:
     """Decide what a batch of (valid, decoded) alerts writes.
 
@@ -118,7 +127,7 @@ def plan(alerts: Iterable[Alert], seen: Mapping[str, Seen], chunker: Chunker) ->
     positions = []
     for object_id in object_ids:
         newest = max(per_object[object_id], key=lambda a: (a.detection.mjd, a.alert_id))
-        positions.append(mean_position(newest.detections()))
+        positions.append(_position(newest))
     ras = np.array([p[0] for p in positions])
     decs = np.array([p[1] for p in positions])
     chunks = chunker.locate(ras, decs) if object_ids else np.array([], dtype=np.int64)
