@@ -9,8 +9,9 @@ Needs `lanner services up`. Two measurements, each on fresh topics, keyspace and
    produce to the last ``internal.ingested`` record published. ``alerts_per_s_per_core``
    divides by every core of the machine (the services run on the same cores). The decode rate
    of the same packets (bench/decode.py's measure, same run) gives ``ratio_to_decode``.
-2. Latency: one ingest process runs while packets are produced at ``--rate`` per second for
-   ``--seconds``; latency is the ingested record's publish time minus the packet's Kafka
+2. Latency: the same number of ingest processes run while packets are produced at ``--rate``
+   per second for ``--seconds``; latency is the ingested record's publish time minus the
+   packet's Kafka
    timestamp (producer time), p50 and p99.
 
 Prints human lines, then one JSON object as the last line.
@@ -154,15 +155,16 @@ def throughput(settings: Settings, count: int, processes: int, partitions: int,
             "packet_bytes": packet_bytes}
 
 
-def latency(settings: Settings, rate: float, seconds: float, seed: int) -> dict[str, Any]:
+def latency(settings: Settings, rate: float, seconds: float, seed: int,
+            processes: int) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     env = _env(settings, run)
     clients = _prepare(settings, env, 4)
     count = int(rate * seconds)
     messages = list(AlertSimulator(schema="11.1", seed=seed).encoded(count))
-    worker = _ingest(env)
+    workers = [_ingest(env) for _ in range(processes)]
     try:
-        time.sleep(8)  # let the consumer set up and join its group before the clock starts
+        time.sleep(8)  # let the consumers set up and join their group before the clock starts
         producer = clients.producer(**{"linger.ms": 0})
         started = time.monotonic()
         for i, (key, value) in enumerate(messages):
@@ -175,14 +177,17 @@ def latency(settings: Settings, rate: float, seconds: float, seed: int) -> dict[
         records = _read_ingested(settings.kafka_bootstrap, env["LANNER_TOPIC_INGESTED"], count,
                                  seconds + 120)
     finally:
-        worker.terminate()
-        worker.wait(60)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(60)
         _cleanup(settings, env)
     latencies = sorted(r["ingested_ms"] - r["source_timestamp_ms"] for r in records
                        if r["source_timestamp_ms"])
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    print(f"latency at {rate:.0f} alerts/s over {seconds:.0f} s ({len(latencies)} alerts): "
+    print(f"latency at {rate:.0f} alerts/s over {seconds:.0f} s ({len(latencies)} alerts, "
+          f"{processes} process(es)): "
           f"p50 {p50} ms, p99 {p99} ms", flush=True)
     return {"latency_p50_ms": p50, "latency_p99_ms": p99, "latency_rate": rate,
             "latency_alerts": len(latencies)}
@@ -199,7 +204,7 @@ def main() -> dict[str, Any]:
     args = parser.parse_args()
     settings = Settings()
     result = throughput(settings, args.count, args.processes, args.partitions, args.seed)
-    result.update(latency(settings, args.rate, args.seconds, args.seed + 1))
+    result.update(latency(settings, args.rate, args.seconds, args.seed + 1, args.processes))
     print(json.dumps(result))
     return result
 
