@@ -11,8 +11,7 @@ Needs `lanner services up`. Two measurements, each on fresh topics, keyspace and
    of the same packets (bench/decode.py's measure, same run) gives ``ratio_to_decode``.
 2. Latency: the same number of ingest processes run while packets are produced at ``--rate``
    per second for ``--seconds``; latency is the ingested record's publish time minus the
-   packet's Kafka
-   timestamp (producer time), p50 and p99.
+   packet's Kafka timestamp (producer time), p50 and p99.
 
 Prints human lines, then one JSON object as the last line.
 """
