@@ -190,12 +190,22 @@ def replay(
 def ingest(
     once: Annotated[bool, typer.Option(
         "--once", help="Drain what is on the topics, then exit.")] = False,
+    metrics_port: Annotated[int, typer.Option(
+        "--metrics-port", min=0, max=65535,
+        help="Serve Prometheus metrics of this process on 127.0.0.1:PORT (0: off).")] = 0,
 ) -> None:
     """Run the ingest stage: alert topics into the archive, bad packets to the dead-letter topic."""
     import signal  # noqa: PLC0415
 
     from broker.factory import Factory  # noqa: PLC0415
 
+    if metrics_port:
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        import broker.metrics  # noqa: F401, PLC0415 - register the metrics before serving them
+
+        _check_port("127.0.0.1", metrics_port)
+        start_http_server(metrics_port, addr="127.0.0.1")
     factory = Factory(get_settings())
     try:
         factory.ensure_topics()

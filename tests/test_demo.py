@@ -46,3 +46,33 @@ def test_demo_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ingest_serves_its_own_metrics(tmp_path: Path) -> None:
+    """`lanner ingest --metrics-port` exposes the stage's counters while it runs."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    env = {**os.environ, "LANNER_STATE_DIR": str(tmp_path), "LANNER_BACKEND": "embedded"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "ingest", "--metrics-port", str(port)],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        body = ""
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert "lanner_batch_seconds" in body
+        assert "lanner_alerts_dlq_total" in body
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert process.returncode == 0, process.stderr.read().decode()
