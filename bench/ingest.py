@@ -70,13 +70,9 @@ def _cleanup(settings: Settings, env: dict[str, str]) -> None:
     connection.session().execute(f"DROP KEYSPACE IF EXISTS {env['LANNER_CASSANDRA_KEYSPACE']}",
                                  timeout=120)
     connection.close()
-    shards = ShardSet.from_settings(settings)
-    for shard in range(len(shards)):
-        conn = shards.connect(shard, database=False)
-        with conn.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS `{env['LANNER_MARIADB_DATABASE']}`")
-        conn.commit()
-        conn.close()
+    ShardSet(addresses=settings.shard_addresses, user=settings.mariadb_user,
+             password=settings.mariadb_password.get_secret_value(),
+             database=env["LANNER_MARIADB_DATABASE"]).drop_database()
     admin = KafkaClients(bootstrap=settings.kafka_bootstrap).admin()
     topics = [env[k] for k in ("LANNER_TOPIC_ALERTS_LSST", "LANNER_TOPIC_ALERTS_ZTF",
                                "LANNER_TOPIC_INGESTED", "LANNER_TOPIC_DLQ")]

@@ -20,7 +20,7 @@ from pymysql.connections import Connection
 from broker.config import Settings
 from broker.domain.archive import BANDS, ArchiveBatch, ObjectUpdate, PlacedDetection, Seen
 from broker.domain.sky import Chunker, ChunkPlacement, angular_separation_deg, cone_cover
-from broker.exceptions import ServiceUnavailableError
+from broker.exceptions import LannerError, ServiceUnavailableError
 from broker.storage.archive import DETECTION_COLUMNS, OBJECT_COLUMNS, Row
 
 T = TypeVar("T")
@@ -75,6 +75,17 @@ class ShardSet:
         finally:
             connection.close()
 
+    def drop_database(self) -> None:
+        """Drop the database on every shard (tests and benchmarks clean up with it)."""
+        for shard in range(len(self)):
+            connection = self.connect(shard, database=False)
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+                connection.commit()
+            finally:
+                connection.close()
+
     def ensure_database(self) -> None:
         """Create the database on every shard if missing."""
         for shard in range(len(self)):
@@ -105,6 +116,12 @@ def _band_columns_ddl() -> str:
 
 def _quote(column: str) -> str:
     return f"`{column}`"
+
+
+class LayoutMismatchError(LannerError):
+    """The shards hold an archive laid out with other chunking or another shard count."""
+
+    reason = "layout_mismatch"
 
 
 class ShardedCatalog:
@@ -182,11 +199,35 @@ class ShardedCatalog:
                                                                 _band_columns_ddl())
         statements = [s.strip() for s in ddl.split(";") if s.strip()]
 
-        def create(cursor: Any) -> None:
-            for statement in statements:
-                cursor.execute(statement)
+        layout = self.layout()
 
-        self._on_shards(dict.fromkeys(range(len(self.shards)), create))
+        def create(shard: int) -> Callable[[Any], str | None]:
+            def work(cursor: Any) -> str | None:
+                for statement in statements:
+                    cursor.execute(statement)
+                # The first setup records the layout on every shard; later ones must match it,
+                # or rows would be looked for on the wrong shard or in the wrong chunk.
+                wanted = {**layout, "shard": str(shard)}
+                cursor.executemany("INSERT IGNORE INTO layout (name, value) VALUES (%s, %s)",
+                                   list(wanted.items()))
+                cursor.execute("SELECT name, value FROM layout")
+                found = dict(cursor.fetchall())
+                if found != wanted:
+                    return (f"shard {shard} holds an archive laid out as {found}, but the "
+                            f"settings give {wanted}")
+                return None
+            return work
+
+        problems = self._on_shards({shard: create(shard) for shard in range(len(self.shards))})
+        mismatch = next((p for p in problems.values() if p), None)
+        if mismatch:
+            raise LayoutMismatchError(mismatch)
+
+    def layout(self) -> dict[str, str]:
+        """What fixes where a row lives: the chunking and the shard count."""
+        return {"chunk_stripes": str(self.chunker.num_stripes),
+                "chunk_sub_stripes": str(self.chunker.num_sub_stripes),
+                "shards": str(len(self.shards)), "placement": "chunk_id mod shards"}
 
     def seen(self, object_ids: Iterable[str]) -> dict[str, Seen]:
         by_shard: dict[int, list[str]] = {}

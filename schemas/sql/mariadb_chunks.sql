@@ -54,3 +54,11 @@ CREATE TABLE IF NOT EXISTS director (
     last_forced_mjd DOUBLE NULL,
     PRIMARY KEY (object_id)
 ) ENGINE=InnoDB;
+
+-- How this archive is laid out, recorded by the first setup and checked by every later one:
+-- chunking parameters, shard count, placement rule and this shard's index.
+CREATE TABLE IF NOT EXISTS layout (
+    name VARCHAR(32) NOT NULL,
+    value VARCHAR(64) NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB;

@@ -186,11 +186,4 @@ class ServicesHarness(Harness):
         self.lightcurves.connection.session().execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}")
         self.lightcurves.close()
         self.catalog.close()
-        for shard in range(len(self.shards)):
-            connection = self.shards.connect(shard, database=False)
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
-                connection.commit()
-            finally:
-                connection.close()
+        self.shards.drop_database()

@@ -74,14 +74,7 @@ class ServiceStack:
         return session
 
     def fresh_shards(self) -> ShardSet:
-        for shard in range(len(self.shards)):
-            connection = self.shards.connect(shard, database=False)
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute(f"DROP DATABASE IF EXISTS `{TEST_DATABASE}`")
-                connection.commit()
-            finally:
-                connection.close()
+        self.shards.drop_database()
         self.shards.ensure_database()
         return self.shards
 
