@@ -213,3 +213,42 @@ class ChunkPlacement:
 
     def shards_of(self, chunk_ids: np.ndarray) -> np.ndarray:
         return np.asarray(chunk_ids, dtype=np.int64) % self.shards
+
+
+def overlap_chunks(chunker: Chunker, ra: np.ndarray, dec: np.ndarray,
+                   overlap_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """The overlap halos each point belongs to: pairs ``(row index, chunk id)``.
+
+    A point belongs to the halo of every chunk other than its own that lies within
+    ``overlap_deg`` of it. The chunks are found by locating the point displaced by the overlap
+    radius in the eight compass directions (the RA step widened by 1/cos(dec), and taken as the
+    whole circle within the radius of a pole). Chunks are much wider than the overlap, so this
+    finds every chunk the true halo needs; it may add a chunk whose nearest corner is a little
+    beyond the radius, which costs a few halo rows and loses nothing.
+    """
+    ra = np.mod(np.asarray(ra, dtype=np.float64), 360.0)
+    dec = np.asarray(dec, dtype=np.float64)
+    home = chunker.locate(ra, dec)
+    cos_dec = np.cos(np.radians(np.clip(np.abs(dec) + overlap_deg, 0.0, 90.0)))
+    d_ra = np.where(cos_dec > 1e-9, overlap_deg / np.maximum(cos_dec, 1e-9), 180.0)
+    d_ra = np.minimum(d_ra, 180.0)
+    rows, chunks = [], []
+    for sign_ra, sign_dec in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0),
+                              (1, 1)):
+        shifted_dec = np.clip(dec + sign_dec * overlap_deg, -90.0, 90.0)
+        located = chunker.locate(ra + sign_ra * d_ra, shifted_dec)
+        other = located != home
+        rows.append(np.nonzero(other)[0])
+        chunks.append(located[other])
+    # Near a pole every RA is within the radius: add the whole polar stripe's chunks.
+    polar = np.nonzero(np.abs(dec) + overlap_deg >= 90.0 - chunker.sub_stripe_height_deg)[0]
+    if polar.size:
+        for sample_ra in np.linspace(0.0, 360.0, 73)[:-1]:
+            located = chunker.locate(np.full(polar.size, sample_ra), dec[polar])
+            other = located != home[polar]
+            rows.append(polar[other])
+            chunks.append(located[other])
+    if not rows:
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(chunks)], axis=1), axis=0)
+    return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)

@@ -92,3 +92,31 @@ def test_cone_cover_contains_every_point_of_the_cone(radius: float) -> None:
         for lo, hi in cover.ranges:
             covered |= (index >= lo) & (index < hi)
         assert covered.all()
+
+
+def test_overlap_halos_hold_every_row_within_the_radius_of_a_chunk() -> None:
+    from broker.domain.sky import overlap_chunks
+
+    chunker = Chunker(85, 12)
+    overlap = 1.0 / 60.0
+    rng = np.random.default_rng(17)
+    # Points crowded around chunk boundaries (stripe edges, RA 0, poles) and at random.
+    stripe = 180.0 / 85
+    edges = -90.0 + stripe * rng.integers(1, 85, 3000)
+    ra = np.concatenate([rng.uniform(0, 360, 3000), rng.uniform(0, 360, 3000),
+                         rng.uniform(-0.02, 0.02, 1000) % 360, rng.uniform(0, 360, 500)])
+    dec = np.concatenate([np.degrees(np.arcsin(rng.uniform(-1, 1, 3000))),
+                          edges + rng.uniform(-0.02, 0.02, 3000),
+                          rng.uniform(-60, 60, 1000), rng.uniform(89.9, 90.0, 500)])
+    rows, chunks = overlap_chunks(chunker, ra, dec, overlap)
+    halo = set(zip(rows.tolist(), chunks.tolist(), strict=True))
+    home = chunker.locate(ra, dec)
+    # Brute force: a point within the overlap radius of a chunk is near some point of that
+    # chunk; sample points on circles of radius <= overlap around each row and locate them.
+    centre = SkyCoord(ra, dec, unit="deg")
+    for angle in np.linspace(0, 2 * np.pi, 24, endpoint=False):
+        for fraction in (0.5, 0.999):
+            moved = centre.directional_offset_by(angle * u.rad, fraction * overlap * u.deg)
+            near = chunker.locate(moved.ra.deg, moved.dec.deg)
+            for i in np.nonzero(near != home)[0]:
+                assert (int(i), int(near[i])) in halo, (ra[i], dec[i], near[i])
