@@ -220,35 +220,40 @@ def overlap_chunks(chunker: Chunker, ra: np.ndarray, dec: np.ndarray,
     """The overlap halos each point belongs to: pairs ``(row index, chunk id)``.
 
     A point belongs to the halo of every chunk other than its own that lies within
-    ``overlap_deg`` of it. The chunks are found by locating the point displaced by the overlap
-    radius in the eight compass directions (the RA step widened by 1/cos(dec), and taken as the
-    whole circle within the radius of a pole). Chunks are much wider than the overlap, so this
-    finds every chunk the true halo needs; it may add a chunk whose nearest corner is a little
-    beyond the radius, which costs a few halo rows and loses nothing.
+    ``overlap_deg`` of it. Those chunks are found by locating the point displaced by ``±R`` in
+    declination and by ``±ΔRA = asin(sin R / cos dec)`` in RA (the RA half-width of the circle of
+    radius R; 180° when the circle holds a pole). Qserv's chunks are at least 2R high and at least
+    ΔRA wide for the overlaps allowed here, so any chunk within R holds one of those eight
+    points. Within a stripe of a pole, where chunks get few and wide, the circle's whole parallel
+    is sampled as well. The result is a superset of the exact halo (the circle's bounding box
+    counts), which costs a few halo rows and loses nothing: matching filters on exact distances.
     """
     ra = np.mod(np.asarray(ra, dtype=np.float64), 360.0)
     dec = np.asarray(dec, dtype=np.float64)
     home = chunker.locate(ra, dec)
-    cos_dec = np.cos(np.radians(np.clip(np.abs(dec) + overlap_deg, 0.0, 90.0)))
-    d_ra = np.where(cos_dec > 1e-9, overlap_deg / np.maximum(cos_dec, 1e-9), 180.0)
-    d_ra = np.minimum(d_ra, 180.0)
+    r = float(overlap_deg) * (1.0 + 1e-6) + 1e-9
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.sin(np.radians(r)) / np.cos(np.radians(dec))
+        d_ra = np.where((s >= 1.0) | ~np.isfinite(s) | (s < 0), 180.0,
+                        np.degrees(np.arcsin(np.clip(s, 0.0, 1.0))))
     rows, chunks = [], []
     for sign_ra, sign_dec in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0),
                               (1, 1)):
-        shifted_dec = np.clip(dec + sign_dec * overlap_deg, -90.0, 90.0)
+        shifted_dec = np.clip(dec + sign_dec * r, -90.0, 90.0)
         located = chunker.locate(ra + sign_ra * d_ra, shifted_dec)
         other = located != home
         rows.append(np.nonzero(other)[0])
         chunks.append(located[other])
-    # Near a pole every RA is within the radius: add the whole polar stripe's chunks.
-    polar = np.nonzero(np.abs(dec) + overlap_deg >= 90.0 - chunker.sub_stripe_height_deg)[0]
+    polar = np.nonzero(np.abs(dec) + r >= 90.0 - 180.0 / chunker.num_stripes)[0]
     if polar.size:
-        for sample_ra in np.linspace(0.0, 360.0, 73)[:-1]:
-            located = chunker.locate(np.full(polar.size, sample_ra), dec[polar])
-            other = located != home[polar]
-            rows.append(polar[other])
-            chunks.append(located[other])
-    if not rows:
-        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+        for shift in (-r, 0.0, r):
+            shifted_dec = np.clip(dec[polar] + shift, -90.0, 90.0)
+            for sample_ra in np.linspace(0.0, 360.0, 73)[:-1]:
+                located = chunker.locate(np.full(polar.size, sample_ra), shifted_dec)
+                near = angular_separation_deg(ra[polar], dec[polar], sample_ra,
+                                              shifted_dec) <= r
+                other = (located != home[polar]) & near
+                rows.append(polar[other])
+                chunks.append(located[other])
     pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(chunks)], axis=1), axis=0)
     return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
