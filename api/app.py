@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from api import errors
 from api.dependencies import LazyStores
 from api.middleware import ObservedApp
-from api.routers import cone, home, objects, status
+from api.routers import cone, home, objects, scs, status
 from api.services import lanner_version
 from broker.config import get_settings
 from broker.factory import Factory
@@ -69,6 +69,6 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     app.state.stores = LazyStores(built)
     errors.install(app)
     app.add_middleware(ObservedApp)
-    for module in (objects, cone, status, home):
+    for module in (objects, cone, scs, status, home):
         app.include_router(module.router)
     return app

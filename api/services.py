@@ -167,9 +167,13 @@ class ArchiveService:
         NotFoundError
             If ``catalog`` is not one a cone search can read.
         """
+        self.check_catalog(catalog)
+        return self.catalog.cone(ra, dec, radius_arcsec / 3600.0, limit)
+
+    def check_catalog(self, catalog: str) -> None:
+        """Raise NotFoundError unless a cone search can read ``catalog``."""
         if catalog not in CONE_CATALOGS:
             raise NotFoundError(f"unknown catalog {catalog} (known: {', '.join(CONE_CATALOGS)})")
-        return self.catalog.cone(ra, dec, radius_arcsec / 3600.0, limit)
 
     def counts(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
         """Rows per table of the catalog and of the light-curve archive."""

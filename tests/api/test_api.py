@@ -9,8 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,71 +24,15 @@ from api.services import CutoutKind
 from broker.config import Backend, Settings
 from broker.domain.alerts import CUTOUT_KINDS
 from broker.domain.archive import BANDS
-from broker.domain.simulator import AlertSimulator
 from broker.domain.sky import angular_separation_deg
 from broker.exceptions import ServiceUnavailableError
 from broker.factory import Factory
 from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
 from broker.streaming.replay import iter_alert_files
-from tests.support.backends import EmbeddedHarness
-from tests.support.data import REPO_ROOT
+from tests.api.conftest import ZTF_SAMPLES, Loaded, make_factory
 
-ZTF_SAMPLES = REPO_ROOT / "tests" / "data" / "ztf"
 ZTF_OBJECT = "ZTF18abmmoot"
 ZTF_ALERT = 1628364324215010017
-
-
-@dataclass
-class Loaded:
-    harness: EmbeddedHarness
-    rubin_ids: list[str]
-    ztf_ids: list[str]
-
-    @property
-    def object_ids(self) -> list[str]:
-        return self.rubin_ids + self.ztf_ids
-
-    def objects(self) -> list[dict[str, Any]]:
-        rows = [self.harness.catalog.get_object(o) for o in self.object_ids]
-        assert all(row is not None for row in rows)
-        return rows  # type: ignore[return-value]
-
-
-def _factory(tmp_path: Path, **stores: Any) -> Factory:
-    """A real embedded `Factory` whose stores are pre-set (cached properties) to ``stores``."""
-    factory = Factory(Settings(backend=Backend.embedded, embedded_dir=tmp_path / "unused"))
-    factory.__dict__.update(stores)
-    return factory
-
-
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
-    harness = EmbeddedHarness(tmp_path_factory.mktemp("api-archive"))
-    try:
-        simulated = list(AlertSimulator(schema="11.1", seed=4242).encoded(400))
-        for key, value in simulated:
-            harness.produce(harness.topics.lsst, value, key=key)
-        ztf = list(iter_alert_files(ZTF_SAMPLES))
-        for _, packet, ztf_key in ztf:
-            harness.produce(harness.topics.ztf, packet, key=ztf_key)
-        report = harness.ingest_once()
-        assert report.archived == len(simulated) + len(ztf)
-        assert report.dead_lettered == 0
-        yield Loaded(
-            harness=harness,
-            rubin_ids=sorted({key.decode() for key, _ in simulated}),
-            ztf_ids=sorted({key.decode() for _, _, key in ztf if key is not None}),
-        )
-    finally:
-        harness.close()
-
-
-@pytest.fixture(scope="module")
-def client(loaded: Loaded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    factory = _factory(tmp_path_factory.mktemp("api-factory"),
-                       lightcurves=loaded.harness.lightcurves, catalog=loaded.harness.catalog)
-    with TestClient(create_app(factory)) as test_client:
-        yield test_client
 
 
 def _assert_error(response: Any, status: int, *words: str) -> str:
@@ -370,7 +312,7 @@ class _Broken:
 
 def test_store_down_is_503_naming_the_store(loaded: Loaded, tmp_path: Path) -> None:
     message = "MariaDB shard 127.0.0.1:13306 does not answer: connection refused"
-    factory = _factory(tmp_path, lightcurves=loaded.harness.lightcurves,
+    factory = make_factory(tmp_path, lightcurves=loaded.harness.lightcurves,
                        catalog=_Down(message))
     with TestClient(create_app(factory)) as test_client:
         for path in (f"/api/v1/objects/{ZTF_OBJECT}",
@@ -412,7 +354,7 @@ def test_store_that_cannot_connect_is_503_and_other_routes_still_work(
 
 
 def test_unexpected_error_is_a_generic_500(loaded: Loaded, tmp_path: Path) -> None:
-    factory = _factory(tmp_path, lightcurves=loaded.harness.lightcurves, catalog=_Broken())
+    factory = make_factory(tmp_path, lightcurves=loaded.harness.lightcurves, catalog=_Broken())
     with TestClient(create_app(factory)) as test_client:
         response = test_client.get(f"/api/v1/objects/{ZTF_OBJECT}")
         detail = _assert_error(response, 500, "internal server error")

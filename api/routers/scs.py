@@ -1,0 +1,97 @@
+"""IVOA Simple Cone Search 1.03 at ``/scs/{catalog}``: RA, DEC, SR in degrees, VOTable out.
+
+Per SCS 1.03: the table has one field of each of the UCDs ``ID_MAIN``, ``POS_EQ_RA_MAIN`` and
+``POS_EQ_DEC_MAIN``; ``SR=0`` answers the metadata (the fields, no rows); errors are VOTables
+with ``<INFO name="Error">`` (HTTP 200, as SCS clients expect). Parameters are parsed here rather
+than by FastAPI so that even a malformed request gets a VOTable error.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from api import votable
+from api.dependencies import Archive
+from api.errors import NotFoundError
+from broker.exceptions import TransientError
+
+router = APIRouter(tags=["IVOA"])
+
+#: Largest SR, degrees (wider cones belong to TAP).
+MAX_SR_DEG = 1.0
+#: Most rows a cone answers.
+MAX_ROWS = 10_000
+
+OBJECT_COLUMNS = (
+    votable.Column("id", "char", "ID_MAIN", description="Object id (Rubin diaObjectId, ZTF "
+                   "objectId)."),
+    votable.Column("ra", "double", "POS_EQ_RA_MAIN", "deg", "Right ascension (ICRS)."),
+    votable.Column("dec", "double", "POS_EQ_DEC_MAIN", "deg", "Declination (ICRS)."),
+    votable.Column("distance", "double", None, "deg", "Distance from the cone centre."),
+    votable.Column("survey", "char", None, None, "lsst or ztf."),
+    votable.Column("first_mjd", "double", None, "d", "Time of the first detection (MJD)."),
+    votable.Column("last_mjd", "double", None, "d", "Time of the last detection (MJD)."),
+    votable.Column("n_detections", "int", None, None, "Detections archived."),
+)
+
+
+def _answer(body: bytes) -> Response:
+    return Response(content=body, media_type=votable.MEDIA_TYPE)
+
+
+def _parameter(request: Request, name: str) -> float:
+    # SCS parameter names are upper case; accept any case, as most services do.
+    values = [v for k, v in request.query_params.multi_items() if k.upper() == name]
+    if not values:
+        raise ValueError(f"missing parameter {name}")
+    if len(values) > 1:
+        raise ValueError(f"parameter {name} given {len(values)} times")
+    try:
+        value = float(values[0])
+    except ValueError:
+        raise ValueError(f"{name}={values[0]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, not {values[0]}")
+    return value
+
+
+@router.get(
+    "/scs/{catalog}", summary="IVOA Simple Cone Search 1.03",
+    description="`RA`, `DEC` and `SR` in decimal degrees (ICRS); answers a VOTable. `SR=0` "
+                "returns the table's fields without rows. Errors are VOTables with an "
+                "`INFO name=\"Error\"` element.",
+    response_class=Response,
+    responses={200: {"content": {votable.MEDIA_TYPE: {}}}},
+)
+def simple_cone_search(catalog: str, request: Request, archive: Archive) -> Response:
+    try:
+        ra = _parameter(request, "RA")
+        dec = _parameter(request, "DEC")
+        sr = _parameter(request, "SR")
+        if not 0.0 <= ra <= 360.0:
+            raise ValueError(f"RA={ra} is outside [0, 360]")
+        if not -90.0 <= dec <= 90.0:
+            raise ValueError(f"DEC={dec} is outside [-90, 90]")
+        if sr < 0.0:
+            raise ValueError(f"SR={sr} is negative")
+        if sr > MAX_SR_DEG:
+            raise ValueError(f"SR={sr} is larger than {MAX_SR_DEG} degree (use TAP)")
+    except ValueError as exc:
+        return _answer(votable.error(str(exc)))
+    try:
+        archive.check_catalog(catalog)
+        rows = [] if sr == 0.0 else archive.cone(ra=ra % 360.0, dec=dec, radius_arcsec=sr * 3600,
+                                                 catalog=catalog, limit=MAX_ROWS)
+    except NotFoundError as exc:
+        return _answer(votable.error(str(exc)))
+    except TransientError as exc:
+        return _answer(votable.error(f"service unavailable: {exc}"))
+    out = [{"id": str(r["object_id"]), "ra": r["ra"], "dec": r["dec"],
+            "distance": r["distance_arcsec"] / 3600.0, "survey": r.get("survey"),
+            "first_mjd": r.get("first_mjd"), "last_mjd": r.get("last_mjd"),
+            "n_detections": r.get("n_detections")} for r in rows]
+    return _answer(votable.table(OBJECT_COLUMNS, out, name=catalog,
+                                 description=f"Cone RA={ra} DEC={dec} SR={sr} on {catalog}"))

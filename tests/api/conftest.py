@@ -1,0 +1,76 @@
+"""Fixtures of the API tests: an embedded archive filled by the real ingest stage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from broker.config import Backend, Settings
+from broker.domain.simulator import AlertSimulator
+from broker.factory import Factory
+from broker.streaming.replay import iter_alert_files
+from tests.support.backends import EmbeddedHarness
+from tests.support.data import REPO_ROOT
+
+ZTF_SAMPLES = REPO_ROOT / "tests" / "data" / "ztf"
+
+
+@dataclass
+class Loaded:
+    harness: EmbeddedHarness
+    rubin_ids: list[str]
+    ztf_ids: list[str]
+
+    @property
+    def object_ids(self) -> list[str]:
+        return self.rubin_ids + self.ztf_ids
+
+    def objects(self) -> list[dict[str, Any]]:
+        rows = [self.harness.catalog.get_object(o) for o in self.object_ids]
+        assert all(row is not None for row in rows)
+        return rows  # type: ignore[return-value]
+
+
+def make_factory(tmp_path: Path, **stores: Any) -> Factory:
+    """A real embedded `Factory` whose stores are pre-set (cached properties) to ``stores``."""
+    factory = Factory(Settings(backend=Backend.embedded, embedded_dir=tmp_path / "unused"))
+    factory.__dict__.update(stores)
+    return factory
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    harness = EmbeddedHarness(tmp_path_factory.mktemp("api-archive"))
+    try:
+        simulated = list(AlertSimulator(schema="11.1", seed=4242).encoded(400))
+        for key, value in simulated:
+            harness.produce(harness.topics.lsst, value, key=key)
+        ztf = list(iter_alert_files(ZTF_SAMPLES))
+        for _, packet, ztf_key in ztf:
+            harness.produce(harness.topics.ztf, packet, key=ztf_key)
+        report = harness.ingest_once()
+        assert report.archived == len(simulated) + len(ztf)
+        assert report.dead_lettered == 0
+        yield Loaded(
+            harness=harness,
+            rubin_ids=sorted({key.decode() for key, _ in simulated}),
+            ztf_ids=sorted({key.decode() for _, _, key in ztf if key is not None}),
+        )
+    finally:
+        harness.close()
+
+
+@pytest.fixture(scope="module")
+def client(loaded: Loaded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    factory = make_factory(tmp_path_factory.mktemp("api-factory"),
+                       lightcurves=loaded.harness.lightcurves, catalog=loaded.harness.catalog)
+    with TestClient(create_app(factory)) as test_client:
+        yield test_client
+
+
