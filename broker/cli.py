@@ -25,6 +25,9 @@ app = typer.Typer(help="Lanner: an alert-stream broker with a sharded catalog ar
 services_app = typer.Typer(help="Run the real services locally (Kafka, Cassandra, MariaDB shards).",
                            no_args_is_help=True)
 app.add_typer(services_app, name="services")
+catalog_app = typer.Typer(help="Reference catalogs in the chunked layout (load, list).",
+                          no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)
@@ -115,6 +118,70 @@ def services_status() -> None:
     _print_status(statuses)
     if any(s.state != "running" for s in statuses):
         raise typer.Exit(3)
+
+
+@catalog_app.command("load")
+@clean_errors
+def catalog_load(
+    name: Annotated[str, typer.Argument(help="Catalog name: lower-case letters, digits, _.")],
+    file: Annotated[Path, typer.Argument(help="Parquet (.parquet) or CSV (.csv, .csv.gz) file.")],
+    id_col: Annotated[str, typer.Option("--id-col", help="Column of the unique id.")] = "id",
+    ra_col: Annotated[str, typer.Option("--ra-col", help="Column of RA, degrees.")] = "ra",
+    dec_col: Annotated[str, typer.Option("--dec-col", help="Column of Dec, degrees.")] = "dec",
+    batch_rows: Annotated[int, typer.Option(
+        "--batch-rows", min=1000, max=5_000_000, help="Rows read and stored per batch.")] = 200_000,
+) -> None:
+    """Load (or reload, atomically) a reference catalog from a Parquet or CSV file."""
+    import pyarrow as pa  # noqa: PLC0415
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from broker.factory import Factory  # noqa: PLC0415
+    from broker.storage.refcat import (  # noqa: PLC0415
+        open_catalog_file,
+        open_reference_catalogs,
+    )
+
+    factory = Factory(get_settings())
+    source = open_catalog_file(file, batch_rows)
+    store = open_reference_catalogs(factory.settings, factory.chunker)
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"loading {name} ({source.unit})", total=source.total)
+            report = store.load(name, source.batches, id_col, ra_col, dec_col,
+                                lambda _: progress.update(task, completed=source.position()))
+            progress.update(task, completed=source.total)
+    except ValueError as exc:
+        raise LannerError(str(exc)) from None
+    except pa.ArrowException as exc:
+        raise LannerError(f"cannot read {file}: {exc}") from None
+    finally:
+        source.close()
+        store.close()
+    out.print(f"catalog {name} v{report.version}: {report.rows} rows, {report.skipped} skipped "
+              f"(no valid position or id), {report.overlap_rows} overlap rows, "
+              f"{report.seconds:.1f} s ({report.rows / max(report.seconds, 1e-9):,.0f} rows/s)",
+              highlight=False)
+
+
+@catalog_app.command("list")
+@clean_errors
+def catalog_list() -> None:
+    """One line per loaded reference catalog: name, rows, version, load time, columns."""
+    from broker.factory import Factory  # noqa: PLC0415
+    from broker.storage.refcat import open_reference_catalogs  # noqa: PLC0415
+
+    factory = Factory(get_settings())
+    store = open_reference_catalogs(factory.settings, factory.chunker)
+    try:
+        entries = store.list()
+    finally:
+        store.close()
+    if not entries:
+        out.print("no reference catalogs loaded", highlight=False)
+    for entry in entries:
+        out.print(f"{entry['name']} {entry['rows']} rows v{entry['version']} "
+                  f"loaded {entry['loaded_at']} columns: "
+                  f"{','.join(c[0] for c in entry['columns'])}", highlight=False)
 
 
 SchemaOption = Annotated[

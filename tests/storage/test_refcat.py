@@ -1,0 +1,399 @@
+"""Reference catalogs in the chunked layout, over SQLite and over the real MariaDB shards."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from broker.domain.catalogs import crc32_of, plan_columns, prepare_batch, validate_name
+from broker.domain.sky import Chunker, angular_separation_deg
+from broker.storage.refcat import (
+    RefCatalogError,
+    ShardedRefCatalogs,
+    SQLiteRefCatalogs,
+    UnknownCatalogError,
+    open_catalog_file,
+)
+from tests.support.data import shared_data_or_none
+
+CHUNKER = Chunker(85, 12)
+SIRIUS = (32349, 101.28854, -16.71314)
+VEGA = (91262, 279.23411, 38.78299)  # Hipparcos epoch J1991.25
+
+
+@pytest.fixture(params=["embedded", "services"])
+def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
+    if request.param == "embedded":
+        store: object = SQLiteRefCatalogs(tmp_path / "archive.sqlite3", CHUNKER)
+    else:
+        store = ShardedRefCatalogs(request.getfixturevalue("shards"), CHUNKER)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _hipparcos(tmp_path: Path) -> Path:
+    """The real Hipparcos 2 catalogue, or a synthetic stand-in holding Sirius and Vega."""
+    path = shared_data_or_none() / "catalogs" / "hipparcos2.parquet"
+    if path.is_file():
+        return path
+    rng = np.random.default_rng(1)
+    n = 20_000
+    hip = np.arange(1, n + 1, dtype=np.int32)
+    ra = rng.uniform(0, 360, n)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    for hip_id, r, d in (SIRIUS, VEGA):
+        hip[hip_id % n], ra[hip_id % n], dec[hip_id % n] = hip_id, r, d
+    # Neighbours of Vega so that the cone test has something to compare.
+    ra[:50] = VEGA[1] + rng.normal(0, 0.5, 50)
+    dec[:50] = VEGA[2] + rng.normal(0, 0.5, 50)
+    fake = tmp_path / "hipparcos2.parquet"
+    pq.write_table(pa.table({"hip": hip, "ra": ra, "dec": dec,
+                             "hpmag": rng.normal(8, 1, n).astype(np.float32)}), fake)
+    return fake
+
+
+def _openngc() -> Path | None:
+    path = shared_data_or_none() / "catalogs" / "openngc.csv"
+    return path if path.is_file() else None
+
+
+def _brute_force(table: pa.Table, id_col: str, ra_col: str, dec_col: str, ra: float,
+                 dec: float, radius: float) -> list:
+    ids = table.column(id_col).to_pylist()
+    ras = table.column(ra_col).to_numpy(zero_copy_only=False)
+    decs = table.column(dec_col).to_numpy(zero_copy_only=False)
+    distance = angular_separation_deg(np.full(len(ras), ra), np.full(len(ras), dec), ras, decs)
+    inside = [(d, i) for d, i in zip(distance.tolist(), ids, strict=True) if d <= radius]
+    return [i for _, i in sorted(inside, key=lambda p: (p[0], str(p[1])))]
+
+
+def test_hipparcos(catalogs, tmp_path: Path) -> None:
+    path = _hipparcos(tmp_path)
+    source = open_catalog_file(path, 30_000)
+    seen: list[int] = []
+    report = catalogs.load("hipparcos", source.batches, "hip", "ra", "dec", seen.append)
+    table = pq.read_table(path)
+    assert report.rows == table.num_rows
+    assert report.skipped == 0
+    assert sum(seen) == table.num_rows
+    assert report.overlap_rows > 0
+    [entry] = catalogs.list()
+    assert entry["name"] == "hipparcos"
+    assert entry["rows"] == table.num_rows
+    assert entry["columns"][:3] == [["id", "int64"], ["ra", "float64"], ["dec", "float64"]]
+
+    sirius = catalogs.get("hipparcos", SIRIUS[0])
+    assert sirius is not None
+    assert sirius["id"] == SIRIUS[0]
+    assert sirius["ra"] == pytest.approx(SIRIUS[1], abs=1e-4)
+    assert sirius["dec"] == pytest.approx(SIRIUS[2], abs=1e-4)
+    assert catalogs.get("hipparcos", str(VEGA[0]))["ra"] == pytest.approx(VEGA[1], abs=1e-4)
+    assert catalogs.get("hipparcos", 999_999_999) is None
+
+    found = catalogs.cone("hipparcos", VEGA[1], VEGA[2], 1.0, 100_000)
+    expected = _brute_force(table, "hip", "ra", "dec", VEGA[1], VEGA[2], 1.0)
+    assert len(expected) >= 5
+    assert [r["id"] for r in found] == expected
+    assert found[0]["id"] == VEGA[0]
+    assert found[0]["distance_arcsec"] < 1.0
+    distances = [r["distance_arcsec"] for r in found]
+    assert distances == sorted(distances)
+    # A wider cone spans many chunks (and both shards): still exactly the brute-force answer.
+    wide = catalogs.cone("hipparcos", VEGA[1], VEGA[2], 6.0, 100_000)
+    assert [r["id"] for r in wide] == _brute_force(table, "hip", "ra", "dec", VEGA[1], VEGA[2],
+                                                   6.0)
+
+
+def test_openngc(catalogs) -> None:
+    path = _openngc()
+    if path is None:
+        pytest.skip("the shared OpenNGC catalogue is missing")  # Hipparcos covers the backends
+    source = open_catalog_file(path, 4_000)
+    report = catalogs.load("openngc", source.batches, "id", "ra_deg", "dec_deg")
+    source.close()
+    table = pacsv.read_csv(path)
+    assert report.skipped == 7  # rows with empty coordinates
+    assert report.rows == table.num_rows - 7
+    assert catalogs.list()[0]["rows"] == report.rows
+    m31 = catalogs.get("openngc", "NGC0224")
+    original = table.filter(pa.compute.equal(table.column("id"), "NGC0224")).to_pylist()[0]
+    assert m31["ra"] == pytest.approx(original["ra_deg"])
+    assert m31["identifiers"] == original["identifiers"]  # commas and quotes survive the load
+    assert m31["messier"] == 31
+    assert m31["common_names"] == original["common_names"]
+    # A row with empty coordinates was skipped, not stored.
+    no_position = table.filter(pa.compute.is_null(table.column("ra_deg"))).column("id")
+    assert catalogs.get("openngc", no_position[0].as_py()) is None
+    found = catalogs.cone("openngc", m31["ra"], m31["dec"], 0.5, 1000)
+    valid = table.filter(pa.compute.is_valid(table.column("ra_deg")))
+    assert [r["id"] for r in found] == _brute_force(valid, "id", "ra_deg", "dec_deg",
+                                                     m31["ra"], m31["dec"], 0.5)
+
+
+def _edge_pairs() -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """Pairs of points 10-20 arcsec apart on either side of chunk edges."""
+    step = 10.0 / 3600.0
+    pairs = []
+    # Stripe boundaries (declination edges), at a few RAs.
+    height = 180.0 / CHUNKER.num_stripes
+    for k, ra in ((20, 33.3), (42, 150.0), (43, 200.5), (70, 300.0)):
+        edge = -90.0 + k * height
+        pairs.append(((ra, edge - step), (ra, edge + step)))
+    # RA boundaries inside stripes: found by scanning for a change of chunk id.
+    for dec in (-61.0, 0.4, 30.1, 75.2):
+        ras = np.arange(0.5, 40.0, 1e-4)
+        ids = CHUNKER.locate(ras, np.full(ras.size, dec))
+        i = int(np.nonzero(np.diff(ids))[0][0])
+        edge = 0.5 * (ras[i] + ras[i + 1])
+        d_ra = step / np.cos(np.radians(dec))
+        pairs.append(((edge - d_ra, dec), (edge + d_ra, dec)))
+    # RA = 0 wraps around.
+    for dec in (0.1, -45.2):
+        d_ra = step / np.cos(np.radians(dec))
+        pairs.append(((360.0 - d_ra, dec), (d_ra, dec)))
+    return pairs
+
+
+def test_overlap_at_chunk_edges(catalogs) -> None:
+    pairs = _edge_pairs()
+    points = [p for pair in pairs for p in pair]
+    ids = np.arange(1, len(points) + 1, dtype=np.int64)
+    ra = np.array([p[0] for p in points])
+    dec = np.array([p[1] for p in points])
+    assert angular_separation_deg(ra[0::2], dec[0::2], ra[1::2], dec[1::2]).max() < 30 / 3600
+    batch = pa.record_batch({"oid": ids, "ra": ra, "dec": dec})
+    catalogs.load("edges", [batch], "oid", "ra", "dec")
+    chunks = CHUNKER.locate(ra, dec)
+    for k in range(len(pairs)):
+        a, b = 2 * k, 2 * k + 1
+        assert chunks[a] != chunks[b], pairs[k]
+        rows = catalogs.chunk_rows("edges", [int(chunks[a]), int(chunks[b])])
+        ids_a = rows[int(chunks[a])][0].tolist()
+        ids_b = rows[int(chunks[b])][0].tolist()
+        assert ids[a] in ids_a
+        assert ids[b] in ids_a, f"{pairs[k]}: the partner is missing from the halo"
+        assert ids[a] in ids_b, f"{pairs[k]}: the partner is missing from the halo"
+        assert len(ids_a) == len(set(ids_a))
+        # The cone reads main tables only: each row once.
+        cone = catalogs.cone("edges", ra[a], dec[a], 60 / 3600, 100)
+        assert sorted(r["id"] for r in cone) == sorted({int(ids[a]), int(ids[b])})
+
+
+def _version_batches(tag: int, n: int, seed: int, pause: float = 0.0,
+                     fail_after: int | None = None) -> Iterator[pa.RecordBatch]:
+    rng = np.random.default_rng(seed)
+    per = max(1, n // 8)
+    for i, start in enumerate(range(0, n, per)):
+        if fail_after is not None and i == fail_after:
+            raise RuntimeError("the input broke midway")
+        size = min(per, n - start)
+        yield pa.record_batch({
+            "oid": np.arange(start, start + size, dtype=np.int64) + tag * 1_000_000,
+            "ra": rng.uniform(10.0, 20.0, size), "dec": rng.uniform(-5.0, 5.0, size),
+            "tag": np.full(size, tag, dtype=np.int64)})
+        if pause:
+            time.sleep(pause)
+
+
+def test_reload_is_atomic(catalogs) -> None:
+    catalogs.load("swap", _version_batches(1, 3000, 1), "oid", "ra", "dec")
+    first_tables = catalogs.tables()
+    seen: list[tuple[set, int]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                rows = catalogs.cone("swap", 15.0, 0.0, 8.0, 100_000)
+                seen.append(({r["tag"] for r in rows}, len(rows)))
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        report = catalogs.load("swap", _version_batches(2, 4000, 2, pause=0.1), "oid", "ra",
+                               "dec")
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert report.version == 2
+    assert seen
+    for tags, count in seen:
+        assert (tags, count) in (({1}, 3000), ({2}, 4000))
+    assert seen[0] == ({1}, 3000)
+    assert seen[-1] == ({2}, 4000)
+    tables = catalogs.tables()
+    assert not set(first_tables) & set(tables)
+    assert all("_v2" in t for t in tables)
+    assert catalogs.list()[0]["rows"] == 4000
+
+    # A load that fails midway leaves version 2 current and no partial tables.
+    with pytest.raises(RuntimeError, match="midway"):
+        catalogs.load("swap", _version_batches(3, 5000, 3, fail_after=3), "oid", "ra", "dec")
+    assert catalogs.tables() == tables
+    assert catalogs.list()[0]["version"] == 2
+    assert {r["tag"] for r in catalogs.cone("swap", 15.0, 0.0, 8.0, 100_000)} == {2}
+
+    catalogs.drop("swap")
+    assert catalogs.list() == []
+    assert catalogs.tables() == []
+
+
+def test_bad_input(catalogs) -> None:
+    batch = pa.record_batch({"oid": [1, 2], "ra": [1.0, 2.0], "dec": [3.0, 4.0]})
+    for bad in ("Bad", "1abc", "a-b", "", "x" * 32):
+        with pytest.raises(ValueError, match="catalog name"):
+            catalogs.load(bad, [batch], "oid", "ra", "dec")
+    with pytest.raises(ValueError, match="'nope'"):
+        catalogs.load("good", [batch], "nope", "ra", "dec")
+    with pytest.raises(ValueError, match="'decl'"):
+        catalogs.load("good", [batch], "oid", "ra", "decl")
+    duplicated = pa.record_batch({"oid": [1, 1], "ra": [1.0, 2.0], "dec": [3.0, 4.0]})
+    with pytest.raises(RefCatalogError, match="ids"):
+        catalogs.load("dupes", [duplicated], "oid", "ra", "dec")
+    assert catalogs.list() == []
+    assert catalogs.tables() == []
+    with pytest.raises(UnknownCatalogError):
+        catalogs.cone("good", 1.0, 3.0, 1.0, 10)
+    with pytest.raises(UnknownCatalogError):
+        catalogs.get("good", 1)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(RefCatalogError, match="not a file"):
+        open_catalog_file(tmp_path / "missing.parquet")
+    other = tmp_path / "cat.fits"
+    other.write_bytes(b"SIMPLE")
+    with pytest.raises(RefCatalogError, match="unknown format"):
+        open_catalog_file(other)
+
+
+# ---- domain -------------------------------------------------------------------------------
+
+
+def test_names_and_columns() -> None:
+    assert validate_name("gaia_dr3") == "gaia_dr3"
+    schema = pa.schema([("ID", pa.string()), ("RA", pa.float64()), ("Dec", pa.float32()),
+                        ("ra", pa.float64()), ("chunk_id", pa.int32()), ("B-V", pa.float32()),
+                        ("2mass", pa.string()), ("flag", pa.bool_()), ("when", pa.date32())])
+    columns = plan_columns(schema, "ID", "RA", "Dec")
+    assert columns.id.kind == "text"
+    assert columns.stored == [("id", "text"), ("ra", "float64"), ("dec", "float64"),
+                              ("ra_2", "float64"), ("chunk_id_2", "int64"), ("b_v", "float64"),
+                              ("_2mass", "text"), ("flag", "bool"), ("when", "text")]
+
+
+def test_prepare_skips_bad_positions() -> None:
+    batch = pa.record_batch({
+        "oid": pa.array([1, 2, None, 4, 5, 6, 7], pa.int64()),
+        "ra": pa.array([10.0, None, 10.0, np.nan, 400.0, 360.0, 0.0]),
+        "dec": pa.array([0.0, 0.0, 0.0, 0.0, 0.0, 91.0, -90.0])})
+    columns = plan_columns(batch.schema, "oid", "ra", "dec")
+    prepared = prepare_batch(batch, columns, CHUNKER, 1 / 60)
+    assert prepared.skipped == 5
+    assert prepared.table.column("id").to_pylist() == [1, 7]
+    assert prepared.chunk_id.tolist() == CHUNKER.locate(np.array([10.0, 0.0]),
+                                                        np.array([0.0, -90.0])).tolist()
+
+
+def test_crc32_matches_zlib() -> None:
+    ids = pa.array(["32349", "NGC0224", "é", "", "x" * 70])
+    assert crc32_of(ids).tolist() == [zlib.crc32(s.encode()) for s in ids.to_pylist()]
+    numbers = pa.array(np.arange(-5, 100_000, 7, dtype=np.int64)).slice(3)
+    assert crc32_of(numbers).tolist() == [zlib.crc32(str(i).encode())
+                                          for i in numbers.to_pylist()]
+
+
+def test_cli_load_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+    from broker.config import get_settings
+
+    monkeypatch.setenv("LANNER_BACKEND", "embedded")
+    monkeypatch.setenv("LANNER_STATE_DIR", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        path = tmp_path / "tiny.csv"
+        path.write_text('name,RA,DEC,note\na1,10.5,-3.25,"x, ""y"""\na2,,1.0,\na3,200.0,45.0,z\n')
+        result = runner.invoke(app, ["catalog", "load", "tiny", str(path), "--id-col", "name",
+                                     "--ra-col", "RA", "--dec-col", "DEC"])
+        assert result.exit_code == 0, result.output
+        assert "2 rows, 1 skipped" in result.output
+        result = runner.invoke(app, ["catalog", "list"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("tiny 2 rows v1")
+        store = SQLiteRefCatalogs(tmp_path / "state" / "embedded" / "archive.sqlite3", CHUNKER)
+        try:
+            assert store.get("tiny", "a1")["note"] == 'x, "y"'
+        finally:
+            store.close()
+        for args, message in (
+            (["catalog", "load", "tiny", str(tmp_path / "no.csv")], "not a file"),
+            (["catalog", "load", "Tiny", str(path)], "catalog name"),
+            (["catalog", "load", "tiny", str(path), "--id-col", "nope"], "'nope'"),
+        ):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 1, result.output
+            assert message in result.output
+            assert "Traceback" not in result.output
+    finally:
+        get_settings.cache_clear()
+
+
+def test_dead_shard_is_named(shards) -> None:
+    from broker.exceptions import ServiceUnavailableError
+    from broker.storage.mariadb import ShardSet
+
+    live = ShardedRefCatalogs(shards, CHUNKER)
+    try:
+        live.load("swap", _version_batches(1, 2000, 1), "oid", "ra", "dec")
+    finally:
+        live.close()
+    broken = ShardSet(addresses=[shards.addresses[0], ("127.0.0.1", 1)], user=shards.user,
+                      password="", database=shards.database)
+    store = ShardedRefCatalogs(broken, CHUNKER)
+    try:
+        with pytest.raises(ServiceUnavailableError, match=r"shard 1 at 127\.0\.0\.1:1 "):
+            store.cone("swap", 15.0, 0.0, 8.0, 100)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("stripes", "sub_stripes", "overlap"),
+                         [(85, 12, 1 / 60), (36, 8, 0.2), (340, 3, 30 / 3600)])
+def test_halo_pairs_equal_overlap_chunks(stripes: int, sub_stripes: int,
+                                         overlap: float) -> None:
+    from broker.domain.catalogs import halo_pairs
+    from broker.domain.sky import overlap_chunks
+
+    chunker = Chunker(stripes, sub_stripes)
+    rng = np.random.default_rng(stripes)
+    ra = rng.uniform(0, 360, 100_000)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, 100_000)))
+    # Points hugging stripe edges and the poles.
+    edges = -90 + rng.integers(0, stripes, 20_000) * 180 / stripes
+    ra = np.concatenate([ra, rng.uniform(0, 360, 20_000), [0.0, 359.99999, 12.0]])
+    dec = np.clip(np.concatenate([dec, edges + rng.normal(0, overlap, 20_000),
+                                  [89.999, -89.99, 0.0]]), -90, 90)
+    fast = halo_pairs(chunker, ra, dec, overlap)
+    full = overlap_chunks(chunker, ra, dec, overlap)
+    assert set(zip(*(a.tolist() for a in fast), strict=True)) == \
+        set(zip(*(a.tolist() for a in full), strict=True))
