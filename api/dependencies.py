@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -25,6 +25,7 @@ class LazyStores:
         self.factory = factory
         self._lightcurves_lock = threading.Lock()
         self._catalog_lock = threading.Lock()
+        self._refcats_lock = threading.Lock()
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -35,6 +36,12 @@ class LazyStores:
     def catalog(self) -> ObjectCatalog:
         with self._catalog_lock:
             return self.factory.catalog
+
+
+    @property
+    def refcats(self) -> Any:
+        with self._refcats_lock:
+            return self.factory.refcats
 
 
 def get_stores(request: Request) -> LazyStores:

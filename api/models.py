@@ -188,10 +188,43 @@ class ConeRow(ObjectFields):
                                    "distance_arcsec": float(row["distance_arcsec"])})
 
 
+class CatalogConeRow(BaseModel):
+    """A row of a reference catalog inside a cone: its id and position, every column of the
+    catalog, and the distance."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="The catalog's id of the row.")
+    ra: float = Field(description="Right ascension (ICRS), degrees.")
+    dec: float = Field(description="Declination (ICRS), degrees.")
+    distance_arcsec: float = Field(description="Angular distance from the cone centre, arcsec.")
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CatalogConeRow:
+        return cls.model_validate({**row, "id": str(row["id"])})
+
+
 class ConeOut(BaseModel):
     """A cone search answer: rows nearest first."""
 
-    rows: list[ConeRow]
+    rows: list[ConeRow] | list[CatalogConeRow]
+
+
+class CatalogOut(BaseModel):
+    """A catalog a cone search can read."""
+
+    name: str
+    kind: str = Field(description="'alert archive objects' or 'reference catalog'.")
+    rows: int | None = None
+    version: int | None = Field(None, description="Load version (reference catalogs).")
+    loaded_at: str | None = None
+    columns: list[list[str]] | None = Field(None, description="[name, type] pairs.")
+
+
+class CatalogsOut(BaseModel):
+    """Every catalog of the archive."""
+
+    catalogs: list[CatalogOut]
 
 
 class StatusOut(BaseModel):

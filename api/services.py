@@ -9,17 +9,18 @@ app answers 503).
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Protocol
+from typing import Any, Protocol
 
 from api.errors import NotFoundError
 from broker.storage.archive import LightCurveArchive, ObjectCatalog, Row
 
-#: Catalogs a cone search can read; reference catalogs (Gaia, OpenNGC, ...) come later.
-CONE_CATALOGS = ("objects",)
+#: The archive's own catalog; reference catalogs (`lanner catalog load`) are read by name.
+OBJECTS = "objects"
 
 #: First two bytes of a gzip stream (ZTF ships its cutouts as gzip-compressed FITS).
 GZIP_MAGIC = b"\x1f\x8b"
@@ -52,6 +53,9 @@ class Stores(Protocol):
 
     @property
     def catalog(self) -> ObjectCatalog: ...
+
+    @property
+    def refcats(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +164,7 @@ class ArchiveService:
              limit: int) -> list[Row]:
         """Rows of a catalog within ``radius_arcsec`` of (ra, dec), nearest first.
 
+        ``catalog`` is ``objects`` (the alert archive's objects) or a loaded reference catalog.
         The parameters are validated by the route (finite, in range).
 
         Raises
@@ -168,12 +173,27 @@ class ArchiveService:
             If ``catalog`` is not one a cone search can read.
         """
         self.check_catalog(catalog)
-        return self.catalog.cone(ra, dec, radius_arcsec / 3600.0, limit)
+        if catalog == OBJECTS:
+            return self.catalog.cone(ra, dec, radius_arcsec / 3600.0, limit)
+        rows = self._stores.refcats.cone(catalog, ra, dec, radius_arcsec / 3600.0, limit)
+        # JSON has no NaN: a missing float of a reference catalog is null.
+        return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in row.items()} for row in rows]
+
+    def catalogs(self) -> list[dict[str, Any]]:
+        """Every catalog a cone search can read, the archive's objects first."""
+        return [{"name": OBJECTS, "rows": self.catalog.counts().get("objects"),
+                 "kind": "alert archive objects"},
+                *({**entry, "kind": "reference catalog"} for entry in self._stores.refcats.list())]
 
     def check_catalog(self, catalog: str) -> None:
         """Raise NotFoundError unless a cone search can read ``catalog``."""
-        if catalog not in CONE_CATALOGS:
-            raise NotFoundError(f"unknown catalog {catalog} (known: {', '.join(CONE_CATALOGS)})")
+        if catalog == OBJECTS:
+            return
+        names = [entry["name"] for entry in self._stores.refcats.list()]
+        if catalog not in names:
+            known = ", ".join([OBJECTS, *names])
+            raise NotFoundError(f"unknown catalog {catalog} (known: {known})")
 
     def counts(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
         """Rows per table of the catalog and of the light-curve archive."""

@@ -64,6 +64,17 @@ class Factory:
         self._closers.append(store)
         return store
 
+    @cached_property
+    def refcats(self) -> Any:
+        """The reference catalogs (MariaDB shards or the embedded SQLite file)."""
+        from broker.storage.refcat import open_reference_catalogs  # noqa: PLC0415
+
+        if self.settings.backend is Backend.embedded:
+            self.settings.embedded_path.mkdir(parents=True, exist_ok=True)
+        store = open_reference_catalogs(self.settings, self.chunker)
+        self._closers.append(store)
+        return store
+
     # -- queues
 
     @cached_property

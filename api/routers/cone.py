@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query
 
 from api.dependencies import Archive
 from api.errors import INVALID, NOT_FOUND, UNAVAILABLE
-from api.models import ConeOut, ConeRow
+from api.models import CatalogConeRow, CatalogOut, CatalogsOut, ConeOut, ConeRow
+from api.services import OBJECTS
 
 router = APIRouter(prefix="/api/v1", tags=["cone search"])
 
@@ -21,8 +22,8 @@ MAX_LIMIT = 10_000
 @router.get(
     "/cone", response_model=ConeOut, summary="Cone search",
     description="Rows of a catalog within `radius` arcseconds of (`ra`, `dec`), nearest first, "
-                "each with its `distance_arcsec`. Only `catalog=objects` (the objects of the "
-                "alert archive) exists so far; reference catalogs follow.",
+                "each with its `distance_arcsec`: `catalog=objects` (the objects of the alert "
+                "archive, the default) or a reference catalog (see `/api/v1/catalogs`).",
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def cone(
@@ -39,4 +40,20 @@ def cone(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most rows to return.")] = 100,
 ) -> ConeOut:
     rows = archive.cone(ra=ra, dec=dec, radius_arcsec=radius, catalog=catalog, limit=limit)
-    return ConeOut(rows=[ConeRow.from_row(row) for row in rows])
+    if catalog == OBJECTS:
+        return ConeOut(rows=[ConeRow.from_row(row) for row in rows])
+    return ConeOut(rows=[CatalogConeRow.from_row(row) for row in rows])
+
+
+@router.get(
+    "/catalogs", response_model=CatalogsOut, summary="Catalogs",
+    description="Every catalog a cone search can read: the archive's objects and the reference "
+                "catalogs loaded with `lanner catalog load`.",
+    responses={**UNAVAILABLE},
+)
+def catalogs(archive: Archive) -> CatalogsOut:
+    return CatalogsOut(catalogs=[
+        CatalogOut(**{**entry, "loaded_at": str(entry["loaded_at"])
+                      if entry.get("loaded_at") is not None else None})
+        for entry in archive.catalogs()
+    ])

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from api import votable
 from api.dependencies import Archive
 from api.errors import NotFoundError
+from api.services import OBJECTS
 from broker.exceptions import TransientError
 
 router = APIRouter(tags=["IVOA"])
@@ -85,13 +86,35 @@ def simple_cone_search(catalog: str, request: Request, archive: Archive) -> Resp
         archive.check_catalog(catalog)
         rows = [] if sr == 0.0 else archive.cone(ra=ra % 360.0, dec=dec, radius_arcsec=sr * 3600,
                                                  catalog=catalog, limit=MAX_ROWS)
+        columns = OBJECT_COLUMNS if catalog == OBJECTS else _catalog_columns(archive, catalog)
     except NotFoundError as exc:
         return _answer(votable.error(str(exc)))
     except TransientError as exc:
         return _answer(votable.error(f"service unavailable: {exc}"))
-    out = [{"id": str(r["object_id"]), "ra": r["ra"], "dec": r["dec"],
-            "distance": r["distance_arcsec"] / 3600.0, "survey": r.get("survey"),
-            "first_mjd": r.get("first_mjd"), "last_mjd": r.get("last_mjd"),
-            "n_detections": r.get("n_detections")} for r in rows]
-    return _answer(votable.table(OBJECT_COLUMNS, out, name=catalog,
+    if catalog == OBJECTS:
+        out = [{"id": str(r["object_id"]), "ra": r["ra"], "dec": r["dec"],
+                "distance": r["distance_arcsec"] / 3600.0, "survey": r.get("survey"),
+                "first_mjd": r.get("first_mjd"), "last_mjd": r.get("last_mjd"),
+                "n_detections": r.get("n_detections")} for r in rows]
+    else:
+        out = [{**r, "id": str(r["id"]), "distance": r["distance_arcsec"] / 3600.0}
+               for r in rows]
+    return _answer(votable.table(columns, out, name=catalog,
                                  description=f"Cone RA={ra} DEC={dec} SR={sr} on {catalog}"))
+
+
+_DATATYPES = {"int64": "long", "float64": "double", "text": "char", "bool": "boolean"}
+_UCDS = {"id": "ID_MAIN", "ra": "POS_EQ_RA_MAIN", "dec": "POS_EQ_DEC_MAIN"}
+
+
+def _catalog_columns(archive: Archive, catalog: str) -> tuple[votable.Column, ...]:
+    """The fields of a reference catalog: its id (as text), position, every column, distance."""
+    entry = next(e for e in archive.catalogs() if e["name"] == catalog)
+    columns = []
+    for name, kind in entry["columns"]:
+        datatype = "char" if name == "id" else _DATATYPES.get(kind, "char")
+        unit = "deg" if name in ("ra", "dec") else None
+        columns.append(votable.Column(name, datatype, _UCDS.get(name), unit))
+    columns.append(votable.Column("distance", "double", None, "deg",
+                                  "Distance from the cone centre."))
+    return tuple(columns)

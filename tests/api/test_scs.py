@@ -133,3 +133,49 @@ def test_stilts_cone_and_votlint(server: str, loaded: Loaded, tmp_path) -> None:
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "ERROR" not in lint.stdout, lint.stdout
+
+
+def test_reference_catalog_cone_json_and_scs(loaded: Loaded, tmp_path) -> None:
+    """Hipparcos loaded as a reference catalog answers /api/v1/cone and /scs/hipparcos."""
+    from fastapi.testclient import TestClient
+
+    from broker.storage.refcat import open_catalog_file
+    from tests.support.catalogs import VEGA, hipparcos_file
+
+    factory = make_factory(tmp_path, lightcurves=loaded.harness.lightcurves,
+                           catalog=loaded.harness.catalog)
+    source = open_catalog_file(hipparcos_file(tmp_path))
+    try:
+        factory.refcats.load("hipparcos", source.batches, "hip", "ra", "dec")
+    finally:
+        source.close()
+    vega_ra, vega_dec = VEGA[1], VEGA[2]
+    every = factory.refcats.cone("hipparcos", vega_ra, vega_dec, 1.0, 100_000)
+    with TestClient(create_app(factory)) as http:
+        listed = http.get("/api/v1/catalogs").json()["catalogs"]
+        assert [c["name"] for c in listed] == ["objects", "hipparcos"]
+        body = http.get("/api/v1/cone", params={"ra": vega_ra, "dec": vega_dec, "radius": 3600,
+                                                "catalog": "hipparcos", "limit": 10000}).json()
+        assert [r["id"] for r in body["rows"]] == [str(r["id"]) for r in every]
+        assert body["rows"][0]["id"] == str(VEGA[0])
+        # Brute force over the whole catalog, independent of the chunk/HEALPix cover.
+        source = open_catalog_file(hipparcos_file(tmp_path))
+        ras, decs, ids = [], [], []
+        for batch in source.batches:
+            ras += batch.column("ra").to_pylist()
+            decs += batch.column("dec").to_pylist()
+            ids += [str(i) for i in batch.column("hip").to_pylist()]
+        source.close()
+        distance = angular_separation_deg(np.full(len(ras), vega_ra), np.full(len(ras), vega_dec),
+                                          np.array(ras), np.array(decs))
+        assert {r["id"] for r in body["rows"]} == {i for i, d in zip(ids, distance, strict=True)
+                                                     if d <= 1.0}
+        scs = http.get("/scs/hipparcos", params={"RA": vega_ra, "DEC": vega_dec, "SR": 1.0})
+        table = _votable(scs.content).get_first_table()
+        ucds = {field.ucd: field.name for field in table.fields if field.ucd}
+        assert {"ID_MAIN", "POS_EQ_RA_MAIN", "POS_EQ_DEC_MAIN"} <= set(ucds)
+        assert [str(v) for v in table.array["id"]] == [r["id"] for r in body["rows"]]
+        missing = http.get("/api/v1/cone", params={"ra": 1, "dec": 1, "radius": 1,
+                                                   "catalog": "gaia"})
+        assert missing.status_code == 404
+        assert "known: objects, hipparcos" in missing.json()["detail"]
