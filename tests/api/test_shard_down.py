@@ -1,0 +1,42 @@
+"""One shard down: cone searches answer 503 naming the shard, never a partial result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from broker.factory import Factory
+from broker.services import manager
+from broker.services.mariadb import MariaDBService
+from tests.support.stack import TEST_DATABASE
+
+
+def test_cone_with_a_shard_down_is_a_503_naming_it(stack, shards) -> None:
+    settings = stack.settings.model_copy(update={"mariadb_database": TEST_DATABASE})
+    factory = Factory(settings)
+    rng = np.random.default_rng(5)
+    n = 20_000
+    factory.refcats.load("stars", [pa.record_batch({
+        "sid": np.arange(n, dtype=np.int64), "ra": rng.uniform(0, 360, n),
+        "dec": np.degrees(np.arcsin(rng.uniform(-1, 1, n)))})], "sid", "ra", "dec")
+    shard = next(s for s in manager.build(stack.settings)
+                 if isinstance(s, MariaDBService) and s.index == 1)
+    # A cone wide enough to touch chunks on both shards.
+    params = {"ra": 120.0, "dec": 10.0, "radius": 3600, "catalog": "stars", "limit": 10000}
+    try:
+        with TestClient(create_app(factory)) as http:
+            healthy = http.get("/api/v1/cone", params=params)
+            assert healthy.status_code == 200
+            assert len(healthy.json()["rows"]) > 0
+            assert shard.stop()
+            for catalog in ("stars", "objects"):
+                down = http.get("/api/v1/cone", params={**params, "catalog": catalog})
+                assert down.status_code == 503, down.text
+                detail = down.json()["detail"]
+                assert "shard 1" in detail, detail
+                assert str(shard.port) in detail, detail
+    finally:
+        if shard.pid() is None:
+            manager.up(stack.settings)
