@@ -286,6 +286,38 @@ def ingest(
         factory.close()
 
 
+@app.command("dr-updates")
+@clean_errors
+def dr_updates(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Drain what is on the topic, then exit.")] = False,
+) -> None:
+    """Run the dr-updates stage: data-release changes (dr.updates) into the dr_objects catalog."""
+    import signal  # noqa: PLC0415
+
+    from broker.config import Backend  # noqa: PLC0415
+    from broker.factory import Factory  # noqa: PLC0415
+
+    settings = get_settings()
+    factory = Factory(settings)
+    try:
+        if settings.backend is not Backend.embedded:
+            from broker.storage.kafka import KafkaClients  # noqa: PLC0415
+
+            KafkaClients.from_settings(settings).ensure_topics(
+                [settings.topic_dr_updates, settings.topic_dlq])
+        stage = factory.dr_stage()
+        signal.signal(signal.SIGTERM, lambda *_: stage.stop())
+        signal.signal(signal.SIGINT, lambda *_: stage.stop())
+        total = stage.run(once=once)
+        out.print(f"{settings.dr_catalog}: {total.upserted} rows written, {total.deleted} "
+                  f"deleted, {total.ignored} changes not newer than stored, "
+                  f"{total.dead_lettered} to the dead-letter topic, from {total.consumed} "
+                  "records", highlight=False)
+    finally:
+        factory.close()
+
+
 @app.command()
 @clean_errors
 def serve(

@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic of rejected packets.")
     topic_ingested: str = Field("internal.ingested",
                                 description="Topic of compact records of archived alerts.")
+    topic_dr_updates: str = Field(
+        "dr.updates", description="Topic of data-release catalog changes (lanner.dr_update).")
 
     chunk_stripes: int = Field(DEFAULT_CHUNK_STRIPES, ge=1, le=2048,
                                description="Qserv partitioning: number of declination stripes.")
@@ -132,6 +134,10 @@ class Settings(BaseSettings):
     ingest_poll_timeout_s: float = Field(
         0.2, gt=0, description="Longest wait for a batch to fill, seconds: bounds the latency "
         "added under light load (under heavy load batches fill at once).")
+
+    dr_group: str = Field("lanner-dr", description="Consumer group of the dr-updates stage.")
+    dr_catalog: str = Field("dr_objects",
+                            description="Reference catalog the dr-updates stage keeps up to date.")
 
     log_level: str = Field("INFO", description="Logging level name.")
     log_format: LogFormat = Field(LogFormat.console, description="Log rendering.")

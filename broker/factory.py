@@ -140,6 +140,29 @@ class Factory:
             arguments["catalog"] = self.catalog
         return IngestStage(**arguments)
 
+    def dr_stage(self, **overrides: Any) -> Any:
+        """The dr-updates stage: ``dr.updates`` into the ``dr_objects`` reference catalog."""
+        from consumers.dr_updates import DRTopics, DRUpdateStage  # noqa: PLC0415
+
+        s = self.settings
+        arguments: dict[str, Any] = {
+            "source": None, "publisher": None, "catalogs": None,
+            "topics": DRTopics(updates=s.topic_dr_updates, dlq=s.topic_dlq),
+            "catalog": s.dr_catalog, "batch_size": s.ingest_batch_size,
+            "poll_timeout": s.ingest_poll_timeout_s,
+        }
+        arguments.update(overrides)
+        topics = arguments["topics"]
+        if arguments["source"] is None:
+            arguments["source"] = self.source(group=s.dr_group, topics=[topics.updates])
+            self._closers.append(arguments["source"])
+        if arguments["publisher"] is None:
+            arguments["publisher"] = self.publisher()
+            self._closers.append(arguments["publisher"])
+        if arguments["catalogs"] is None:
+            arguments["catalogs"] = self.refcats
+        return DRUpdateStage(**arguments)
+
     def close(self) -> None:
         for closer in reversed(self._closers):
             closer.close()

@@ -14,6 +14,13 @@ Bulk load (MariaDB): each batch is split per shard and written as tab-separated 
 (strings quoted, quotes doubled, NULL unquoted) to a temporary file that ``LOAD DATA LOCAL
 INFILE`` reads; the shards load in parallel threads while the next batch is prepared. The data
 tables are MyISAM with non-unique keys disabled during the load and rebuilt by sort at the end.
+
+Row-level changes (`apply`, used by the dr-updates stage): upserts and deletes of single rows,
+each with a version, on top of either a loaded catalog or one that `apply` creates on first use.
+A per-version state table ``rc_<name>_v<k>_state`` (id, version, tombstone flag; on the shards
+also the stored and pending positions, on the director shard of the id) makes them idempotent
+and order-free; a move deletes the old main, halo and director rows wherever they are and
+writes the new ones on the new chunk's shards. See the section "row-level changes" below.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +54,7 @@ from broker.domain.catalogs import (
     CatalogColumns,
     PreparedBatch,
     director_shards,
+    halo_pairs,
     nearest_rows,
     plan_columns,
     prepare_batch,
@@ -103,6 +111,22 @@ def table_names(name: str, version: int) -> tuple[str, str, str]:
     """The main, overlap and director tables of one version of a catalog."""
     base = f"rc_{validate_name(name)}_v{int(version)}"
     return base, f"{base}_overlap", f"{base}_director"
+
+
+def state_table(name: str, version: int) -> str:
+    """The row-level state table (version and tombstone per id) of one version of a catalog."""
+    return f"{table_names(name, version)[0]}_state"
+
+
+def _all_tables(name: str, version: int) -> tuple[str, str, str, str]:
+    """Main, overlap, director and state tables of one version (SQLite has no director)."""
+    main, overlap, director = table_names(name, version)
+    return main, overlap, director, state_table(name, version)
+
+
+def _sqlite_tables(name: str, version: int) -> tuple[str, str, str]:
+    main, overlap, _, state = _all_tables(name, version)
+    return main, overlap, state
 
 
 def _columns_of(prepared_columns: CatalogColumns) -> list[list[str]]:
@@ -192,6 +216,7 @@ class ShardedRefCatalogs:
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(shards)),
                                         thread_name_prefix="refcat")
         self._ready = False
+        self._states: set[str] = set()
 
     # -- connections
 
@@ -330,7 +355,8 @@ class ShardedRefCatalogs:
         current = self._registry(name)
         version = (current["version"] if current else 0) + 1
         tables = table_names(name, version)
-        self._drop_tables(tables)  # left over by a load that died without cleaning up
+        # Left over by a load that died without cleaning up (and row-level state of that version).
+        self._drop_tables((*tables, state_table(name, version)))
         try:
             self._create(tables, columns)
             rows, skipped, overlap = self._stream(tables, columns, first, rest, progress)
@@ -343,7 +369,7 @@ class ShardedRefCatalogs:
             raise
         if current is not None:
             with contextlib.suppress(LannerError, pymysql.err.Error):
-                self._drop_tables(table_names(name, current["version"]))
+                self._drop_tables(_all_tables(name, current["version"]))
         return LoadReport(rows=rows, skipped=skipped, overlap_rows=overlap,
                           seconds=time.perf_counter() - started, version=version)
 
@@ -450,7 +476,7 @@ class ShardedRefCatalogs:
         entry = self._current(name)
         self._run(0, lambda cursor: cursor.execute(
             "DELETE FROM refcat_registry WHERE name = %s", [name]))
-        self._drop_tables(table_names(name, entry["version"]))
+        self._drop_tables(_all_tables(name, entry["version"]))
 
     # -- reads
 
@@ -538,6 +564,212 @@ class ShardedRefCatalogs:
 
         return self._read(name, query)
 
+    # -- row-level changes
+
+    def apply(self, name: str, upserts: pa.Table, deletes: Iterable[tuple[Any, int]] = (), *,
+              id_col: str, ra_col: str, dec_col: str,
+              version_col: str = "version") -> ApplyReport:
+        """Upsert and delete single rows, each guarded by its version (see the section above).
+
+        ``upserts`` has the catalog's input columns (as a load would read them) and
+        ``version_col``; ``deletes`` are ``(id, version)``. Every id at most once. The catalog is
+        created (version 1, no rows) on first use with the columns of ``upserts``.
+
+        The shards cannot share a transaction (and the data tables are MyISAM), so the writes
+        are ordered to make a repeat of the same call, after a failure at any point, finish the
+        job: (0) the position each upsert is going to is added to its state row's ``pending``
+        list; (1) on every data shard in parallel, the object's main and halo rows are deleted
+        wherever its stored or pending positions put them, and the new rows are written;
+        (2) on the director shards, the director row and the state row (version, position,
+        tombstone; pending cleared) are written. Until (2) is done the stored version is the old
+        one, so a repeat applies the change again and cleans every place a row may have gone.
+        """
+        validate_name(name)
+        self.setup()
+        columns = _change_columns(upserts.schema, id_col, ra_col, dec_col, version_col)
+        entry, created = self._ensure_catalog(name, columns)
+        overlap_deg = entry["overlap_deg"]
+        changes = _prepare_changes(upserts, deletes, columns, version_col, self.chunker,
+                                   overlap_deg)
+        if not changes.by_id:
+            return ApplyReport(created=created)
+        main, halo, director = (_q(t) for t in table_names(name, entry["version"]))
+        state = _q(state_table(name, entry["version"]))
+        n = len(self.shards)
+        by_home: dict[int, list] = {}
+        for key in changes.by_id:
+            by_home.setdefault(zlib.crc32(str(key).encode()) % n, []).append(key)
+
+        stored = self._stored(main, state, director, by_home)
+        applicable = {key: change for key, change in changes.by_id.items()
+                      if (old := stored.get(key)) is None or old.version is None
+                      or change[0] > old.version}
+        ignored = len(changes.by_id) - len(applicable)
+        if not applicable:
+            return ApplyReport(ignored=ignored, created=created)
+        prepared = changes.prepared
+
+        # (0) Where each upsert is going, before anything is written there.
+        intents: dict[int, list[tuple]] = {}
+        for key, (_, row) in applicable.items():
+            if row is None:
+                continue
+            old = stored.get(key) or _Stored(None, live=False)
+            pending = [*(old.pending or []), (float(prepared.ra[row]), float(prepared.dec[row]))]
+            position = old.position or (None, None)
+            intents.setdefault(zlib.crc32(str(key).encode()) % n, []).append(
+                (key, old.version, 0 if old.live else 1, *position, json.dumps(pending)))
+        if intents:
+            self._on_shards({shard: _intent_writer(state, rows)
+                             for shard, rows in intents.items()})
+
+        # (1) The data shards: clean every place the rows may be, then write the new ones.
+        writes = self._writes(changes, applicable, stored, overlap_deg)
+        names = ", ".join(_q(c) for c in prepared.table.column_names)
+        if writes:
+            self._on_shards({shard: _data_writer(main, halo, names, part)
+                             for shard, part in writes.items()})
+
+        # (2) The director shards: director rows and state rows (versions and tombstones).
+        finals: dict[int, tuple[list, list, list]] = {}
+        for key, (version, row) in applicable.items():
+            keys, directors, states = finals.setdefault(zlib.crc32(str(key).encode()) % n,
+                                                        ([], [], []))
+            keys.append(key)
+            if row is None:
+                states.append((key, version, 1, None, None))
+            else:
+                directors.append((key, int(prepared.chunk_id[row])))
+                states.append((key, version, 0, float(prepared.ra[row]),
+                               float(prepared.dec[row])))
+        self._on_shards({shard: _director_writer(director, state, *parts)
+                         for shard, parts in finals.items()})
+        self._recount(name, entry["version"], main)
+        upserted = sum(1 for _, row in applicable.values() if row is not None)
+        return ApplyReport(upserted=upserted, deleted=len(applicable) - upserted,
+                           ignored=ignored, created=created)
+
+    def _writes(self, changes: _Changes, applicable: dict[Any, tuple[int, int | None]],
+                stored: dict[Any, _Stored], overlap_deg: float) -> dict[int, _ShardWrites]:
+        """Per data shard: the main and halo rows to delete, and those to write."""
+        prepared = changes.prepared
+        writes: dict[int, _ShardWrites] = {}
+        cleanup = [(key, p) for key in applicable
+                   for p in (stored[key].positions() if key in stored else [])]
+        halos = _halos(self.chunker, [p for _, p in cleanup], overlap_deg)
+        for (key, (ra, dec)), halo_chunks in zip(cleanup, halos, strict=True):
+            chunk = self.chunker.locate_one(ra, dec)
+            writes.setdefault(self.placement.shard_of(chunk), _ShardWrites()).main_delete.add(key)
+            for hc in halo_chunks:
+                part = writes.setdefault(self.placement.shard_of(hc), _ShardWrites())
+                part.halo_delete.setdefault(hc, set()).add(key)
+        for key, (_, row) in applicable.items():
+            if row is None:
+                continue
+            chunk = int(prepared.chunk_id[row])
+            writes.setdefault(self.placement.shard_of(chunk),
+                              _ShardWrites()).main_insert.append(changes.rows[row])
+            for hc in changes.halo_of(row):
+                writes.setdefault(self.placement.shard_of(hc), _ShardWrites()).halo_insert.append(
+                    (hc, key, int(prepared.hpx29[row]), float(prepared.ra[row]),
+                     float(prepared.dec[row])))
+        return writes
+
+    def _ensure_catalog(self, name: str, columns: CatalogColumns) -> tuple[dict[str, Any], bool]:
+        """The registry entry of a catalog, creating it empty (version 1) if there is none."""
+        entry = self._registry(name)
+        created = False
+        if entry is None:
+            id_type = "BIGINT" if columns.id.kind == "int64" else "VARCHAR(191)"
+            data = "".join(f",\n    {_q(c.name)} {_MYSQL_TYPES[c.kind]} NULL"
+                           for c in columns.data)
+            tables = table_names(name, 1)
+            statements = [
+                _DDL["main"].format(table=_q(tables[0]), id_type=id_type, data_columns=data),
+                _DDL["overlap"].format(table=_q(tables[1]), id_type=id_type),
+                _DDL["director"].format(table=_q(tables[2]), id_type=id_type),
+            ]
+            statements = [s.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+                          for s in statements]
+            self._all_shards(lambda cursor: [cursor.execute(s) for s in statements])
+            self._run(0, lambda cursor: cursor.execute(
+                "INSERT IGNORE INTO refcat_registry (name, version, `rows`, `columns`, "
+                "overlap_deg, loaded_at, status) VALUES (%s, 1, 0, %s, %s, %s, 'ready')",
+                [name, json.dumps(_columns_of(columns)), self.overlap_deg,
+                 datetime.now(UTC).replace(tzinfo=None)]))
+            entry = self._current(name)
+            created = True
+        if entry["columns"] != _columns_of(columns):
+            msg = (f"catalog {name!r} has the columns {entry['columns']}, the changes "
+                   f"{_columns_of(columns)}")
+            raise RefCatalogError(msg)
+        state = state_table(name, entry["version"])
+        if state not in self._states:
+            id_type = "BIGINT" if columns.id.kind == "int64" else "VARCHAR(191)"
+            ddl = (f"CREATE TABLE IF NOT EXISTS {_q(state)} (id {id_type} NOT NULL PRIMARY KEY, "
+                   "version BIGINT NULL, deleted TINYINT NOT NULL, ra DOUBLE NULL, "
+                   "`dec` DOUBLE NULL, pending TEXT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+            self._all_shards(lambda cursor: cursor.execute(ddl))
+            self._states.add(state)
+        return entry, created
+
+    def _stored(self, main: str, state: str, director: str,
+                by_home: dict[int, list]) -> dict[Any, _Stored]:
+        """What the shards hold of each id: state rows, or (bulk-loaded rows) director + main."""
+        def read(keys: list) -> Callable[[Any], tuple[list, list]]:
+            def work(cursor: Any) -> tuple[list, list]:
+                states, directors = [], []
+                for part in _batches(keys):
+                    marks = ",".join(["%s"] * len(part))
+                    cursor.execute(f"SELECT id, version, deleted, ra, `dec`, pending FROM {state} "
+                                   f"WHERE id IN ({marks})", part)
+                    states.extend(cursor.fetchall())
+                    cursor.execute(f"SELECT id, chunk_id FROM {director} WHERE id IN ({marks})",
+                                   part)
+                    directors.extend(cursor.fetchall())
+                return states, directors
+            return work
+
+        found = self._on_shards({shard: read(keys) for shard, keys in by_home.items()})
+        stored: dict[Any, _Stored] = {}
+        unversioned: dict[int, list] = {}
+        for states, directors in found.values():
+            for key, version, deleted, ra, dec, pending in states:
+                stored[key] = _Stored(
+                    None if version is None else int(version), live=not deleted,
+                    position=None if ra is None else (float(ra), float(dec)),
+                    pending=[tuple(p) for p in json.loads(pending)] if pending else None)
+            for key, chunk in directors:
+                if key not in stored:
+                    unversioned.setdefault(self.placement.shard_of(chunk), []).append(key)
+        if unversioned:
+            def locate(keys: list) -> Callable[[Any], list]:
+                def work(cursor: Any) -> list:
+                    rows = []
+                    for part in _batches(keys):
+                        marks = ",".join(["%s"] * len(part))
+                        cursor.execute(f"SELECT id, ra, `dec` FROM {main} WHERE id IN ({marks})",
+                                       part)
+                        rows.extend(cursor.fetchall())
+                    return rows
+                return work
+
+            for rows in self._on_shards({s: locate(k) for s, k in unversioned.items()}).values():
+                for key, ra, dec in rows:
+                    stored[key] = _Stored(None, live=True, position=(float(ra), float(dec)))
+        return stored
+
+    def _recount(self, name: str, version: int, main: str) -> None:
+        """Set the registry's row count from the main tables (MyISAM counts are free)."""
+        def count(cursor: Any) -> int:
+            cursor.execute(f"SELECT COUNT(*) FROM {main}")
+            return int(cursor.fetchone()[0])
+
+        total = sum(self._all_shards(count).values())
+        self._run(0, lambda cursor: cursor.execute(
+            "UPDATE refcat_registry SET `rows` = %s WHERE name = %s AND version = %s",
+            [total, name, version]))
+
     def tables(self) -> Names:
         """Every ``rc_*`` table on any shard (tests check that old versions are dropped)."""
         def work(cursor: Any) -> list[str]:
@@ -551,6 +783,164 @@ class ShardedRefCatalogs:
         for connection in getattr(self._local, "connections", {}).values():
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+# ---- row-level changes (the dr-updates stage) ------------------------------------------------
+#
+# `apply` upserts and deletes single rows of a catalog, guarded by a version per id. Each version
+# of a catalog gets a state table ``rc_<name>_v<k>_state`` (id, version, deleted, and on the
+# shards the stored position and the positions being written): a change applies only if its
+# version is newer than the stored one, and a delete leaves its row there with ``deleted = 1``,
+# a tombstone, so an older insert delivered late cannot bring the object back. Rows that a bulk
+# load wrote have no state row: any change applies to them.
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    """What `apply` did: rows written, deletes applied, changes ignored (not newer than stored)."""
+
+    upserted: int = 0
+    deleted: int = 0
+    ignored: int = 0
+    created: bool = False
+
+
+@dataclass(slots=True)
+class _Changes:
+    prepared: PreparedBatch
+    #: id -> (version, row of ``prepared.table``, or None for a delete)
+    by_id: dict[Any, tuple[int, int | None]]
+    rows: list[tuple]
+    halos: dict[int, list[int]]
+
+    def halo_of(self, row: int) -> list[int]:
+        return self.halos.get(row, [])
+
+
+@dataclass(slots=True)
+class _Stored:
+    version: int | None
+    live: bool
+    position: tuple[float, float] | None = None
+    pending: list[tuple[float, float]] | None = None
+
+    def positions(self) -> list[tuple[float, float]]:
+        """Every place the object's rows may be: where it is, and where a write was going."""
+        out = [self.position] if self.position is not None else []
+        return out + [p for p in self.pending or () if p not in out]
+
+
+def _change_columns(schema: pa.Schema, id_col: str, ra_col: str, dec_col: str,
+                    version_col: str) -> CatalogColumns:
+    if version_col not in schema.names:
+        msg = f"the changes have no version column {version_col!r}"
+        raise RefCatalogError(msg)
+    fields = [f for f in schema if f.name != version_col]
+    return plan_columns(pa.schema(fields), id_col, ra_col, dec_col)
+
+
+def _prepare_changes(upserts: pa.Table, deletes: Iterable[tuple[Any, int]],
+                     columns: CatalogColumns, version_col: str, chunker: Chunker,
+                     overlap_deg: float) -> _Changes:
+    data = upserts.select([n for n in upserts.column_names if n != version_col])
+    prepared = prepare_batch(data, columns, chunker, overlap_deg)
+    if prepared.skipped:
+        msg = (f"{prepared.skipped} upserts have a null id or coordinates that are null, NaN or "
+               "out of range: validate changes before applying them")
+        raise RefCatalogError(msg)
+    deletes = list(deletes)
+    versions = upserts.column(version_col).to_pylist()
+    ids = prepared.ids.to_pylist()
+    as_key = int if columns.id.kind == "int64" else str
+    by_id: dict[Any, tuple[int, int | None]] = {}
+    for row, (key, version) in enumerate(zip(ids, versions, strict=True)):
+        by_id[key] = (_version(version), row)
+    for key, version in deletes:
+        by_id[as_key(key)] = (_version(version), None)
+    if len(by_id) != len(ids) + len(deletes):
+        msg = "an id appears more than once in one set of changes: collapse them first"
+        raise RefCatalogError(msg)
+    rows = list(zip(*(c.to_pylist() for c in prepared.table.columns), strict=True))
+    halos: dict[int, list[int]] = {}
+    for row, chunk in zip(prepared.overlap_index.tolist(), prepared.overlap_chunk.tolist(),
+                          strict=True):
+        halos.setdefault(row, []).append(chunk)
+    return _Changes(prepared, by_id, rows, halos)
+
+
+def _version(value: Any) -> int:
+    if value is None or int(value) < 0:
+        msg = f"a change has no valid version ({value!r})"
+        raise RefCatalogError(msg)
+    return int(value)
+
+
+def _halos(chunker: Chunker, positions: list[tuple[float, float]],
+           overlap_deg: float) -> list[list[int]]:
+    """The halo chunks of each position, as a load computes them."""
+    out: list[list[int]] = [[] for _ in positions]
+    if not positions or overlap_deg <= 0:
+        return out
+    ra = np.array([p[0] for p in positions], dtype=np.float64)
+    dec = np.array([p[1] for p in positions], dtype=np.float64)
+    index, chunks = halo_pairs(chunker, ra, dec, overlap_deg)
+    for i, chunk in zip(index.tolist(), chunks.tolist(), strict=True):
+        out[i].append(chunk)
+    return out
+
+
+def _batches(values: list[T], size: int = 1000) -> Iterable[list[T]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+@dataclass(slots=True)
+class _ShardWrites:
+    main_delete: set = field(default_factory=set)
+    halo_delete: dict[int, set] = field(default_factory=dict)
+    main_insert: list[tuple] = field(default_factory=list)
+    halo_insert: list[tuple] = field(default_factory=list)
+
+
+def _intent_writer(state: str, rows: list[tuple]) -> Callable[[Any], None]:
+    def work(cursor: Any) -> None:
+        cursor.executemany(
+            f"INSERT INTO {state} (id, version, deleted, ra, `dec`, pending) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE pending = VALUES(pending)",
+            rows)
+    return work
+
+
+def _data_writer(main: str, halo: str, names: str, part: _ShardWrites) -> Callable[[Any], None]:
+    def work(cursor: Any) -> None:
+        for keys in _batches(sorted(part.main_delete, key=str)):
+            cursor.execute(f"DELETE FROM {main} WHERE id IN ({','.join(['%s'] * len(keys))})",
+                           keys)
+        for chunk, members in sorted(part.halo_delete.items()):
+            for keys in _batches(sorted(members, key=str)):
+                cursor.execute(f"DELETE FROM {halo} WHERE chunk_id = %s AND id IN "
+                               f"({','.join(['%s'] * len(keys))})", [chunk, *keys])
+        if part.main_insert:
+            marks = ", ".join(["%s"] * len(part.main_insert[0]))
+            cursor.executemany(f"REPLACE INTO {main} ({names}) VALUES ({marks})",
+                               part.main_insert)
+        if part.halo_insert:
+            cursor.executemany(f"REPLACE INTO {halo} (chunk_id, id, hpx29, ra, `dec`) "
+                               "VALUES (%s, %s, %s, %s, %s)", part.halo_insert)
+    return work
+
+
+def _director_writer(director: str, state: str, keys: list, directors: list[tuple],
+                     states: list[tuple]) -> Callable[[Any], None]:
+    def work(cursor: Any) -> None:
+        for part in _batches(keys):
+            cursor.execute(f"DELETE FROM {director} WHERE id IN ({','.join(['%s'] * len(part))})",
+                           part)
+        if directors:
+            cursor.executemany(f"INSERT INTO {director} (id, chunk_id) VALUES (%s, %s)", directors)
+        cursor.executemany(f"REPLACE INTO {state} (id, version, deleted, ra, `dec`, pending) "
+                           "VALUES (%s, %s, %s, %s, %s, NULL)", states)
+    return work
 
 
 def _id_value(entry: dict[str, Any], object_id: Any) -> Any:
@@ -588,6 +978,21 @@ CREATE TABLE IF NOT EXISTS refcat_registry (
     status TEXT NOT NULL
 )
 """
+
+
+def _sqlite_create(main: str, halo: str, columns: CatalogColumns,
+                   exists_ok: str = "") -> list[str]:
+    """CREATE statements of a version's main and halo tables (``exists_ok``: "IF NOT EXISTS")."""
+    id_type = "INTEGER" if columns.id.kind == "int64" else "TEXT"
+    data = "".join(f', "{c.name}" {_SQLITE_TYPES[c.kind]}' for c in columns.data)
+    return [
+        f'CREATE TABLE {exists_ok} "{main}" (chunk_id INTEGER NOT NULL, '
+        f'hpx29 INTEGER NOT NULL, id {id_type} NOT NULL PRIMARY KEY, ra REAL NOT NULL, '
+        f'"dec" REAL NOT NULL{data})',
+        f'CREATE TABLE {exists_ok} "{halo}" (chunk_id INTEGER NOT NULL, '
+        f'id {id_type} NOT NULL, hpx29 INTEGER NOT NULL, ra REAL NOT NULL, '
+        '"dec" REAL NOT NULL, PRIMARY KEY (chunk_id, id)) WITHOUT ROWID',
+    ]
 
 
 class SQLiteRefCatalogs:
@@ -676,19 +1081,11 @@ class SQLiteRefCatalogs:
         current = self._registry(connection, name)
         version = (current["version"] if current else 0) + 1
         main, halo, _ = table_names(name, version)
-        self._drop_tables(connection, (main, halo))
+        self._drop_tables(connection, (main, halo, state_table(name, version)))
         rows = skipped = overlap = 0
         try:
-            id_type = "INTEGER" if columns.id.kind == "int64" else "TEXT"
-            data = "".join(f', "{c.name}" {_SQLITE_TYPES[c.kind]}' for c in columns.data)
-            connection.execute(
-                f'CREATE TABLE "{main}" (chunk_id INTEGER NOT NULL, hpx29 INTEGER NOT NULL, '
-                f'id {id_type} NOT NULL PRIMARY KEY, ra REAL NOT NULL, "dec" REAL NOT NULL'
-                f"{data})")
-            connection.execute(
-                f'CREATE TABLE "{halo}" (chunk_id INTEGER NOT NULL, id {id_type} NOT NULL, '
-                'hpx29 INTEGER NOT NULL, ra REAL NOT NULL, "dec" REAL NOT NULL, '
-                "PRIMARY KEY (chunk_id, id)) WITHOUT ROWID")
+            for statement in _sqlite_create(main, halo, columns):
+                connection.execute(statement)
             for one in itertools.chain([first], rest):
                 if one.schema.names != first.schema.names:
                     msg = "the input's columns changed between batches"
@@ -720,7 +1117,7 @@ class SQLiteRefCatalogs:
             raise
         if current is not None:
             with contextlib.suppress(sqlite3.Error):
-                self._drop_tables(connection, table_names(name, current["version"])[:2])
+                self._drop_tables(connection, _sqlite_tables(name, current["version"]))
         return LoadReport(rows=rows, skipped=skipped, overlap_rows=overlap,
                           seconds=time.perf_counter() - started, version=version)
 
@@ -760,7 +1157,7 @@ class SQLiteRefCatalogs:
         connection.execute("BEGIN IMMEDIATE")
         connection.execute("DELETE FROM refcat_registry WHERE name = ?", [name])
         connection.execute("COMMIT")
-        self._drop_tables(connection, table_names(name, entry["version"])[:2])
+        self._drop_tables(connection, _sqlite_tables(name, entry["version"]))
 
     def cone(self, name: str, ra: float, dec: float, radius_deg: float,
              limit: int = 1000) -> Rows:
@@ -810,6 +1207,93 @@ class SQLiteRefCatalogs:
             return None if row is None else dict(zip(names, row, strict=True))
 
         return self._read(name, query)
+
+    # -- row-level changes
+
+    def apply(self, name: str, upserts: pa.Table, deletes: Iterable[tuple[Any, int]] = (), *,
+              id_col: str, ra_col: str, dec_col: str,
+              version_col: str = "version") -> ApplyReport:
+        """Upsert and delete single rows, guarded by versions: as `ShardedRefCatalogs.apply`.
+
+        One file, so the whole call is one transaction: the old main and halo rows (found from
+        the stored position), the new rows, the state rows and the registry's row count change
+        together or not at all.
+        """
+        validate_name(name)
+        columns = _change_columns(upserts.schema, id_col, ra_col, dec_col, version_col)
+        connection = self._conn()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            report = self._apply(connection, name, columns, upserts, deletes, version_col)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return report
+
+    def _apply(self, connection: sqlite3.Connection, name: str, columns: CatalogColumns,
+               upserts: pa.Table, deletes: Iterable[tuple[Any, int]],
+               version_col: str) -> ApplyReport:
+        entry = self._registry(connection, name)
+        created = entry is None
+        main, halo, state = _sqlite_tables(name, entry["version"] if entry else 1)
+        if entry is None:
+            for statement in _sqlite_create(main, halo, columns, "IF NOT EXISTS"):
+                connection.execute(statement)
+            connection.execute(f'CREATE INDEX IF NOT EXISTS "{main}_chunk_hpx29" ON "{main}" '
+                               "(chunk_id, hpx29)")
+            connection.execute(
+                'INSERT INTO refcat_registry (name, version, "rows", "columns", overlap_deg, '
+                "loaded_at, status) VALUES (?, 1, 0, ?, ?, ?, 'ready')",
+                [name, json.dumps(_columns_of(columns)), self.overlap_deg,
+                 datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")])
+            entry = self._registry(connection, name)
+            assert entry is not None
+        if entry["columns"] != _columns_of(columns):
+            msg = (f"catalog {name!r} has the columns {entry['columns']}, the changes "
+                   f"{_columns_of(columns)}")
+            raise RefCatalogError(msg)
+        id_type = "INTEGER" if columns.id.kind == "int64" else "TEXT"
+        connection.execute(f'CREATE TABLE IF NOT EXISTS "{state}" (id {id_type} NOT NULL '
+                           "PRIMARY KEY, version INTEGER, deleted INTEGER NOT NULL)")
+        changes = _prepare_changes(upserts, deletes, columns, version_col, self.chunker,
+                                   entry["overlap_deg"])
+        keys = list(changes.by_id)
+        versions: dict[Any, int | None] = {}
+        positions: dict[Any, tuple[float, float]] = {}
+        for part in _batches(keys, 500):
+            marks = ",".join("?" * len(part))
+            versions.update(connection.execute(
+                f'SELECT id, version FROM "{state}" WHERE id IN ({marks})', part).fetchall())
+            positions.update((r[0], (r[1], r[2])) for r in connection.execute(
+                f'SELECT id, ra, "dec" FROM "{main}" WHERE id IN ({marks})', part).fetchall())
+        applicable = {key: change for key, change in changes.by_id.items()
+                      if versions.get(key) is None or change[0] > versions[key]}
+        if not applicable:
+            return ApplyReport(ignored=len(keys), created=created)
+        gone = [key for key in applicable if key in positions]
+        halos = _halos(self.chunker, [positions[key] for key in gone], entry["overlap_deg"])
+        connection.executemany(f'DELETE FROM "{main}" WHERE id = ?', [(k,) for k in gone])
+        connection.executemany(f'DELETE FROM "{halo}" WHERE chunk_id = ? AND id = ?',
+                               [(c, k) for k, cs in zip(gone, halos, strict=True) for c in cs])
+        prepared = changes.prepared
+        names = ", ".join(f'"{c}"' for c in prepared.table.column_names)
+        marks = ", ".join("?" * prepared.table.num_columns)
+        new_rows = [row for _, row in applicable.values() if row is not None]
+        connection.executemany(f'INSERT INTO "{main}" ({names}) VALUES ({marks})',
+                               [changes.rows[row] for row in new_rows])
+        connection.executemany(
+            f'INSERT INTO "{halo}" (chunk_id, id, hpx29, ra, "dec") VALUES (?, ?, ?, ?, ?)',
+            [(c, changes.rows[row][2], int(prepared.hpx29[row]), float(prepared.ra[row]),
+              float(prepared.dec[row])) for row in new_rows for c in changes.halo_of(row)])
+        connection.executemany(
+            f'INSERT OR REPLACE INTO "{state}" (id, version, deleted) VALUES (?, ?, ?)',
+            [(key, version, int(row is None)) for key, (version, row) in applicable.items()])
+        connection.execute('UPDATE refcat_registry SET "rows" = "rows" + ? WHERE name = ?',
+                           [len(new_rows) - len(gone), name])
+        return ApplyReport(upserted=len(new_rows), deleted=len(applicable) - len(new_rows),
+                           ignored=len(keys) - len(applicable), created=created)
 
     def tables(self) -> Names:
         rows = self._conn().execute(

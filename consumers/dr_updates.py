@@ -1,0 +1,318 @@
+"""The dr-updates stage: data-release Object changes from ``dr.updates`` into a reference catalog.
+
+Per batch: decode every ``lanner.dr_update`` record (bad bytes, unknown schema ids, a missing id
+or version, and upserts whose coordinates are missing, NaN or out of range go to the
+dead-letter topic with their bytes, reason, topic, partition and offset), collapse the batch to
+the newest version of each object, apply the upserts and deletes to the catalog in one call
+(`ShardedRefCatalogs.apply` / `SQLiteRefCatalogs.apply`: version-guarded, tombstones for
+deletes, rows moved between chunks, halos and shards as their positions change), publish the
+dead letters and wait for them, and only then commit the offsets. A store that fails makes the
+stage retry the same batch with back-off, committing nothing. Every change carries its version,
+so a replay, a duplicate or an older record arriving late changes nothing: the catalog ends as a
+fresh load of the newest state of every object would leave it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, TypeVar
+
+import fastavro
+import pyarrow as pa
+import structlog
+
+from broker import metrics
+from broker.constants import WIRE_HEADER_SIZE
+from broker.exceptions import (
+    CorruptBodyError,
+    PermanentError,
+    TransientError,
+    TruncatedMessageError,
+)
+from broker.streaming import lanner_schemas
+from broker.streaming.queue import Message, MessageSource, Publisher
+from consumers.ingest import Backoff
+
+log = structlog.get_logger(__name__)
+
+STAGE = "dr-updates"
+FAMILY = "dr_update"
+#: Columns of a ``lanner.dr_update`` record with a role (the rest are catalog data columns).
+ID_COL, RA_COL, DEC_COL, VERSION_COL, OP_COL = "objectId", "coord_ra", "coord_dec", "version", "op"
+#: `run(once=True)` stops after this many empty polls even if it never owned a partition.
+MAX_IDLE_POLLS = 120
+T = TypeVar("T")
+
+_ARROW = {"long": pa.int64(), "int": pa.int64(), "double": pa.float64(), "float": pa.float64(),
+          "string": pa.string(), "boolean": pa.bool_()}
+
+
+@dataclass(frozen=True, slots=True)
+class DRTopics:
+    """The topics the stage reads and writes."""
+
+    updates: str = "dr.updates"
+    dlq: str = "alerts.dlq"
+
+
+@dataclass(slots=True)
+class DRBatchReport:
+    """What one batch (or a whole run) did."""
+
+    consumed: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: DRBatchReport) -> None:
+        self.consumed += other.consumed
+        self.upserted += other.upserted
+        self.deleted += other.deleted
+        self.ignored += other.ignored
+        self.dead_lettered += other.dead_lettered
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+
+
+@dataclass(frozen=True, slots=True)
+class DRChange:
+    """One decoded, valid change."""
+
+    op: str
+    object_id: int
+    version: int
+    record: dict[str, Any]
+
+    @property
+    def is_delete(self) -> bool:
+        return self.op == "delete"
+
+
+@cache
+def row_schema() -> pa.Schema:
+    """The catalog input columns of the latest schema: every field but ``op``, as Arrow types."""
+    fields = []
+    for f in lanner_schemas.parsed(FAMILY)["fields"]:
+        if f["name"] == OP_COL:
+            continue
+        kinds = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        kind = next(k for k in kinds if k != "null")
+        fields.append(pa.field(f["name"], _ARROW[kind], nullable="null" in kinds))
+    return pa.schema(fields)
+
+
+def _rejected(reason: str, message: str) -> PermanentError:
+    error = PermanentError(message)
+    error.reason = reason
+    return error
+
+
+def decode_change(value: bytes) -> DRChange:
+    """Decode and check one ``lanner.dr_update`` message; PermanentError says what is wrong."""
+    record = _decode(value)
+    object_id = record.get(ID_COL)
+    if object_id is None or object_id <= 0:
+        raise _rejected("missing_id", f"objectId {object_id!r} is not an object id")
+    version = record.get(VERSION_COL)
+    if version is None or version < 0:
+        raise _rejected("bad_version", f"version {version!r} of object {object_id} is not >= 0")
+    op = record.get(OP_COL)
+    if op not in ("insert", "update", "delete"):
+        raise _rejected("bad_op", f"op {op!r} of object {object_id} is not insert/update/delete")
+    if op != "delete":
+        ra, dec = record.get(RA_COL), record.get(DEC_COL)
+        if ra is None or dec is None or not (math.isfinite(ra) and math.isfinite(dec)):
+            raise _rejected("bad_coordinates",
+                            f"object {object_id}: coordinates ({ra}, {dec}) are not numbers")
+        if not 0.0 <= ra <= 360.0:
+            raise _rejected("ra_out_of_range", f"object {object_id}: ra {ra} not in [0, 360]")
+        if not -90.0 <= dec <= 90.0:
+            raise _rejected("dec_out_of_range", f"object {object_id}: dec {dec} not in [-90, 90]")
+        # NaN and infinities mean "not measured" in DP1; SQL has no NaN, so they are stored NULL.
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                  for k, v in record.items()}
+    return DRChange(op, int(object_id), int(version), record)
+
+
+def _decode(value: bytes) -> dict[str, Any]:
+    """`lanner_schemas.decode` with fastavro's failures made typed wire-format errors."""
+    try:
+        record = lanner_schemas.decode(FAMILY, value)
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError,
+            OverflowError, MemoryError, struct.error) as exc:
+        # Header errors are typed already (PermanentError); this is the body.
+        if len(value) <= WIRE_HEADER_SIZE or _reads_to_end(value):
+            msg = f"dr_update body ends early: {type(exc).__name__}: {exc}"
+            raise TruncatedMessageError(msg) from exc
+        msg = f"dr_update body does not decode: {type(exc).__name__}: {exc}"
+        raise CorruptBodyError(msg) from exc
+    if not isinstance(record, dict):
+        msg = "dr_update body is not a record"
+        raise CorruptBodyError(msg)
+    return record
+
+
+def _reads_to_end(value: bytes) -> bool:
+    body = io.BytesIO(value)
+    body.seek(WIRE_HEADER_SIZE)
+    try:
+        fastavro.schemaless_reader(body, lanner_schemas.parsed(FAMILY), None)
+    except Exception:  # only where the reader stopped matters here
+        return body.tell() >= len(value)
+    return False
+
+
+def collapse(changes: Sequence[DRChange]) -> list[DRChange]:
+    """The newest change of each object (the first one seen among equal versions)."""
+    newest: dict[int, DRChange] = {}
+    for change in changes:
+        kept = newest.get(change.object_id)
+        if kept is None or change.version > kept.version:
+            newest[change.object_id] = change
+    return list(newest.values())
+
+
+def as_table(changes: Sequence[DRChange]) -> pa.Table:
+    """The upserts as an Arrow table of the catalog's input columns (and ``version``)."""
+    schema = row_schema()
+    return pa.Table.from_pylist([c.record for c in changes if not c.is_delete], schema=schema)
+
+
+class DRUpdateStage:
+    """Applies batches of ``lanner.dr_update`` records to a reference catalog."""
+
+    def __init__(
+        self,
+        *,
+        source: MessageSource,
+        publisher: Publisher,
+        catalogs: Any,
+        topics: DRTopics | None = None,
+        catalog: str = "dr_objects",
+        batch_size: int = 500,
+        poll_timeout: float = 1.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.source = source
+        self.publisher = publisher
+        self.catalogs = catalogs
+        self.topics = topics or DRTopics()
+        self.catalog = catalog
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.backoff = backoff or Backoff()
+        self.stopping = threading.Event()
+
+    # -- the loop
+
+    def run(self, *, once: bool = False, idle_polls: int = 3,
+            on_batch: Callable[[DRBatchReport], None] | None = None) -> DRBatchReport:
+        """Process batches until stopped; with ``once``, until ``idle_polls`` empty polls."""
+        total = DRBatchReport()
+        idle = 0
+        while not self.stopping.is_set():
+            messages = self._retry("kafka", lambda: self.source.poll(self.batch_size,
+                                                                     self.poll_timeout))
+            if not messages:
+                idle += 1
+                # As in the ingest stage: an empty poll is not "drained" (a consumer that just
+                # joined may own no partitions yet), so also ask whether the partitions are read.
+                if once and idle >= idle_polls and (idle >= MAX_IDLE_POLLS
+                                                    or self._retry("kafka", self.source.drained)):
+                    break
+                continue
+            idle = 0
+            report = self.process(messages)
+            total.add(report)
+            if on_batch is not None:
+                on_batch(report)
+        return total
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- one batch
+
+    def process(self, messages: Sequence[Message]) -> DRBatchReport:
+        """Apply a batch, dead-letter its bad records, then commit its offsets."""
+        started = time.monotonic()
+        report = DRBatchReport(consumed=len(messages))
+        changes: list[DRChange] = []
+        rejected: list[tuple[Message, PermanentError]] = []
+        for message in messages:
+            metrics.ALERTS_IN.labels(STAGE, message.topic).inc()
+            try:
+                changes.append(decode_change(message.value))
+            except PermanentError as exc:
+                rejected.append((message, exc))
+            except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
+                log.exception("unexpected error reading a dr update", topic=message.topic,
+                              partition=message.partition, offset=message.offset)
+                rejected.append((message, _rejected("unexpected_error",
+                                                    f"unexpected {type(exc).__name__}: {exc}")))
+
+        newest = collapse(changes)
+        report.ignored = len(changes) - len(newest)
+        if newest:
+            upserts = as_table(newest)
+            deletes = [(c.object_id, c.version) for c in newest if c.is_delete]
+            applied = self._retry("catalog", lambda: self.catalogs.apply(
+                self.catalog, upserts, deletes, id_col=ID_COL, ra_col=RA_COL, dec_col=DEC_COL,
+                version_col=VERSION_COL))
+            report.upserted = applied.upserted
+            report.deleted = applied.deleted
+            report.ignored += applied.ignored
+
+        if rejected:
+            self._retry("kafka", lambda: self._dead_letter(rejected))
+        self._retry("kafka", lambda: self.source.commit(messages))
+
+        report.dead_lettered = len(rejected)
+        for _, error in rejected:
+            report.reasons[error.reason] = report.reasons.get(error.reason, 0) + 1
+            metrics.ALERTS_DLQ.labels(STAGE, error.reason).inc()
+        metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)
+        if rejected:
+            log.info("dead-lettered dr updates", count=len(rejected), reasons=report.reasons)
+        return report
+
+    def _dead_letter(self, rejected: list[tuple[Message, PermanentError]]) -> None:
+        for message, error in rejected:
+            self.publisher.publish(self.topics.dlq, message.value, key=message.key, headers={
+                "reason": error.reason.encode(),
+                "error": str(error).encode()[:4000],
+                "stage": STAGE.encode(),
+                "topic": message.topic.encode(),
+                "partition": str(message.partition).encode(),
+                "offset": str(message.offset).encode(),
+            })
+        self.publisher.flush(60.0)
+
+    def _retry(self, store: str, action: Callable[[], T]) -> T:
+        """Run ``action``; on a transient failure wait and run it again until it works."""
+        next_delay = self.backoff.delays()
+        while True:
+            try:
+                return action()
+            except TransientError as exc:
+                if self.stopping.is_set():
+                    raise
+                delay = next_delay()
+                metrics.RETRIES.labels(STAGE, store).inc()
+                log.warning("store unavailable, retrying", store=store, error=str(exc),
+                            retry_in_s=delay)
+                self.stopping.wait(delay)
+
+
+def encode_change(record: dict[str, Any]) -> bytes:
+    """A ``lanner.dr_update`` record in the wire format (producers and tests)."""
+    return lanner_schemas.encode(FAMILY, record)
