@@ -185,6 +185,10 @@ class ShardedCatalog:
             raise ServiceUnavailableError(msg) from exc
 
     def _on_shards(self, work: Mapping[int, Callable[[Any], T]]) -> dict[int, T]:
+        if len(work) == 1:
+            # One shard (a small cone, one object): no thread hop.
+            ((shard, fn),) = work.items()
+            return {shard: self._run(shard, fn)}
         futures = {shard: self._pool.submit(self._run, shard, fn) for shard, fn in work.items()}
         return {shard: future.result() for shard, future in futures.items()}
 

@@ -78,6 +78,7 @@ _MYSQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "text": "TEXT", "bool": 
 _SQLITE_TYPES = {"int64": "INTEGER", "float64": "REAL", "text": "TEXT", "bool": "INTEGER"}
 _NO_SUCH_TABLE = 1146
 _RETRIES = 5
+_REGISTRY_TTL_S = 2.0  # how long a reader trusts the catalog version it last read
 
 
 class RefCatalogError(LannerError):
@@ -217,6 +218,7 @@ class ShardedRefCatalogs:
                                         thread_name_prefix="refcat")
         self._ready = False
         self._states: set[str] = set()
+        self._registry_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # -- connections
 
@@ -226,14 +228,9 @@ class ShardedRefCatalogs:
             cache = {}
             self._local.connections = cache
         connection = cache.get(shard)
-        if connection is not None:
-            try:
-                connection.ping(reconnect=False)
-                return connection
-            except pymysql.err.Error:
-                cache.pop(shard, None)
-        connection = self.shards.connect(shard)
-        cache[shard] = connection
+        if connection is None:
+            connection = self.shards.connect(shard)
+            cache[shard] = connection
         return connection
 
     def _drop_conn(self, shard: int) -> None:
@@ -247,23 +244,37 @@ class ShardedRefCatalogs:
         return ServiceUnavailableError(f"MariaDB shard {shard} at {host}:{port} failed: {exc}")
 
     def _run(self, shard: int, work: Callable[[Any], T]) -> T:
-        """Run ``work(cursor)`` on a shard and commit; a dead shard is a transient error."""
-        try:
-            connection = self._conn(shard)
+        """Run ``work(cursor)`` on a shard and commit; a dead shard is a transient error.
+
+        Connections are reused without a ping (a round trip per query saved): a cached
+        connection that fails at once (the server restarted since) is replaced and the work
+        tried once more before the shard is reported unavailable.
+        """
+        for attempt in (1, 2):
+            cached = shard in getattr(self._local, "connections", {})
             try:
-                with connection.cursor() as cursor:
-                    result = work(cursor)
-                connection.commit()
-                return result
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    connection.rollback()
-                raise
-        except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-            self._drop_conn(shard)
-            raise self._unavailable(shard, exc) from exc
+                connection = self._conn(shard)
+                try:
+                    with connection.cursor() as cursor:
+                        result = work(cursor)
+                    connection.commit()
+                    return result
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        connection.rollback()
+                    raise
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+                self._drop_conn(shard)
+                if attempt == 1 and cached and _connection_lost(exc):
+                    continue
+                raise self._unavailable(shard, exc) from exc
+        raise AssertionError("unreachable")
 
     def _on_shards(self, work: Mapping[int, Callable[[Any], T]]) -> dict[int, T]:
+        if len(work) == 1:
+            # One shard (a small cone, one object): no thread hop.
+            ((shard, fn),) = work.items()
+            return {shard: self._run(shard, fn)}
         futures = {shard: self._pool.submit(self._run, shard, fn) for shard, fn in work.items()}
         results, error = {}, None
         for shard, future in futures.items():
@@ -305,17 +316,31 @@ class ShardedRefCatalogs:
         return {"version": int(row[0]), "rows": int(row[1]), "columns": json.loads(row[2]),
                 "overlap_deg": float(row[3]), "loaded_at": row[4]}
 
-    def _current(self, name: str) -> dict[str, Any]:
+    def _current(self, name: str, *, fresh: bool = False) -> dict[str, Any]:
+        """The registry entry of a catalog, cached for `_REGISTRY_TTL_S` unless ``fresh``."""
         self.setup()
-        entry = self._registry(validate_name(name))
+        validate_name(name)
+        now = time.monotonic()
+        cached = self._registry_cache.get(name)
+        if not fresh and cached is not None and now - cached[0] < _REGISTRY_TTL_S:
+            return cached[1]
+        entry = self._registry(name)
         if entry is None:
+            self._registry_cache.pop(name, None)
             raise UnknownCatalogError(name)
+        self._registry_cache[name] = (now, entry)
         return entry
 
     def _read(self, name: str, query: Callable[[dict[str, Any]], T]) -> T:
-        """Run a read against the current version, resolving again if it was just replaced."""
+        """Run a read against the current version, resolving again if it was just replaced.
+
+        The version comes from a short-lived cache (one round trip to shard 0 saved per read).
+        A reload drops the old version's tables right after the registry flip, so a reader
+        holding the old version finds a table gone, reads the registry afresh and starts over:
+        every answer still comes wholly from one version.
+        """
         for attempt in range(_RETRIES):
-            entry = self._current(name)
+            entry = self._current(name, fresh=attempt > 0)
             try:
                 return query(entry)
             except pymysql.err.ProgrammingError as exc:
@@ -473,7 +498,8 @@ class ShardedRefCatalogs:
 
     def drop(self, name: str) -> None:
         """Forget a catalog and drop its tables."""
-        entry = self._current(name)
+        entry = self._current(name, fresh=True)
+        self._registry_cache.pop(name, None)
         self._run(0, lambda cursor: cursor.execute(
             "DELETE FROM refcat_registry WHERE name = %s", [name]))
         self._drop_tables(_all_tables(name, entry["version"]))
@@ -697,7 +723,7 @@ class ShardedRefCatalogs:
                 "overlap_deg, loaded_at, status) VALUES (%s, 1, 0, %s, %s, %s, 'ready')",
                 [name, json.dumps(_columns_of(columns)), self.overlap_deg,
                  datetime.now(UTC).replace(tzinfo=None)]))
-            entry = self._current(name)
+            entry = self._current(name, fresh=True)
             created = True
         if entry["columns"] != _columns_of(columns):
             msg = (f"catalog {name!r} has the columns {entry['columns']}, the changes "
@@ -1399,6 +1425,12 @@ def open_catalog_file(path: Path, batch_rows: int = 100_000) -> CatalogInput:
         raise RefCatalogError(msg) from exc
     msg = f"{path}: unknown format (give a .parquet or .csv file)"
     raise RefCatalogError(msg)
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """True for the errors of a connection the server has closed (2006, 2013) or a dead socket."""
+    code = exc.args[0] if exc.args else None
+    return isinstance(exc, pymysql.err.InterfaceError) or code in (2006, 2013)
 
 
 def open_reference_catalogs(settings: Any, chunker: Chunker,
