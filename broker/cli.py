@@ -262,9 +262,9 @@ def ingest(
         help="Serve Prometheus metrics of this process on 127.0.0.1:PORT (0: off).")] = 0,
 ) -> None:
     """Run the ingest stage: alert topics into the archive, bad packets to the dead-letter topic."""
-    import signal  # noqa: PLC0415
-
     from broker.factory import Factory  # noqa: PLC0415
+
+    stopping = _stop_on_signals()
 
     if metrics_port:
         from prometheus_client import start_http_server  # noqa: PLC0415
@@ -277,8 +277,7 @@ def ingest(
     try:
         factory.ensure_topics()
         stage = factory.ingest_stage()
-        signal.signal(signal.SIGTERM, lambda *_: stage.stop())
-        signal.signal(signal.SIGINT, lambda *_: stage.stop())
+        stage.stopping = stopping
         total = stage.run(once=once)
         out.print(f"ingested {total.archived} alerts, {total.dead_lettered} to the dead-letter "
                   f"topic, from {total.consumed} packets", highlight=False)
@@ -293,10 +292,10 @@ def dr_updates(
         "--once", help="Drain what is on the topic, then exit.")] = False,
 ) -> None:
     """Run the dr-updates stage: data-release changes (dr.updates) into the dr_objects catalog."""
-    import signal  # noqa: PLC0415
-
     from broker.config import Backend  # noqa: PLC0415
     from broker.factory import Factory  # noqa: PLC0415
+
+    stopping = _stop_on_signals()
 
     settings = get_settings()
     factory = Factory(settings)
@@ -307,8 +306,7 @@ def dr_updates(
             KafkaClients.from_settings(settings).ensure_topics(
                 [settings.topic_dr_updates, settings.topic_dlq])
         stage = factory.dr_stage()
-        signal.signal(signal.SIGTERM, lambda *_: stage.stop())
-        signal.signal(signal.SIGINT, lambda *_: stage.stop())
+        stage.stopping = stopping
         total = stage.run(once=once)
         out.print(f"{settings.dr_catalog}: {total.upserted} rows written, {total.deleted} "
                   f"deleted, {total.ignored} changes not newer than stored, "
@@ -418,6 +416,21 @@ def demo(
 
     out.print(f"\nserving on {base} (Ctrl-C stops)", highlight=False)
     uvicorn.run(create_app(factory), host="127.0.0.1", port=port, log_level="warning")
+
+
+def _stop_on_signals() -> Any:
+    """An event set by SIGTERM or SIGINT, installed before anything slow starts.
+
+    A stage takes it as its stop flag: it finishes (or abandons, uncommitted) the batch in hand
+    and returns. Installed first, so a signal during start-up also ends the process cleanly.
+    """
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    return stopping
 
 
 def _check_port(host: str, port: int) -> None:

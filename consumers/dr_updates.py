@@ -17,12 +17,11 @@ from __future__ import annotations
 import io
 import math
 import struct
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 import fastavro
 import pyarrow as pa
@@ -33,12 +32,11 @@ from broker.constants import WIRE_HEADER_SIZE
 from broker.exceptions import (
     CorruptBodyError,
     PermanentError,
-    TransientError,
     TruncatedMessageError,
 )
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
-from consumers.ingest import Backoff
+from consumers.stage import Backoff, Stage, unexpected
 
 log = structlog.get_logger(__name__)
 
@@ -46,9 +44,6 @@ STAGE = "dr-updates"
 FAMILY = "dr_update"
 #: Columns of a ``lanner.dr_update`` record with a role (the rest are catalog data columns).
 ID_COL, RA_COL, DEC_COL, VERSION_COL, OP_COL = "objectId", "coord_ra", "coord_dec", "version", "op"
-#: `run(once=True)` stops after this many empty polls even if it never owned a partition.
-MAX_IDLE_POLLS = 120
-T = TypeVar("T")
 
 _ARROW = {"long": pa.int64(), "int": pa.int64(), "double": pa.float64(), "float": pa.float64(),
           "string": pa.string(), "boolean": pa.bool_()}
@@ -187,8 +182,10 @@ def as_table(changes: Sequence[DRChange]) -> pa.Table:
     return pa.Table.from_pylist([c.record for c in changes if not c.is_delete], schema=schema)
 
 
-class DRUpdateStage:
+class DRUpdateStage(Stage[DRBatchReport]):
     """Applies batches of ``lanner.dr_update`` records to a reference catalog."""
+
+    name = STAGE
 
     def __init__(
         self,
@@ -202,43 +199,14 @@ class DRUpdateStage:
         poll_timeout: float = 1.0,
         backoff: Backoff | None = None,
     ) -> None:
-        self.source = source
-        self.publisher = publisher
+        super().__init__(source=source, publisher=publisher, batch_size=batch_size,
+                         poll_timeout=poll_timeout, backoff=backoff)
         self.catalogs = catalogs
         self.topics = topics or DRTopics()
         self.catalog = catalog
-        self.batch_size = batch_size
-        self.poll_timeout = poll_timeout
-        self.backoff = backoff or Backoff()
-        self.stopping = threading.Event()
 
-    # -- the loop
-
-    def run(self, *, once: bool = False, idle_polls: int = 3,
-            on_batch: Callable[[DRBatchReport], None] | None = None) -> DRBatchReport:
-        """Process batches until stopped; with ``once``, until ``idle_polls`` empty polls."""
-        total = DRBatchReport()
-        idle = 0
-        while not self.stopping.is_set():
-            messages = self._retry("kafka", lambda: self.source.poll(self.batch_size,
-                                                                     self.poll_timeout))
-            if not messages:
-                idle += 1
-                # As in the ingest stage: an empty poll is not "drained" (a consumer that just
-                # joined may own no partitions yet), so also ask whether the partitions are read.
-                if once and idle >= idle_polls and (idle >= MAX_IDLE_POLLS
-                                                    or self._retry("kafka", self.source.drained)):
-                    break
-                continue
-            idle = 0
-            report = self.process(messages)
-            total.add(report)
-            if on_batch is not None:
-                on_batch(report)
-        return total
-
-    def stop(self) -> None:
-        self.stopping.set()
+    def new_report(self) -> DRBatchReport:
+        return DRBatchReport()
 
     # -- one batch
 
@@ -255,17 +223,14 @@ class DRUpdateStage:
             except PermanentError as exc:
                 rejected.append((message, exc))
             except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
-                log.exception("unexpected error reading a dr update", topic=message.topic,
-                              partition=message.partition, offset=message.offset)
-                rejected.append((message, _rejected("unexpected_error",
-                                                    f"unexpected {type(exc).__name__}: {exc}")))
+                rejected.append((message, unexpected(STAGE, message, exc)))
 
         newest = collapse(changes)
         report.ignored = len(changes) - len(newest)
         if newest:
             upserts = as_table(newest)
             deletes = [(c.object_id, c.version) for c in newest if c.is_delete]
-            applied = self._retry("catalog", lambda: self.catalogs.apply(
+            applied = self.retry("catalog", lambda: self.catalogs.apply(
                 self.catalog, upserts, deletes, id_col=ID_COL, ra_col=RA_COL, dec_col=DEC_COL,
                 version_col=VERSION_COL))
             report.upserted = applied.upserted
@@ -273,44 +238,17 @@ class DRUpdateStage:
             report.ignored += applied.ignored
 
         if rejected:
-            self._retry("kafka", lambda: self._dead_letter(rejected))
-        self._retry("kafka", lambda: self.source.commit(messages))
+            self.retry("kafka", lambda: self._dead_letter(rejected))
+        self.retry("kafka", lambda: self.source.commit(messages))
 
         report.dead_lettered = len(rejected)
-        for _, error in rejected:
-            report.reasons[error.reason] = report.reasons.get(error.reason, 0) + 1
-            metrics.ALERTS_DLQ.labels(STAGE, error.reason).inc()
+        self.count_rejections(report.reasons, rejected)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)
-        if rejected:
-            log.info("dead-lettered dr updates", count=len(rejected), reasons=report.reasons)
         return report
 
     def _dead_letter(self, rejected: list[tuple[Message, PermanentError]]) -> None:
-        for message, error in rejected:
-            self.publisher.publish(self.topics.dlq, message.value, key=message.key, headers={
-                "reason": error.reason.encode(),
-                "error": str(error).encode()[:4000],
-                "stage": STAGE.encode(),
-                "topic": message.topic.encode(),
-                "partition": str(message.partition).encode(),
-                "offset": str(message.offset).encode(),
-            })
+        self.dead_letter(self.topics.dlq, rejected)
         self.publisher.flush(60.0)
-
-    def _retry(self, store: str, action: Callable[[], T]) -> T:
-        """Run ``action``; on a transient failure wait and run it again until it works."""
-        next_delay = self.backoff.delays()
-        while True:
-            try:
-                return action()
-            except TransientError as exc:
-                if self.stopping.is_set():
-                    raise
-                delay = next_delay()
-                metrics.RETRIES.labels(STAGE, store).inc()
-                log.warning("store unavailable, retrying", store=store, error=str(exc),
-                            retry_in_s=delay)
-                self.stopping.wait(delay)
 
 
 def encode_change(record: dict[str, Any]) -> bytes:

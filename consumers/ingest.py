@@ -12,11 +12,9 @@ is keyed by source ids, so the redelivered batch changes nothing that was alread
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import structlog
 
@@ -25,18 +23,16 @@ from broker.domain.alerts import Alert, from_rubin, rubin_object_id
 from broker.domain.archive import ArchiveBatch, Seen, plan
 from broker.domain.sky import Chunker
 from broker.domain.ztf import from_ztf
-from broker.exceptions import PermanentError, TransientError
+from broker.exceptions import PermanentError
 from broker.storage.archive import LightCurveArchive, ObjectCatalog, Origin
 from broker.streaming import lanner_schemas, wire
 from broker.streaming.queue import Message, MessageSource, Publisher
 from broker.streaming.ztf import decode_container
+from consumers.stage import Backoff, Stage, unexpected
 
 log = structlog.get_logger(__name__)
 
 STAGE = "ingest"
-#: `run(once=True)` stops after this many empty polls even if it never owned a partition.
-MAX_IDLE_POLLS = 120
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,34 +51,25 @@ class IngestTopics:
 
 @dataclass(slots=True)
 class BatchReport:
-    """What one batch did."""
+    """What one batch did (or several, added up)."""
 
     consumed: int = 0
     archived: int = 0
     dead_lettered: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Retry delays: doubling from ``first`` up to ``most`` seconds."""
-
-    first: float = 0.25
-    most: float = 30.0
-
-    def delays(self) -> Callable[[], float]:
-        state = {"next": self.first}
-
-        def next_delay() -> float:
-            delay = state["next"]
-            state["next"] = min(self.most, delay * 2)
-            return delay
-
-        return next_delay
+    def add(self, other: BatchReport) -> None:
+        self.consumed += other.consumed
+        self.archived += other.archived
+        self.dead_lettered += other.dead_lettered
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
 
 
-class IngestStage:
+class IngestStage(Stage[BatchReport]):
     """Turns batches of packets into archive rows and ``internal.ingested`` records."""
+
+    name = STAGE
 
     def __init__(
         self,
@@ -98,50 +85,16 @@ class IngestStage:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.source = source
-        self.publisher = publisher
+        super().__init__(source=source, publisher=publisher, batch_size=batch_size,
+                         poll_timeout=poll_timeout, backoff=backoff)
         self.lightcurves = lightcurves
         self.catalog = catalog
         self.chunker = chunker
         self.topics = topics or IngestTopics()
-        self.batch_size = batch_size
-        self.poll_timeout = poll_timeout
-        self.backoff = backoff or Backoff()
         self.clock = clock
-        self.stopping = threading.Event()
 
-    # -- the loop
-
-    def run(self, *, once: bool = False, idle_polls: int = 3,
-            on_batch: Callable[[BatchReport], None] | None = None) -> BatchReport:
-        """Process batches until stopped; with ``once``, until ``idle_polls`` empty polls."""
-        total = BatchReport()
-        idle = 0
-        while not self.stopping.is_set():
-            messages = self._retry("kafka", lambda: self.source.poll(self.batch_size,
-                                                                     self.poll_timeout))
-            if not messages:
-                idle += 1
-                # "Once" means: drain what is there. An empty poll is not enough (a consumer
-                # that just joined its group may not own partitions yet), so also ask whether
-                # the owned partitions are read to their ends; give up after many idle polls.
-                if once and idle >= idle_polls and (idle >= MAX_IDLE_POLLS
-                                                    or self._retry("kafka", self.source.drained)):
-                    break
-                continue
-            idle = 0
-            report = self.process(messages)
-            total.consumed += report.consumed
-            total.archived += report.archived
-            total.dead_lettered += report.dead_lettered
-            for reason, n in report.reasons.items():
-                total.reasons[reason] = total.reasons.get(reason, 0) + n
-            if on_batch is not None:
-                on_batch(report)
-        return total
-
-    def stop(self) -> None:
-        self.stopping.set()
+    def new_report(self) -> BatchReport:
+        return BatchReport()
 
     # -- one batch
 
@@ -161,12 +114,12 @@ class IngestStage:
             except PermanentError as exc:
                 rejected.append((message, exc))
             except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
-                rejected.append((message, self._unexpected(message, exc)))
+                rejected.append((message, unexpected(STAGE, message, exc)))
 
         # What the archive holds already decides how much of each packet's repeated history
         # is worth normalising at all.
         object_ids = {oid for _, packet in decoded if (oid := packet.object_id) is not None}
-        seen = self._retry("catalog", lambda: self.catalog.seen(object_ids)) if object_ids else {}
+        seen = self.retry("catalog", lambda: self.catalog.seen(object_ids)) if object_ids else {}
         for message, packet in decoded:
             try:
                 alert = packet.normalise(seen.get(packet.object_id or ""))
@@ -174,7 +127,7 @@ class IngestStage:
                 rejected.append((message, exc))
                 continue
             except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
-                rejected.append((message, self._unexpected(message, exc)))
+                rejected.append((message, unexpected(STAGE, message, exc)))
                 continue
             alerts.append(alert)
             origins[alert.alert_id] = Origin(message.topic, message.partition, message.offset)
@@ -183,17 +136,15 @@ class IngestStage:
         batch = ArchiveBatch()
         if alerts:
             batch = plan(alerts, seen, self.chunker)
-            self._retry("lightcurves", lambda: self.lightcurves.write(batch, origins))
-            self._retry("catalog", lambda: self.catalog.write(batch))
+            self.retry("lightcurves", lambda: self.lightcurves.write(batch, origins))
+            self.retry("catalog", lambda: self.catalog.write(batch))
 
-        self._retry("kafka", lambda: self._publish(batch, origins, received, rejected))
-        self._retry("kafka", lambda: self.source.commit(messages))
+        self.retry("kafka", lambda: self._publish(batch, origins, received, rejected))
+        self.retry("kafka", lambda: self.source.commit(messages))
 
         report.archived = len(batch.alerts)
         report.dead_lettered = len(rejected)
-        for _, error in rejected:
-            report.reasons[error.reason] = report.reasons.get(error.reason, 0) + 1
-            metrics.ALERTS_DLQ.labels(STAGE, error.reason).inc()
+        self.count_rejections(report.reasons, rejected)
         metrics.ALERTS_OUT.labels(STAGE).inc(report.archived)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)
         now_ms = self.clock() * 1000.0
@@ -201,8 +152,6 @@ class IngestStage:
             if message.timestamp_ms:
                 metrics.LATENCY_SECONDS.labels(STAGE).observe(
                     max(0.0, now_ms - message.timestamp_ms) / 1000.0)
-        if rejected:
-            log.info("dead-lettered packets", count=len(rejected), reasons=report.reasons)
         return report
 
     def read(self, message: Message) -> DecodedPacket:
@@ -224,14 +173,6 @@ class IngestStage:
         """Decode and normalise one packet as if the archive held nothing of its object."""
         return self.read(message).normalise(None)
 
-    @staticmethod
-    def _unexpected(message: Message, exc: Exception) -> PermanentError:
-        log.exception("unexpected error reading a packet", topic=message.topic,
-                      partition=message.partition, offset=message.offset)
-        error = PermanentError(f"unexpected {type(exc).__name__}: {exc}")
-        error.reason = "unexpected_error"
-        return error
-
     def _publish(self, batch: ArchiveBatch, origins: dict[int, Origin],
                  received: dict[int, Message], rejected: list[tuple[Message, PermanentError]]
                  ) -> None:
@@ -243,31 +184,8 @@ class IngestStage:
                                      received[alert.alert_id].timestamp_ms, now_ms)
             self.publisher.publish(self.topics.ingested, lanner_schemas.encode("ingested", record),
                                    key=alert.object_id.encode())
-        for message, error in rejected:
-            self.publisher.publish(self.topics.dlq, message.value, key=message.key, headers={
-                "reason": error.reason.encode(),
-                "error": str(error).encode()[:4000],
-                "stage": STAGE.encode(),
-                "topic": message.topic.encode(),
-                "partition": str(message.partition).encode(),
-                "offset": str(message.offset).encode(),
-            })
+        self.dead_letter(self.topics.dlq, rejected)
         self.publisher.flush(60.0)
-
-    def _retry(self, store: str, action: Callable[[], T]) -> T:
-        """Run ``action``; on a transient failure wait and run it again until it works."""
-        next_delay = self.backoff.delays()
-        while True:
-            try:
-                return action()
-            except TransientError as exc:
-                if self.stopping.is_set():
-                    raise
-                delay = next_delay()
-                metrics.RETRIES.labels(STAGE, store).inc()
-                log.warning("store unavailable, retrying", store=store, error=str(exc),
-                            retry_in_s=delay)
-                self.stopping.wait(delay)
 
 
 @dataclass(slots=True)

@@ -98,6 +98,13 @@ def start(files: ProcessFiles, argv: Sequence[str], *, env: dict[str, str] | Non
         except OSError as exc:
             raise ServiceError(files.name, f"cannot run {argv[0]}: {exc}", str(files.log_file)) \
                 from exc
+    # Popen returns once exec has begun, but the kernel fills in the new command line a moment
+    # later; wait for it, so that the pid is recognisably ours as soon as this returns.
+    deadline = time.monotonic() + 5.0
+    while files.marker not in _cmdline(proc.pid) and proc.poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
     files.pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
 

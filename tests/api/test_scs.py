@@ -140,11 +140,11 @@ def test_reference_catalog_cone_json_and_scs(loaded: Loaded, tmp_path) -> None:
     from fastapi.testclient import TestClient
 
     from broker.storage.refcat import open_catalog_file
-    from tests.support.catalogs import VEGA, hipparcos_file
+    from tests.support.catalogs import HIPPARCOS, VEGA
 
     factory = make_factory(tmp_path, lightcurves=loaded.harness.lightcurves,
                            catalog=loaded.harness.catalog)
-    source = open_catalog_file(hipparcos_file(tmp_path))
+    source = open_catalog_file(HIPPARCOS)
     try:
         factory.refcats.load("hipparcos", source.batches, "hip", "ra", "dec")
     finally:
@@ -159,7 +159,7 @@ def test_reference_catalog_cone_json_and_scs(loaded: Loaded, tmp_path) -> None:
         assert [r["id"] for r in body["rows"]] == [str(r["id"]) for r in every]
         assert body["rows"][0]["id"] == str(VEGA[0])
         # Brute force over the whole catalog, independent of the chunk/HEALPix cover.
-        source = open_catalog_file(hipparcos_file(tmp_path))
+        source = open_catalog_file(HIPPARCOS)
         ras, decs, ids = [], [], []
         for batch in source.batches:
             ras += batch.column("ra").to_pylist()

@@ -40,7 +40,7 @@ from consumers.dr_updates import (
     encode_change,
     row_schema,
 )
-from consumers.ingest import Backoff
+from consumers.stage import Backoff
 
 CHUNKER = Chunker(85, 12)
 BASE_ID = 609_000_000_000_000  # DP1-like object ids

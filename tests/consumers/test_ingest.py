@@ -194,7 +194,7 @@ class _Flaky:
 
 
 def test_a_store_that_is_down_is_retried_without_committing(harness: Harness) -> None:
-    from consumers.ingest import Backoff
+    from consumers.stage import Backoff
 
     messages = _simulated(50, seed=8)
     _produce_all(harness, harness.topics.lsst, messages)

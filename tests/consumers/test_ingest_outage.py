@@ -9,7 +9,7 @@ from broker import metrics
 from broker.domain.simulator import AlertSimulator
 from broker.services import manager
 from broker.services.mariadb import MariaDBService
-from consumers.ingest import Backoff
+from consumers.stage import Backoff
 from tests.support.backends import ServicesHarness
 
 

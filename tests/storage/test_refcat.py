@@ -23,8 +23,7 @@ from broker.storage.refcat import (
     UnknownCatalogError,
     open_catalog_file,
 )
-from tests.support.catalogs import SIRIUS, VEGA, hipparcos_file
-from tests.support.data import shared_data_or_none
+from tests.support.catalogs import HIPPARCOS, OPENNGC, SIRIUS, VEGA
 
 CHUNKER = Chunker(85, 12)
 
@@ -41,11 +40,6 @@ def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]
         store.close()
 
 
-def _openngc() -> Path | None:
-    path = shared_data_or_none() / "catalogs" / "openngc.csv"
-    return path if path.is_file() else None
-
-
 def _brute_force(table: pa.Table, id_col: str, ra_col: str, dec_col: str, ra: float,
                  dec: float, radius: float) -> list:
     ids = table.column(id_col).to_pylist()
@@ -56,8 +50,8 @@ def _brute_force(table: pa.Table, id_col: str, ra_col: str, dec_col: str, ra: fl
     return [i for _, i in sorted(inside, key=lambda p: (p[0], str(p[1])))]
 
 
-def testhipparcos_file(catalogs, tmp_path: Path) -> None:
-    path = hipparcos_file(tmp_path)
+def test_hipparcos(catalogs, tmp_path: Path) -> None:
+    path = HIPPARCOS
     source = open_catalog_file(path, 30_000)
     seen: list[int] = []
     report = catalogs.load("hipparcos", source.batches, "hip", "ra", "dec", seen.append)
@@ -94,9 +88,7 @@ def testhipparcos_file(catalogs, tmp_path: Path) -> None:
 
 
 def test_openngc(catalogs) -> None:
-    path = _openngc()
-    if path is None:
-        pytest.skip("the shared OpenNGC catalogue is missing")  # Hipparcos covers the backends
+    path = OPENNGC
     source = open_catalog_file(path, 4_000)
     report = catalogs.load("openngc", source.batches, "id", "ra_deg", "dec_deg")
     source.close()

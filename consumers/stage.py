@@ -1,0 +1,156 @@
+"""What every stage process shares: the batch loop, retries with back-off, dead letters.
+
+A stage polls a batch, processes it (writing through storage classes and publishing through
+the publisher), and commits its offsets only after its outputs are acknowledged. A
+`TransientError` retries the step that raised it with back-off and commits nothing; a
+`PermanentError` of one message sends that message to the dead-letter topic with its original
+bytes and the reason, and the stream moves on.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+import structlog
+
+from broker import metrics
+from broker.exceptions import PermanentError, TransientError
+from broker.streaming.queue import Message, MessageSource, Publisher
+
+log = structlog.get_logger(__name__)
+
+#: `run(once=True)` stops after this many empty polls even if it never owned a partition.
+MAX_IDLE_POLLS = 120
+
+T = TypeVar("T")
+
+
+class Report(Protocol):
+    """What a batch did; reports of several batches add up."""
+
+    consumed: int
+
+    def add(self, other: Report) -> None: ...
+
+
+R = TypeVar("R", bound=Report)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Retry delays: doubling from ``first`` up to ``most`` seconds."""
+
+    first: float = 0.25
+    most: float = 30.0
+
+    def delays(self) -> Callable[[], float]:
+        state = {"next": self.first}
+
+        def next_delay() -> float:
+            delay = state["next"]
+            state["next"] = min(self.most, delay * 2)
+            return delay
+
+        return next_delay
+
+
+def unexpected(stage: str, message: Message, exc: Exception) -> PermanentError:
+    """A bug met while reading one message: logged, and dead-lettered rather than fatal."""
+    log.exception("unexpected error reading a message", stage=stage, topic=message.topic,
+                  partition=message.partition, offset=message.offset)
+    error = PermanentError(f"unexpected {type(exc).__name__}: {exc}")
+    error.reason = "unexpected_error"
+    return error
+
+
+class Stage(ABC, Generic[R]):
+    """A consumer-group member that processes batches until stopped."""
+
+    #: Name of the stage in metrics, logs and dead-letter headers.
+    name: str
+
+    def __init__(self, *, source: MessageSource, publisher: Publisher, batch_size: int,
+                 poll_timeout: float, backoff: Backoff | None) -> None:
+        self.source = source
+        self.publisher = publisher
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.backoff = backoff or Backoff()
+        self.stopping = threading.Event()
+
+    @abstractmethod
+    def new_report(self) -> R:
+        """An empty report."""
+
+    @abstractmethod
+    def process(self, messages: Sequence[Message]) -> R:
+        """Handle one batch, publish its outputs, commit its offsets."""
+
+    def run(self, *, once: bool = False, idle_polls: int = 3,
+            on_batch: Callable[[R], None] | None = None) -> R:
+        """Process batches until stopped; with ``once``, until the input is drained."""
+        total = self.new_report()
+        idle = 0
+        while not self.stopping.is_set():
+            messages = self.retry("kafka", lambda: self.source.poll(self.batch_size,
+                                                                    self.poll_timeout))
+            if not messages:
+                idle += 1
+                # "Once" means: drain what is there. An empty poll is not enough (a consumer
+                # that just joined its group may not own partitions yet), so also ask whether
+                # the owned partitions are read to their ends; give up after many idle polls.
+                if once and idle >= idle_polls and (idle >= MAX_IDLE_POLLS
+                                                    or self.retry("kafka", self.source.drained)):
+                    break
+                continue
+            idle = 0
+            report = self.process(messages)
+            total.add(report)
+            if on_batch is not None:
+                on_batch(report)
+        return total
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def retry(self, store: str, action: Callable[[], T]) -> T:
+        """Run ``action``; on a transient failure wait and run it again until it works."""
+        next_delay = self.backoff.delays()
+        while True:
+            try:
+                return action()
+            except TransientError as exc:
+                if self.stopping.is_set():
+                    raise
+                delay = next_delay()
+                metrics.RETRIES.labels(self.name, store).inc()
+                log.warning("store unavailable, retrying", stage=self.name, store=store,
+                            error=str(exc), retry_in_s=delay)
+                self.stopping.wait(delay)
+
+    def dead_letter(self, topic: str, rejected: Sequence[tuple[Message, PermanentError]]) -> None:
+        """Queue each rejected message on the dead-letter topic: its original bytes, and
+        headers saying why and where it was read (the caller flushes)."""
+        for message, error in rejected:
+            self.publisher.publish(topic, message.value, key=message.key, headers={
+                "reason": error.reason.encode(),
+                "error": str(error).encode()[:4000],
+                "stage": self.name.encode(),
+                "topic": message.topic.encode(),
+                "partition": str(message.partition).encode(),
+                "offset": str(message.offset).encode(),
+            })
+
+    def count_rejections(self, reasons: dict[str, int],
+                         rejected: Sequence[tuple[Message, PermanentError]]) -> None:
+        """Tally rejections by reason, in the report and in the metrics."""
+        for _, error in rejected:
+            reasons[error.reason] = reasons.get(error.reason, 0) + 1
+            metrics.ALERTS_DLQ.labels(self.name, error.reason).inc()
+        if rejected:
+            log.info("dead-lettered messages", stage=self.name, count=len(rejected),
+                     reasons=dict(reasons))
