@@ -118,6 +118,98 @@ def _quote(column: str) -> str:
     return f"`{column}`"
 
 
+class ShardExecutor:
+    """Runs work on the shards: a connection per shard per thread, a pool for parallel work.
+
+    Connections are reused without a ping (a round trip per query saved); a cached connection
+    that fails at once (the server restarted since) is replaced and the work tried once more
+    before the shard is reported unavailable. A shard that does not answer is a
+    `ServiceUnavailableError` naming it and its address.
+    """
+
+    def __init__(self, shards: ShardSet, *, name: str = "mariadb") -> None:
+        self.shards = shards
+        self._local = threading.local()
+        self.pool = ThreadPoolExecutor(max_workers=max(2, len(shards)), thread_name_prefix=name)
+
+    def connection(self, shard: int) -> Connection:
+        """This thread's connection to a shard (opened on first use)."""
+        cache: dict[int, Connection] | None = getattr(self._local, "connections", None)
+        if cache is None:
+            cache = {}
+            self._local.connections = cache
+        connection = cache.get(shard)
+        if connection is None:
+            connection = self.shards.connect(shard)
+            cache[shard] = connection
+        return connection
+
+    def drop(self, shard: int) -> None:
+        """Close and forget this thread's connection to a shard."""
+        connection = getattr(self._local, "connections", {}).pop(shard, None)
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def unavailable(self, shard: int, exc: Exception) -> ServiceUnavailableError:
+        host, port = self.shards.addresses[shard]
+        return ServiceUnavailableError(f"MariaDB shard {shard} at {host}:{port} failed: {exc}")
+
+    def run(self, shard: int, work: Callable[[Any], T]) -> T:
+        """Run ``work(cursor)`` in one transaction on a shard and commit."""
+        for attempt in (1, 2):
+            cached = shard in getattr(self._local, "connections", {})
+            try:
+                connection = self.connection(shard)
+                try:
+                    with connection.cursor() as cursor:
+                        result = work(cursor)
+                    connection.commit()
+                    return result
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        connection.rollback()
+                    raise
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+                self.drop(shard)
+                if attempt == 1 and cached and _connection_lost(exc):
+                    continue
+                raise self.unavailable(shard, exc) from exc
+        raise AssertionError("unreachable")
+
+    def on_shards(self, work: Mapping[int, Callable[[Any], T]]) -> dict[int, T]:
+        """Run work on several shards in parallel; wait for all before raising the first error."""
+        if len(work) == 1:
+            # One shard (a small cone, one object): no thread hop.
+            ((shard, fn),) = work.items()
+            return {shard: self.run(shard, fn)}
+        futures = {shard: self.pool.submit(self.run, shard, fn) for shard, fn in work.items()}
+        results, error = {}, None
+        for shard, future in futures.items():
+            try:
+                results[shard] = future.result()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
+
+    def all_shards(self, fn: Callable[[Any], T]) -> dict[int, T]:
+        return self.on_shards(dict.fromkeys(range(len(self.shards)), fn))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        for connection in getattr(self._local, "connections", {}).values():
+            with contextlib.suppress(Exception):
+                connection.close()
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """True for the errors of a connection the server has closed (2006, 2013) or a dead socket."""
+    code = exc.args[0] if exc.args else None
+    return isinstance(exc, pymysql.err.InterfaceError) or code in (2006, 2013)
+
+
 class LayoutMismatchError(LannerError):
     """The shards hold an archive laid out with other chunking or another shard count."""
 
@@ -136,61 +228,9 @@ class ShardedCatalog:
         self.shards = shards
         self.chunker = chunker
         self.placement = ChunkPlacement(len(shards))
-        self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=max(2, len(shards)),
-                                        thread_name_prefix="mariadb")
-
-    # -- connections
-
-    def _conn(self, shard: int) -> Connection:
-        cache: dict[int, Connection] | None = getattr(self._local, "connections", None)
-        if cache is None:
-            cache = {}
-            self._local.connections = cache
-        connection = cache.get(shard)
-        if connection is not None:
-            try:
-                connection.ping(reconnect=False)
-                return connection
-            except pymysql.err.Error:
-                cache.pop(shard, None)
-        connection = self.shards.connect(shard)
-        cache[shard] = connection
-        return connection
-
-    def _drop_conn(self, shard: int) -> None:
-        cache = getattr(self._local, "connections", {})
-        connection = cache.pop(shard, None)
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
-
-    def _run(self, shard: int, work: Callable[[Any], T]) -> T:
-        """Run ``work(cursor)`` in one transaction on a shard; store failures are transient."""
-        try:
-            connection = self._conn(shard)
-            try:
-                with connection.cursor() as cursor:
-                    result = work(cursor)
-                connection.commit()
-                return result
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    connection.rollback()
-                raise
-        except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-            self._drop_conn(shard)
-            host, port = self.shards.addresses[shard]
-            msg = f"MariaDB shard {shard} at {host}:{port} failed: {exc}"
-            raise ServiceUnavailableError(msg) from exc
-
-    def _on_shards(self, work: Mapping[int, Callable[[Any], T]]) -> dict[int, T]:
-        if len(work) == 1:
-            # One shard (a small cone, one object): no thread hop.
-            ((shard, fn),) = work.items()
-            return {shard: self._run(shard, fn)}
-        futures = {shard: self._pool.submit(self._run, shard, fn) for shard, fn in work.items()}
-        return {shard: future.result() for shard, future in futures.items()}
+        self._shards = ShardExecutor(shards)
+        self._run = self._shards.run
+        self._on_shards = self._shards.on_shards
 
     def director_shard(self, object_id: str) -> int:
         return zlib.crc32(object_id.encode()) % len(self.shards)
@@ -383,10 +423,7 @@ class ShardedCatalog:
         return totals
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        for connection in getattr(self._local, "connections", {}).values():
-            with contextlib.suppress(Exception):
-                connection.close()
+        self._shards.close()
 
 
 def nearest_first(rows: list[Row], ra: float, dec: float, radius_deg: float,

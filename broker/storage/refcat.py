@@ -36,8 +36,8 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,8 +61,8 @@ from broker.domain.catalogs import (
     validate_name,
 )
 from broker.domain.sky import Chunker, ChunkPlacement, cone_cover
-from broker.exceptions import LannerError, ServiceUnavailableError
-from broker.storage.mariadb import ShardSet
+from broker.exceptions import LannerError
+from broker.storage.mariadb import ShardExecutor, ShardSet
 
 T = TypeVar("T")
 
@@ -213,81 +213,17 @@ class ShardedRefCatalogs:
         self.chunker = chunker
         self.overlap_deg = float(overlap_deg)
         self.placement = ChunkPlacement(len(shards))
-        self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=max(2, len(shards)),
-                                        thread_name_prefix="refcat")
+        self._shards = ShardExecutor(shards, name="refcat")
+        self._pool = self._shards.pool
+        self._run = self._shards.run
+        self._on_shards = self._shards.on_shards
+        self._all_shards = self._shards.all_shards
+        self._conn = self._shards.connection
+        self._unavailable = self._shards.unavailable
         self._ready = False
         self._states: set[str] = set()
         self._registry_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    # -- connections
-
-    def _conn(self, shard: int) -> Connection:
-        cache: dict[int, Connection] | None = getattr(self._local, "connections", None)
-        if cache is None:
-            cache = {}
-            self._local.connections = cache
-        connection = cache.get(shard)
-        if connection is None:
-            connection = self.shards.connect(shard)
-            cache[shard] = connection
-        return connection
-
-    def _drop_conn(self, shard: int) -> None:
-        connection = getattr(self._local, "connections", {}).pop(shard, None)
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
-
-    def _unavailable(self, shard: int, exc: Exception) -> ServiceUnavailableError:
-        host, port = self.shards.addresses[shard]
-        return ServiceUnavailableError(f"MariaDB shard {shard} at {host}:{port} failed: {exc}")
-
-    def _run(self, shard: int, work: Callable[[Any], T]) -> T:
-        """Run ``work(cursor)`` on a shard and commit; a dead shard is a transient error.
-
-        Connections are reused without a ping (a round trip per query saved): a cached
-        connection that fails at once (the server restarted since) is replaced and the work
-        tried once more before the shard is reported unavailable.
-        """
-        for attempt in (1, 2):
-            cached = shard in getattr(self._local, "connections", {})
-            try:
-                connection = self._conn(shard)
-                try:
-                    with connection.cursor() as cursor:
-                        result = work(cursor)
-                    connection.commit()
-                    return result
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        connection.rollback()
-                    raise
-            except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-                self._drop_conn(shard)
-                if attempt == 1 and cached and _connection_lost(exc):
-                    continue
-                raise self._unavailable(shard, exc) from exc
-        raise AssertionError("unreachable")
-
-    def _on_shards(self, work: Mapping[int, Callable[[Any], T]]) -> dict[int, T]:
-        if len(work) == 1:
-            # One shard (a small cone, one object): no thread hop.
-            ((shard, fn),) = work.items()
-            return {shard: self._run(shard, fn)}
-        futures = {shard: self._pool.submit(self._run, shard, fn) for shard, fn in work.items()}
-        results, error = {}, None
-        for shard, future in futures.items():
-            try:
-                results[shard] = future.result()
-            except BaseException as exc:  # wait for every shard before raising the first error
-                error = error or exc
-        if error is not None:
-            raise error
-        return results
-
-    def _all_shards(self, fn: Callable[[Any], T]) -> dict[int, T]:
-        return self._on_shards(dict.fromkeys(range(len(self.shards)), fn))
 
     # -- setup and registry
 
@@ -805,10 +741,7 @@ class ShardedRefCatalogs:
         return sorted({t for part in self._all_shards(work).values() for t in part})
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        for connection in getattr(self._local, "connections", {}).values():
-            with contextlib.suppress(Exception):
-                connection.close()
+        self._shards.close()
 
 
 # ---- row-level changes (the dr-updates stage) ------------------------------------------------
@@ -1425,12 +1358,6 @@ def open_catalog_file(path: Path, batch_rows: int = 100_000) -> CatalogInput:
         raise RefCatalogError(msg) from exc
     msg = f"{path}: unknown format (give a .parquet or .csv file)"
     raise RefCatalogError(msg)
-
-
-def _connection_lost(exc: Exception) -> bool:
-    """True for the errors of a connection the server has closed (2006, 2013) or a dead socket."""
-    code = exc.args[0] if exc.args else None
-    return isinstance(exc, pymysql.err.InterfaceError) or code in (2006, 2013)
 
 
 def open_reference_catalogs(settings: Any, chunker: Chunker,
