@@ -381,6 +381,7 @@ def demo(
         task = progress.add_task("ingesting into the embedded archive", total=queued + ztf_count)
         total = stage.run(once=True, idle_polls=2,
                           on_batch=lambda report: progress.advance(task, report.consumed))
+    loaded = _demo_catalogs(factory)
     counts = dict(factory.catalog.counts())
     base = f"http://127.0.0.1:{port}"
     latest = next(iter(queue.messages(settings.topic_ingested)[-1:]), None)
@@ -393,20 +394,7 @@ def demo(
               f"{ztf_count} real ZTF) into {settings.embedded_path}: "
               f"{counts.get('objects', 0)} objects, {counts.get('alert_rows', 0)} detections",
               highlight=False)
-    out.print("\nworth opening:", highlight=False)
-    out.print(f"  {base}/                      the landing page", highlight=False)
-    out.print(f"  {base}/docs                  the API documentation", highlight=False)
-    if example is not None:
-        oid = example["object_id"]
-        out.print(f"  {base}/api/v1/objects/{oid}", highlight=False)
-        out.print(f"  {base}/api/v1/objects/{oid}/lightcurve", highlight=False)
-        out.print(f"  {base}/api/v1/cone?ra={example['ra']:.5f}&dec={example['dec']:.5f}"
-                  "&radius=60", highlight=False)
-    if ztf_count:
-        out.print(f"  {base}/api/v1/objects/ZTF18abmmoot/lightcurve   a real ZTF light curve",
-                  highlight=False)
-        out.print(f"  {base}/api/v1/cone?ra=197.6&dec=7.3&radius=1800   a real ZTF field",
-                  highlight=False)
+    _print_demo_urls(base, example, ztf_count, loaded)
     if not serve_api:
         factory.close()
         return
@@ -431,6 +419,64 @@ def _stop_on_signals() -> Any:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     return stopping
+
+
+def _print_demo_urls(base: str, example: dict | None, ztf_count: int, loaded: list[str]) -> None:
+    """The URLs the demo suggests opening."""
+    out.print("\nworth opening:", highlight=False)
+    out.print(f"  {base}/                      the landing page", highlight=False)
+    out.print(f"  {base}/docs                  the API documentation", highlight=False)
+    if example is not None:
+        oid = example["object_id"]
+        out.print(f"  {base}/api/v1/objects/{oid}", highlight=False)
+        out.print(f"  {base}/api/v1/objects/{oid}/lightcurve", highlight=False)
+        out.print(f"  {base}/api/v1/cone?ra={example['ra']:.5f}&dec={example['dec']:.5f}"
+                  "&radius=60", highlight=False)
+    if ztf_count:
+        out.print(f"  {base}/api/v1/objects/ZTF18abmmoot/lightcurve   a real ZTF light curve",
+                  highlight=False)
+        out.print(f"  {base}/api/v1/cone?ra=197.6&dec=7.3&radius=1800   a real ZTF field",
+                  highlight=False)
+    if loaded:
+        out.print(f"  reference catalogs: {', '.join(loaded)} (see {base}/api/v1/catalogs)",
+                  highlight=False)
+    if "hipparcos" in loaded:
+        out.print(f"  {base}/api/v1/cone?ra=279.2341&dec=38.7830&radius=3600&catalog=hipparcos"
+                  "   stars around Vega", highlight=False)
+        out.print(f"  {base}/scs/hipparcos?RA=279.2341&DEC=38.7830&SR=1   the same, IVOA SCS",
+                  highlight=False)
+
+
+#: Real reference catalogs bundled with the repository, loaded by `lanner demo`:
+#: (name, file, id column, ra column, dec column).
+DEMO_CATALOGS = (
+    ("hipparcos", "hipparcos2.parquet", "hip", "ra", "dec"),
+    ("openngc", "openngc.csv", "id", "ra_deg", "dec_deg"),
+)
+
+
+def _demo_catalogs(factory: Any) -> list[str]:
+    """Load the bundled reference catalogs into the embedded archive (once; names loaded)."""
+    from broker.storage.refcat import open_catalog_file  # noqa: PLC0415
+
+    folder = Path(__file__).resolve().parent.parent / "tests" / "data" / "catalogs"
+    present = {entry["name"] for entry in factory.refcats.list()}
+    loaded = []
+    for name, filename, id_col, ra_col, dec_col in DEMO_CATALOGS:
+        path = folder / filename
+        if name in present:
+            loaded.append(name)
+            continue
+        if not path.is_file():
+            continue
+        source = open_catalog_file(path)
+        try:
+            with console.status(f"loading the {name} catalog"):
+                factory.refcats.load(name, source.batches, id_col, ra_col, dec_col)
+        finally:
+            source.close()
+        loaded.append(name)
+    return loaded
 
 
 def _check_port(host: str, port: int) -> None:

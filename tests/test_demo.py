@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from broker.domain.sky import Chunker
+from broker.storage.refcat import SQLiteRefCatalogs
 from broker.storage.sqlite import SQLiteArchive
 from tests.support.data import REPO_ROOT
 
@@ -21,6 +22,7 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "archived 203 alerts (150 simulated Rubin 11.1, 53 real ZTF)" in result.stdout
     assert "/api/v1/objects/ZTF18abmmoot/lightcurve" in result.stdout
+    assert "reference catalogs: hipparcos, openngc" in result.stdout
 
     archive = SQLiteArchive(path=tmp_path / "embedded" / "archive.sqlite3",
                             chunker=Chunker(85, 12))
@@ -31,6 +33,14 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
         assert ztf["survey"] == "ztf"
     finally:
         archive.close()
+    refcats = SQLiteRefCatalogs(tmp_path / "embedded" / "archive.sqlite3", Chunker(85, 12))
+    try:
+        rows = {entry["name"]: entry["rows"] for entry in refcats.list()}
+        assert rows == {"hipparcos": 117_955, "openngc": 14_026}
+        vega = refcats.cone("hipparcos", 279.23411, 38.78299, 0.01, 5)
+        assert vega[0]["id"] == 91262
+    finally:
+        refcats.close()
 
 
 def test_demo_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:
