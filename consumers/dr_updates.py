@@ -14,25 +14,19 @@ fresh load of the newest state of every object would leave it.
 
 from __future__ import annotations
 
-import io
 import math
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import fastavro
 import pyarrow as pa
 import structlog
 
 from broker import metrics
-from broker.constants import WIRE_HEADER_SIZE
 from broker.exceptions import (
-    CorruptBodyError,
     PermanentError,
-    TruncatedMessageError,
 )
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
@@ -113,7 +107,7 @@ def _rejected(reason: str, message: str) -> PermanentError:
 
 def decode_change(value: bytes) -> DRChange:
     """Decode and check one ``lanner.dr_update`` message; PermanentError says what is wrong."""
-    record = _decode(value)
+    record = lanner_schemas.decode(FAMILY, value)
     object_id = record.get(ID_COL)
     if object_id is None or object_id <= 0:
         raise _rejected("missing_id", f"objectId {object_id!r} is not an object id")
@@ -136,34 +130,6 @@ def decode_change(value: bytes) -> DRChange:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                   for k, v in record.items()}
     return DRChange(op, int(object_id), int(version), record)
-
-
-def _decode(value: bytes) -> dict[str, Any]:
-    """`lanner_schemas.decode` with fastavro's failures made typed wire-format errors."""
-    try:
-        record = lanner_schemas.decode(FAMILY, value)
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError,
-            OverflowError, MemoryError, struct.error) as exc:
-        # Header errors are typed already (PermanentError); this is the body.
-        if len(value) <= WIRE_HEADER_SIZE or _reads_to_end(value):
-            msg = f"dr_update body ends early: {type(exc).__name__}: {exc}"
-            raise TruncatedMessageError(msg) from exc
-        msg = f"dr_update body does not decode: {type(exc).__name__}: {exc}"
-        raise CorruptBodyError(msg) from exc
-    if not isinstance(record, dict):
-        msg = "dr_update body is not a record"
-        raise CorruptBodyError(msg)
-    return record
-
-
-def _reads_to_end(value: bytes) -> bool:
-    body = io.BytesIO(value)
-    body.seek(WIRE_HEADER_SIZE)
-    try:
-        fastavro.schemaless_reader(body, lanner_schemas.parsed(FAMILY), None)
-    except Exception:  # only where the reader stopped matters here
-        return body.tell() >= len(value)
-    return False
 
 
 def collapse(changes: Sequence[DRChange]) -> list[DRChange]:

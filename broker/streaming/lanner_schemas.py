@@ -50,11 +50,10 @@ def encode(family: str, record: dict[str, Any]) -> bytes:
 
 
 def decode(family: str, message: bytes) -> dict[str, Any]:
-    """Read a wire-format record of any known version of a family."""
+    """Read a wire-format record of any known version of a family (typed errors as
+    `broker.streaming.wire.decode`)."""
     sid = wire.read_header(message)
     for version, known in _ids()[f"lanner.{family}"].items():
         if known == sid:
-            body = io.BytesIO(message)
-            body.seek(5)
-            return fastavro.schemaless_reader(body, parsed(family, version), None)
+            return wire.read_body(message, parsed(family, version), sid)
     raise UnknownSchemaError(sid, list(_ids()[f"lanner.{family}"].values()))

@@ -73,7 +73,19 @@ def decode(message: bytes) -> tuple[int, dict[str, Any]]:
         If the body cannot be read with that schema, or has bytes left over after the record.
     """
     schema_id = read_header(message)
-    schema = parsed_schema(schema_id)
+    return schema_id, read_body(message, parsed_schema(schema_id), schema_id)
+
+
+def read_body(message: bytes, schema: Any, schema_id: int) -> dict[str, Any]:
+    """The Avro record after the header of ``message``, read with ``schema``.
+
+    Raises
+    ------
+    TruncatedMessageError
+        If the body ends before the record does.
+    CorruptBodyError
+        If the body does not decode, is not a record, or has bytes left over.
+    """
     body = io.BytesIO(message)
     body.seek(WIRE_HEADER_SIZE)
     try:
@@ -95,4 +107,4 @@ def decode(message: bytes) -> tuple[int, dict[str, Any]]:
     if not isinstance(record, dict):
         msg = f"Avro body of schema {schema_id} is not a record"
         raise CorruptBodyError(msg)
-    return schema_id, record
+    return record
