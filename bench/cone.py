@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -42,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,16 +190,6 @@ def run_clients(make: Callable[[], Any], close: Callable[[Any], None],
     """One thread per client list; returns latencies (ms), wall seconds and the ids found."""
     clients = len(work)
     instances = [make() for _ in range(clients)]
-    # Warm-up: spread over the clients (connections opened, caches warm), not counted.
-    def warm(i: int) -> None:
-        for q in warmup[i::clients]:
-            call(instances[i], q)
-
-    threads = [threading.Thread(target=warm, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     answers: list[list[list]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
@@ -205,8 +197,12 @@ def run_clients(make: Callable[[], Any], close: Callable[[Any], None],
 
     def client(i: int) -> None:
         instance, mine, out, ids = instances[i], work[i], latencies[i], answers[i]
-        barrier.wait()
         try:
+            # The warm-up runs in the thread that is then timed: connections are per thread,
+            # and opening them (a few hundred ms with 16 at once on 2 cores) is not a query.
+            for q in warmup[i::clients]:
+                call(instance, q)
+            barrier.wait()
             for q in mine:
                 t0 = time.perf_counter()
                 rows = call(instance, q)
@@ -214,11 +210,13 @@ def run_clients(make: Callable[[], Any], close: Callable[[Any], None],
                 ids.append([r["id"] for r in rows])
         except BaseException as exc:  # reported after the join
             errors.append(exc)
+            barrier.abort()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
-    barrier.wait()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a client failed: see errors
+        barrier.wait()
     started = time.perf_counter()
     for t in threads:
         t.join()
@@ -228,6 +226,85 @@ def run_clients(make: Callable[[], Any], close: Callable[[Any], None],
     if errors:
         raise errors[0]
     return np.array([v for part in latencies for v in part]), wall, answers
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a client process needs to rebuild its own search (processes share nothing)."""
+
+    kind: str  # "chunked" or "flat"
+    addresses: list[tuple[str, int]]
+    user: str
+    password: str
+    database: str
+    stripes: int
+    sub_stripes: int
+    overlap_deg: float
+    limit: int
+
+    def open(self) -> tuple[Callable[[Query], list[dict]], Callable[[], None]]:
+        shards = ShardSet(addresses=self.addresses, user=self.user, password=self.password,
+                          database=self.database)
+        if self.kind == "flat":
+            flat = FlatCone(shards)
+            return (lambda q: flat.cone(q[0], q[1], q[2], self.limit)), flat.close
+        chunked = ShardedRefCatalogs(shards, Chunker(self.stripes, self.sub_stripes),
+                                     self.overlap_deg)
+        return (lambda q: chunked.cone(CATALOG, q[0], q[1], q[2], self.limit)), chunked.close
+
+
+def _client_process(target: Target, mine: list[Query], warmup: list[Query], barrier: Any,
+                    results: Any, index: int) -> None:
+    """One client in its own process: warm up, wait for the others, then time each query."""
+    try:
+        call, close = target.open()
+        for q in warmup:
+            call(q)
+        barrier.wait()
+        latencies, ids = [], []
+        for q in mine:
+            t0 = time.perf_counter()
+            rows = call(q)
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+            ids.append([r["id"] for r in rows])
+        close()
+        results.put((index, latencies, ids, None))
+    except BaseException as exc:  # reported by the parent
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.abort()
+        results.put((index, [], [], repr(exc)))
+
+
+def run_processes(target: Target, work: list[list[Query]],
+                  warmup: list[Query]) -> tuple[np.ndarray, float, list[list[list]]]:
+    """One process per client list: the clients share no GIL, as separate users or API workers.
+
+    Returns latencies (ms), the wall seconds from the common start to the last answer, and the
+    ids found, as `run_clients` does.
+    """
+    clients = len(work)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(clients + 1)
+    results = context.Queue()
+    processes = [context.Process(target=_client_process,
+                                 args=(target, work[i], warmup[i::clients], barrier, results, i))
+                 for i in range(clients)]
+    for process in processes:
+        process.start()
+    try:
+        barrier.wait(timeout=600)
+        started = time.perf_counter()
+        gathered = [results.get(timeout=600) for _ in range(clients)]
+        wall = time.perf_counter() - started
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+    errors = [error for _, _, _, error in gathered if error]
+    if errors:
+        raise RuntimeError(f"a client process failed: {errors[0]}")
+    gathered.sort(key=lambda g: g[0])
+    latencies = np.array([v for _, part, _, _ in gathered for v in part])
+    return latencies, wall, [ids for _, _, ids, _ in gathered]
 
 
 def stats(label: str, ms: np.ndarray, wall: float, clients: int) -> dict[str, float]:
@@ -306,13 +383,26 @@ def one_size(settings: Settings, chunker: Chunker, rows: int, args: argparse.Nam
             if c is not shared:
                 c.close()
 
-        ms, wall, chunked_ids = run_clients(make_chunked, close_chunked, chunked_call, work,
-                                            warmup)
-        result.update(stats("chunked (ShardedRefCatalogs)", ms, wall, args.clients))
-        ms, wall, flat_ids = run_clients(lambda: FlatCone(shards), FlatCone.close, flat_call,
-                                         work, warmup)
-        flat = stats("baseline (one table, dec idx)", ms, wall, args.clients)
+        def target(kind: str) -> Target:
+            return Target(kind, settings.shard_addresses, settings.mariadb_user,
+                          settings.mariadb_password.get_secret_value(), database,
+                          chunker.num_stripes, chunker.num_sub_stripes, overlap, args.limit)
+
+        # Headline: one process per client (separate users, or API worker processes).
+        ms, wall, chunked_ids = run_processes(target("chunked"), work, warmup)
+        result.update(stats("chunked, processes", ms, wall, args.clients))
+        ms, wall, flat_ids = run_processes(target("flat"), work, warmup)
+        flat = stats("baseline, processes", ms, wall, args.clients)
         result.update({f"baseline_{k}": v for k, v in flat.items()})
+        # The same clients as threads of one process: what one API worker process sees.
+        ms, wall, thread_ids = run_clients(make_chunked, close_chunked, chunked_call, work,
+                                           warmup)
+        result.update({f"threads_{k}": v for k, v in
+                       stats("chunked, threads", ms, wall, args.clients).items()})
+        ms, wall, _ = run_clients(lambda: FlatCone(shards), FlatCone.close, flat_call,
+                                  work, warmup)
+        result.update({f"baseline_threads_{k}": v for k, v in
+                       stats("baseline, threads", ms, wall, args.clients).items()})
         ms, wall, _ = run_clients(make_chunked, close_chunked, chunked_call, single, warmup[:50])
         result["single_client_p50_ms"] = stats("chunked, unloaded", ms, wall, 1)["p50_ms"]
         ms, wall, _ = run_clients(lambda: FlatCone(shards), FlatCone.close, flat_call, single,
@@ -321,13 +411,15 @@ def one_size(settings: Settings, chunker: Chunker, rows: int, args: argparse.Nam
                                                         1)["p50_ms"]
         if shared is not None:
             shared.close()
-        pairs = [(sorted(a), sorted(b)) for ca, cb in zip(chunked_ids, flat_ids, strict=True)
-                 for a, b in zip(ca, cb, strict=True)]
-        agree = sum(a == b for a, b in pairs)
-        found = sum(len(a) for a, _ in pairs)
-        print(f"  answers: {agree}/{len(pairs)} queries identical, {found} rows found in all",
-              flush=True)
+        pairs = [(sorted(a), sorted(b), sorted(c))
+                 for ca, cb, cc in zip(chunked_ids, flat_ids, thread_ids, strict=True)
+                 for a, b, c in zip(ca, cb, cc, strict=True)]
+        agree = sum(a == b == c for a, b, c in pairs)
+        found = sum(len(a) for a, _, _ in pairs)
+        print(f"  answers: {agree}/{len(pairs)} queries identical (chunked in processes and in "
+              f"threads, baseline), {found} rows found in all", flush=True)
         result.update({"rows": rows, "clients": args.clients, "queries": len(pairs),
+                       "client_mode": "processes",
                        "speedup_p50": round(result["baseline_p50_ms"] / result["p50_ms"], 2),
                        "agree": agree == len(pairs), "rows_found": found,
                        "database": database if args.keep else None})

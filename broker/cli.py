@@ -25,8 +25,9 @@ app = typer.Typer(help="Lanner: an alert-stream broker with a sharded catalog ar
 services_app = typer.Typer(help="Run the real services locally (Kafka, Cassandra, MariaDB shards).",
                            no_args_is_help=True)
 app.add_typer(services_app, name="services")
-catalog_app = typer.Typer(help="Reference catalogs in the chunked layout (load, list).",
-                          no_args_is_help=True)
+catalog_app = typer.Typer(
+    help="Reference catalogs in the chunked layout (load, list, purge-tombstones).",
+    no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 
 console = Console(stderr=True)
@@ -131,7 +132,10 @@ def catalog_load(
     batch_rows: Annotated[int, typer.Option(
         "--batch-rows", min=1000, max=5_000_000, help="Rows read and stored per batch.")] = 200_000,
 ) -> None:
-    """Load (or reload, atomically) a reference catalog from a Parquet or CSV file."""
+    """Load (or reload, atomically) a reference catalog from a Parquet or CSV file.
+
+    Fails at once if another process is loading or changing the same catalog.
+    """
     import pyarrow as pa  # noqa: PLC0415
     from rich.progress import Progress  # noqa: PLC0415
 
@@ -160,6 +164,35 @@ def catalog_load(
     out.print(f"catalog {name} v{report.version}: {report.rows} rows, {report.skipped} skipped "
               f"(no valid position or id), {report.overlap_rows} overlap rows, "
               f"{report.seconds:.1f} s ({report.rows / max(report.seconds, 1e-9):,.0f} rows/s)",
+              highlight=False)
+
+
+@catalog_app.command("purge-tombstones")
+@clean_errors
+def catalog_purge_tombstones(
+    name: Annotated[str, typer.Argument(help="Catalog name.")],
+    older_than: Annotated[float | None, typer.Option(
+        "--older-than", min=0,
+        help="Remove tombstones of deletes applied more than this many seconds ago (default: "
+             "LANNER_DR_TOMBSTONE_GRACE_S). Keep it above the retention of dr.updates plus its "
+             "segment roll time, or an older change still in the topic can bring a deleted "
+             "row back.")] = None,
+) -> None:
+    """Remove old tombstones of deleted rows (left by `lanner dr-updates`); rows are unchanged."""
+    from broker.factory import Factory  # noqa: PLC0415
+    from broker.storage.refcat import open_reference_catalogs  # noqa: PLC0415
+
+    settings = get_settings()
+    grace = settings.dr_tombstone_grace_s if older_than is None else older_than
+    factory = Factory(settings)
+    store = open_reference_catalogs(factory.settings, factory.chunker)
+    try:
+        removed = store.purge_tombstones(name, grace)
+    except ValueError as exc:
+        raise LannerError(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"catalog {name}: {removed} tombstones older than {grace:g} s removed",
               highlight=False)
 
 
@@ -311,7 +344,7 @@ def dr_updates(
         out.print(f"{settings.dr_catalog}: {total.upserted} rows written, {total.deleted} "
                   f"deleted, {total.ignored} changes not newer than stored, "
                   f"{total.dead_lettered} to the dead-letter topic, from {total.consumed} "
-                  "records", highlight=False)
+                  f"records; {total.purged} old tombstones purged", highlight=False)
     finally:
         factory.close()
 
@@ -323,16 +356,20 @@ def serve(
         "--port", "-p", min=1, max=65535, help="TCP port to listen on.")] = 8000,
     host: Annotated[str, typer.Option(
         "--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", min=1, max=64,
+        help="Worker processes. One process runs its requests' Python on one core (the GIL); "
+             "give one per core on a busy server.")] = 1,
 ) -> None:
     """Serve the HTTP API (objects, light curves, cutouts, cone search, status; docs at /docs)."""
     import uvicorn  # noqa: PLC0415
 
     # uvicorn logs a busy port among its start-up lines; checking first ends in one clear line.
     _check_port(host, port)
-    out.print(f"serving the API on http://{host}:{port} (docs at /docs); Ctrl-C stops",
-              highlight=False)
+    out.print(f"serving the API on http://{host}:{port} (docs at /docs) with {workers} worker "
+              f"process{'es' if workers > 1 else ''}; Ctrl-C stops", highlight=False)
     level = get_settings().log_level.lower()
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port,
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=level if level in ("critical", "error", "warning", "info", "debug")
                 else "info")
 

@@ -86,3 +86,61 @@ def test_ingest_serves_its_own_metrics(tmp_path: Path) -> None:
         process.terminate()
         process.wait(30)
     assert process.returncode == 0, process.stderr.read().decode()
+
+
+def test_serve_runs_several_worker_processes(tmp_path: Path) -> None:
+    """`lanner serve --workers 2`: two worker processes behind one listening socket."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    env = {**os.environ, "LANNER_STATE_DIR": str(tmp_path), "LANNER_BACKEND": "embedded"}
+    loaded = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "catalog", "load", "hipparcos",
+         str(REPO_ROOT / "tests" / "data" / "catalogs" / "hipparcos2.parquet"),
+         "--id-col", "hip", "--ra-col", "ra", "--dec-col", "dec"],
+        capture_output=True, text=True, check=False, cwd=REPO_ROOT, env=env, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--workers", "2"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/api/v1/cone?catalog=hipparcos&ra=279.23411&dec=38.78299&radius=36"
+    try:
+        answer = None
+        for _ in range(150):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    answer = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert answer is not None, "the API never answered"
+        assert answer["rows"][0]["id"] == "91262"  # Vega
+        children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and _parent_of(p) == process.pid and b"spawn_main" in _cmdline(p)]
+        assert len(children) == 2
+        for _ in range(20):
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert json.loads(response.read())["rows"][0]["id"] == "91262"
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert process.returncode == 0, process.stderr.read().decode()
+
+
+def _parent_of(proc: Path) -> int | None:
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""

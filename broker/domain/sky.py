@@ -23,6 +23,7 @@ import cdshealpix
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import Latitude, Longitude
+from cdshealpix import cdshealpix as _cdshealpix_rs
 
 #: HEALPix order of the ``hpx29`` column.
 HPX_ORDER = 29
@@ -141,6 +142,9 @@ def angular_separation_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray,
 #: Margin added to cone radii when choosing chunks: an object keeps the chunk it was first placed
 #: in while its mean position drifts by fractions of an arcsecond.
 CHUNK_MARGIN_DEG = 2.0 / 3600.0
+# cdshealpix computes a cone's cover this many orders deeper than the depth asked for (its
+# default).
+_COVER_DEPTH_DELTA = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +172,13 @@ def cone_cover(chunker: Chunker, ra: float, dec: float, radius_deg: float) -> Co
     circle = sg.Circle(centre, sg.Angle.fromDegrees(radius_deg + CHUNK_MARGIN_DEG))
     chunks = tuple(sorted(int(c) for c in chunker_sphgeom(chunker).getChunksIntersecting(circle)))
     depth = _cover_depth(radius_deg)
-    ipix, depths, _ = cdshealpix.cone_search(
-        Longitude(ra % 360.0, u.deg), Latitude(dec, u.deg),
-        max(radius_deg, 1e-9) * u.deg, depth=depth, flat=False,
+    # cdshealpix's compiled cone search, called as its public `cdshealpix.cone_search` calls
+    # it, minus the astropy Longitude/Latitude/Quantity checks that cost ~90 us a call, four
+    # times the search itself; a scalar cone needs none of them (the centre is normalised
+    # here). tests/domain/test_sky.py checks this against the public function.
+    ipix, depths, _ = _cdshealpix_rs.cone_search(
+        np.uint8(depth), np.uint8(_COVER_DEPTH_DELTA), np.float64(math.radians(ra % 360.0)),
+        np.float64(math.radians(dec)), np.float64(math.radians(max(radius_deg, 1e-9))), False,
     )
     shift = 2 * (HPX_ORDER - np.asarray(depths, dtype=np.int64))
     lo = np.asarray(ipix, dtype=np.int64) << shift

@@ -53,13 +53,14 @@ class ShardSet:
     def __len__(self) -> int:
         return len(self.addresses)
 
-    def connect(self, shard: int, *, database: bool = True) -> Connection:
-        """A new connection to one shard (autocommit off, local infile on for bulk loads)."""
+    def connect(self, shard: int, *, database: bool = True,
+                autocommit: bool = False) -> Connection:
+        """A new connection to one shard (autocommit off unless asked, local infile on)."""
         host, port = self.addresses[shard]
         try:
             return pymysql.connect(
                 host=host, port=port, user=self.user, password=self._password,
-                database=self.database if database else None, autocommit=False,
+                database=self.database if database else None, autocommit=autocommit,
                 local_infile=True, charset="utf8mb4", connect_timeout=5,
             )
         except pymysql.err.OperationalError as exc:
@@ -121,10 +122,12 @@ def _quote(column: str) -> str:
 class ShardExecutor:
     """Runs work on the shards: a connection per shard per thread, a pool for parallel work.
 
-    Connections are reused without a ping (a round trip per query saved); a cached connection
-    that fails at once (the server restarted since) is replaced and the work tried once more
-    before the shard is reported unavailable. A shard that does not answer is a
-    `ServiceUnavailableError` naming it and its address.
+    Connections are in autocommit mode and reused without a ping: a read (``write=False``) is
+    one round trip per statement, with no transaction around it and no COMMIT after it, while
+    a write runs inside an explicit BEGIN ... COMMIT. A cached connection that fails at once
+    (the server restarted since) is replaced and the work tried once more before the shard is
+    reported unavailable. A shard that does not answer is a `ServiceUnavailableError` naming
+    it and its address.
     """
 
     def __init__(self, shards: ShardSet, *, name: str = "mariadb") -> None:
@@ -133,14 +136,14 @@ class ShardExecutor:
         self.pool = ThreadPoolExecutor(max_workers=max(2, len(shards)), thread_name_prefix=name)
 
     def connection(self, shard: int) -> Connection:
-        """This thread's connection to a shard (opened on first use)."""
+        """This thread's connection to a shard (opened on first use, autocommit on)."""
         cache: dict[int, Connection] | None = getattr(self._local, "connections", None)
         if cache is None:
             cache = {}
             self._local.connections = cache
         connection = cache.get(shard)
         if connection is None:
-            connection = self.shards.connect(shard)
+            connection = self.shards.connect(shard, autocommit=True)
             cache[shard] = connection
         return connection
 
@@ -155,12 +158,16 @@ class ShardExecutor:
         host, port = self.shards.addresses[shard]
         return ServiceUnavailableError(f"MariaDB shard {shard} at {host}:{port} failed: {exc}")
 
-    def run(self, shard: int, work: Callable[[Any], T]) -> T:
-        """Run ``work(cursor)`` in one transaction on a shard and commit."""
+    def run(self, shard: int, work: Callable[[Any], T], *, write: bool = True) -> T:
+        """Run ``work(cursor)`` on a shard: in one committed transaction, or as a plain read."""
         for attempt in (1, 2):
             cached = shard in getattr(self._local, "connections", {})
             try:
                 connection = self.connection(shard)
+                if not write:
+                    with connection.cursor() as cursor:
+                        return work(cursor)
+                connection.begin()
                 try:
                     with connection.cursor() as cursor:
                         result = work(cursor)
@@ -177,14 +184,26 @@ class ShardExecutor:
                 raise self.unavailable(shard, exc) from exc
         raise AssertionError("unreachable")
 
-    def on_shards(self, work: Mapping[int, Callable[[Any], T]]) -> dict[int, T]:
-        """Run work on several shards in parallel; wait for all before raising the first error."""
-        if len(work) == 1:
-            # One shard (a small cone, one object): no thread hop.
-            ((shard, fn),) = work.items()
-            return {shard: self.run(shard, fn)}
-        futures = {shard: self.pool.submit(self.run, shard, fn) for shard, fn in work.items()}
-        results, error = {}, None
+    def on_shards(self, work: Mapping[int, Callable[[Any], T]], *,
+                  write: bool = True) -> dict[int, T]:
+        """Run work on several shards in parallel; wait for all before raising the first error.
+
+        The first shard's work runs on the calling thread and only the others go to the pool:
+        a cone or an object lookup on one shard costs no thread hand-off at all, and one on two
+        shards a single one (each hand-off is a wait for the GIL under load).
+        """
+        items = list(work.items())
+        if not items:
+            return {}
+        futures = {shard: self.pool.submit(self.run, shard, fn, write=write)
+                   for shard, fn in items[1:]}
+        results: dict[int, T] = {}
+        error: BaseException | None = None
+        shard, fn = items[0]
+        try:
+            results[shard] = self.run(shard, fn, write=write)
+        except BaseException as exc:
+            error = exc
         for shard, future in futures.items():
             try:
                 results[shard] = future.result()
@@ -359,7 +378,7 @@ class ShardedCatalog:
             row = cursor.fetchone()
             return None if row is None else int(row[0])
 
-        return self._run(shard, work)
+        return self._run(shard, work, write=False)
 
     def get_object(self, object_id: str) -> Row | None:
         chunk_id = self.locate_object(object_id)
@@ -372,7 +391,7 @@ class ShardedCatalog:
             row = cursor.fetchone()
             return None if row is None else dict(zip(OBJECT_COLUMNS, row, strict=True))
 
-        return self._run(self.placement.shard_of(chunk_id), work)
+        return self._run(self.placement.shard_of(chunk_id), work, write=False)
 
     def alert_rows(self, object_id: str) -> list[Row]:
         chunk_id = self.locate_object(object_id)
@@ -385,7 +404,7 @@ class ShardedCatalog:
                            "ORDER BY mjd, source_id", [object_id])
             return [dict(zip(DETECTION_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
 
-        return self._run(self.placement.shard_of(chunk_id), work)
+        return self._run(self.placement.shard_of(chunk_id), work, write=False)
 
     def cone(self, ra: float, dec: float, radius_deg: float, limit: int) -> list[Row]:
         cover = cone_cover(self.chunker, ra, dec, radius_deg)
@@ -404,7 +423,8 @@ class ShardedCatalog:
                 return list(cursor.fetchall())
             return work
 
-        found = self._on_shards({shard: query(chunks) for shard, chunks in by_shard.items()})
+        found = self._on_shards({shard: query(chunks) for shard, chunks in by_shard.items()},
+                                write=False)
         rows = [dict(zip(OBJECT_COLUMNS, r, strict=True)) for part in found.values() for r in part]
         return nearest_first(rows, ra, dec, radius_deg, limit)
 
@@ -417,7 +437,8 @@ class ShardedCatalog:
             return result
 
         totals: dict[str, int] = {}
-        for part in self._on_shards(dict.fromkeys(range(len(self.shards)), work)).values():
+        for part in self._on_shards(dict.fromkeys(range(len(self.shards)), work),
+                                    write=False).values():
             for table, n in part.items():
                 totals[table] = totals.get(table, 0) + n
         return totals

@@ -94,6 +94,36 @@ def test_cone_cover_contains_every_point_of_the_cone(radius: float) -> None:
         assert covered.all()
 
 
+def test_cone_cover_ranges_are_those_of_the_public_cdshealpix_cone_search() -> None:
+    # cone_cover calls cdshealpix's compiled search directly (skipping astropy's argument
+    # checks): it must give exactly what the public function gives, so a change of the
+    # binding in a cdshealpix release is caught here.
+    from broker.domain.sky import HPX_ORDER, _cover_depth
+
+    chunker = Chunker(85, 12)
+    rng = np.random.default_rng(23)
+    cones = [(0.0, 0.0, 1e-9), (359.99999, 0.0, 3 / 3600), (10.0, 90.0, 1 / 3600),
+             (10.0, -90.0, 0.5), (370.0, 45.0, 1.0)]
+    cones += [(float(r), float(d), float(s)) for r, d, s in zip(
+        rng.uniform(0, 360, 300), np.degrees(np.arcsin(rng.uniform(-1, 1, 300))),
+        10 ** rng.uniform(-4.5, 0.5, 300), strict=True)]
+    for ra, dec, radius in cones:
+        ipix, depths, _ = cdshealpix.cone_search(
+            Longitude(ra % 360.0, u.deg), Latitude(dec, u.deg), radius * u.deg,
+            depth=_cover_depth(radius), flat=False)
+        shift = 2 * (HPX_ORDER - np.asarray(depths, dtype=np.int64))
+        cells = sorted(zip((np.asarray(ipix, dtype=np.int64) << shift).tolist(),
+                           ((np.asarray(ipix, dtype=np.int64) + 1) << shift).tolist(),
+                           strict=True))
+        merged: list[list[int]] = []
+        for lo, hi in cells:
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        assert [list(r) for r in cone_cover(chunker, ra, dec, radius).ranges] == merged
+
+
 def test_overlap_halos_hold_every_row_within_the_radius_of_a_chunk() -> None:
     from broker.domain.sky import overlap_chunks
 
