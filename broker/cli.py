@@ -192,8 +192,8 @@ def catalog_purge_tombstones(
         raise LannerError(str(exc)) from None
     finally:
         store.close()
-    out.print(f"catalog {name}: {removed} tombstones older than {grace:g} s removed",
-              highlight=False)
+    age = f"{grace:,.0f} s ({grace / 86_400:g} days)" if grace >= 86_400 else f"{grace:g} s"
+    out.print(f"catalog {name}: {removed} tombstones older than {age} removed", highlight=False)
 
 
 @catalog_app.command("list")

@@ -23,6 +23,13 @@ from broker.constants import DEFAULT_CHUNK_STRIPES, DEFAULT_CHUNK_SUB_STRIPES
 
 SERVICES_FILE = "services.json"
 
+#: Default age after which the dr-updates stage purges tombstones of deleted catalog rows: the
+#: broker defaults' retention (7 days) plus segment roll time (7 days) of ``dr.updates``, plus a
+#: day of margin (docs/operations.md gives the rule).
+DEFAULT_TOMBSTONE_GRACE_S = 15 * 86_400.0
+#: Default seconds between two tombstone purges of the dr-updates stage.
+DEFAULT_TOMBSTONE_PURGE_INTERVAL_S = 3_600.0
+
 
 class Backend(enum.StrEnum):
     """Where the broker keeps its queues and its archive."""
@@ -138,6 +145,16 @@ class Settings(BaseSettings):
     dr_group: str = Field("lanner-dr", description="Consumer group of the dr-updates stage.")
     dr_catalog: str = Field("dr_objects",
                             description="Reference catalog the dr-updates stage keeps up to date.")
+    dr_tombstone_grace_s: float = Field(
+        DEFAULT_TOMBSTONE_GRACE_S, ge=0,
+        description="Age, seconds, after which the dr-updates stage deletes the tombstones of "
+        "deleted rows. Must exceed the retention of the dr.updates topic plus its segment roll "
+        "time (retention.ms + segment.ms): an older change still in the topic could otherwise "
+        "bring a deleted row back.")
+    dr_tombstone_purge_interval_s: float = Field(
+        DEFAULT_TOMBSTONE_PURGE_INTERVAL_S, ge=0,
+        description="Seconds between two tombstone purges of the dr-updates stage; 0 turns "
+        "purging off (needed if dr.updates keeps messages forever, retention.ms = -1).")
 
     log_level: str = Field("INFO", description="Logging level name.")
     log_format: LogFormat = Field(LogFormat.console, description="Log rendering.")

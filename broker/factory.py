@@ -150,6 +150,8 @@ class Factory:
             "topics": DRTopics(updates=s.topic_dr_updates, dlq=s.topic_dlq),
             "catalog": s.dr_catalog, "batch_size": s.ingest_batch_size,
             "poll_timeout": s.ingest_poll_timeout_s,
+            "tombstone_grace_s": s.dr_tombstone_grace_s,
+            "purge_interval_s": s.dr_tombstone_purge_interval_s,
         }
         arguments.update(overrides)
         topics = arguments["topics"]

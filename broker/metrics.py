@@ -9,6 +9,12 @@ ALERTS_OUT = Counter("lanner_alerts_out_total", "Alerts archived and published b
                      ["stage"])
 ALERTS_DLQ = Counter("lanner_alerts_dlq_total", "Packets sent to the dead-letter topic.",
                      ["stage", "reason"])
+TOMBSTONES_PURGED = Counter(
+    "lanner_tombstones_purged_total",
+    "Tombstones of deleted reference-catalog rows removed after their grace period.", ["stage"])
+PURGE_FAILURES = Counter("lanner_tombstone_purge_failures_total",
+                         "Tombstone purges that failed (tried again after the interval).",
+                         ["stage"])
 RETRIES = Counter("lanner_store_retries_total", "Batches retried because a store failed.",
                   ["stage", "store"])
 BATCH_SECONDS = Histogram(

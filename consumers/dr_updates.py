@@ -10,6 +10,16 @@ dead letters and wait for them, and only then commit the offsets. A store that f
 stage retry the same batch with back-off, committing nothing. Every change carries its version,
 so a replay, a duplicate or an older record arriving late changes nothing: the catalog ends as a
 fresh load of the newest state of every object would leave it.
+
+A catalog being loaded (or changed by another process) makes `apply` raise `CatalogBusyError`,
+a `TransientError`: the batch is retried with back-off like a store outage, never dead-lettered.
+
+Deletes leave tombstones (state rows saying "deleted at version v") so that an older insert
+arriving late loses. After a batch is committed, at most once per ``purge_interval_s``, the
+stage removes the tombstones older than ``tombstone_grace_s``, which must exceed the retention
+of ``dr.updates`` plus its segment roll time (see `ShardedRefCatalogs.purge_tombstones`). The
+purge deletes nothing a reader sees and no offset depends on it, so a failed purge is logged and
+the stream goes on; the next one is tried an interval later.
 """
 
 from __future__ import annotations
@@ -25,9 +35,11 @@ import pyarrow as pa
 import structlog
 
 from broker import metrics
+from broker.config import DEFAULT_TOMBSTONE_GRACE_S, DEFAULT_TOMBSTONE_PURGE_INTERVAL_S
 from broker.exceptions import (
     PermanentError,
 )
+from broker.storage.refcat import UnknownCatalogError
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
 from consumers.stage import Backoff, Stage, unexpected
@@ -60,6 +72,8 @@ class DRBatchReport:
     deleted: int = 0
     ignored: int = 0
     dead_lettered: int = 0
+    #: Tombstones removed by the purge that followed the batch (if one was due).
+    purged: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: DRBatchReport) -> None:
@@ -68,6 +82,7 @@ class DRBatchReport:
         self.deleted += other.deleted
         self.ignored += other.ignored
         self.dead_lettered += other.dead_lettered
+        self.purged += other.purged
         for reason, n in other.reasons.items():
             self.reasons[reason] = self.reasons.get(reason, 0) + n
 
@@ -164,12 +179,18 @@ class DRUpdateStage(Stage[DRBatchReport]):
         batch_size: int = 500,
         poll_timeout: float = 1.0,
         backoff: Backoff | None = None,
+        tombstone_grace_s: float = DEFAULT_TOMBSTONE_GRACE_S,
+        purge_interval_s: float = DEFAULT_TOMBSTONE_PURGE_INTERVAL_S,
     ) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
                          poll_timeout=poll_timeout, backoff=backoff)
         self.catalogs = catalogs
         self.topics = topics or DRTopics()
         self.catalog = catalog
+        self.tombstone_grace_s = tombstone_grace_s
+        #: Seconds between purges; 0 never purges.
+        self.purge_interval_s = purge_interval_s
+        self._last_purge: float | None = None
 
     def new_report(self) -> DRBatchReport:
         return DRBatchReport()
@@ -210,7 +231,39 @@ class DRUpdateStage(Stage[DRBatchReport]):
         report.dead_lettered = len(rejected)
         self.count_rejections(report.reasons, rejected)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)
+        # After the commit: the batch is done whatever the purge does.
+        report.purged = self.purge_if_due()
         return report
+
+    def purge_if_due(self) -> int:
+        """Purge the catalog's old tombstones if ``purge_interval_s`` has passed since the last
+        attempt (the first batch of a run always tries); the number removed.
+
+        Never raises: a purge only deletes tombstones older than the grace, which no reader
+        sees and no offset depends on, so a failure (the catalog busy, a shard down) is
+        logged and counted, and tried again an interval later.
+        """
+        if self.purge_interval_s <= 0:
+            return 0
+        now = time.monotonic()
+        if self._last_purge is not None and now - self._last_purge < self.purge_interval_s:
+            return 0
+        self._last_purge = now
+        try:
+            purged = int(self.catalogs.purge_tombstones(self.catalog, self.tombstone_grace_s))
+        except UnknownCatalogError:
+            return 0  # no change has created the catalog yet
+        except Exception as exc:
+            metrics.PURGE_FAILURES.labels(STAGE).inc()
+            log.warning("purging tombstones failed; trying again after the interval",
+                        stage=STAGE, catalog=self.catalog, error=f"{type(exc).__name__}: {exc}",
+                        retry_in_s=self.purge_interval_s)
+            return 0
+        if purged:
+            metrics.TOMBSTONES_PURGED.labels(STAGE).inc(purged)
+            log.info("purged tombstones", stage=STAGE, catalog=self.catalog, count=purged,
+                     older_than_s=self.tombstone_grace_s)
+        return purged
 
     def _dead_letter(self, rejected: list[tuple[Message, PermanentError]]) -> None:
         self.dead_letter(self.topics.dlq, rejected)

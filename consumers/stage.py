@@ -1,10 +1,17 @@
 """What every stage process shares: the batch loop, retries with back-off, dead letters.
 
 A stage polls a batch, processes it (writing through storage classes and publishing through
-the publisher), and commits its offsets only after its outputs are acknowledged. A
-`TransientError` retries the step that raised it with back-off and commits nothing; a
-`PermanentError` of one message sends that message to the dead-letter topic with its original
-bytes and the reason, and the stream moves on.
+the publisher), and commits its offsets only after its outputs are acknowledged.
+
+Failures are classified by exception type, nothing else:
+
+- `TransientError` (a store or a service unavailable, `ServiceUnavailableError`; a reference
+  catalog locked by a load or another writer, `CatalogBusyError`): `retry` runs the step
+  again with back-off and the batch's offsets are not committed until it succeeds.
+- `PermanentError` of one message (bad bytes, bad values): that message goes to the
+  dead-letter topic with its original bytes and the reason, and the stream moves on.
+- Anything else is a bug or a broken store: it ends the run with nothing committed, so a
+  restarted stage reads the batch again.
 """
 
 from __future__ import annotations
@@ -118,7 +125,8 @@ class Stage(ABC, Generic[R]):
         self.stopping.set()
 
     def retry(self, store: str, action: Callable[[], T]) -> T:
-        """Run ``action``; on a transient failure wait and run it again until it works."""
+        """Run ``action``; on a `TransientError` wait and run it again until it works (other
+        exceptions propagate at once)."""
         next_delay = self.backoff.delays()
         while True:
             try:

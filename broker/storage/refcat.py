@@ -21,11 +21,22 @@ A per-version state table ``rc_<name>_v<k>_state`` (id, version, tombstone flag;
 also the stored and pending positions, on the director shard of the id) makes them idempotent
 and order-free; a move deletes the old main, halo and director rows wherever they are and
 writes the new ones on the new chunk's shards. See the section "row-level changes" below.
+The tombstones that deletes leave in the state table are removed by `purge_tombstones` once
+they are older than a grace period that must exceed the retention of the change topic.
+
+One writer per catalog: a load, `apply`, `drop` and `purge_tombstones` of a catalog hold its
+lock (`catalog_lock_name`: a MariaDB named lock on shard 0; for SQLite a thread lock and an
+``flock`` on a file next to the database). Without it two loads of one catalog would both write
+version ``k+1`` and drop each other's tables, and a change applied during a load would go into
+version ``k``, dropped at the end of the load. A load does not wait (`CatalogBusyError` at
+once); the short operations wait up to ``lock_wait_s`` seconds. Readers take no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -36,10 +47,10 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,7 +72,7 @@ from broker.domain.catalogs import (
     validate_name,
 )
 from broker.domain.sky import Chunker, ChunkPlacement, cone_cover
-from broker.exceptions import LannerError
+from broker.exceptions import LannerError, TransientError
 from broker.storage.mariadb import ShardExecutor, ShardSet
 
 T = TypeVar("T")
@@ -79,6 +90,13 @@ _SQLITE_TYPES = {"int64": "INTEGER", "float64": "REAL", "text": "TEXT", "bool": 
 _NO_SUCH_TABLE = 1146
 _RETRIES = 5
 _REGISTRY_TTL_S = 2.0  # how long a reader trusts the catalog version it last read
+#: How long `apply`, `drop` and `purge_tombstones` wait for a catalog's lock (a load never waits).
+LOCK_WAIT_S = 10.0
+_LOCK_NAME_MAX = 64  # MariaDB's limit on the length of a GET_LOCK name
+#: wait_timeout of the session holding a catalog's lock: the longest MariaDB allows, so that a
+#: load of many hours is not left without its lock when the server closes an idle session.
+_LOCK_SESSION_TIMEOUT_S = 31_536_000
+_PURGE_BATCH = 10_000  # tombstones deleted per statement (a short transaction each)
 
 
 class RefCatalogError(LannerError):
@@ -95,6 +113,52 @@ class UnknownCatalogError(RefCatalogError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"no reference catalog named {name!r} is loaded")
+
+
+class CatalogBusyError(RefCatalogError, TransientError):
+    """Another process (or thread) is loading or changing the catalog: try again later.
+
+    A `TransientError`, so the stages retry the step with back-off and commit nothing, as for
+    an unavailable store, rather than treat the batch as bad.
+    """
+
+    reason = "catalog_busy"
+
+    def __init__(self, name: str, holder: str | None = None) -> None:
+        self.name = name
+        self.holder = holder
+        by = f" ({holder})" if holder else ""
+        super().__init__(f"catalog {name} is being loaded or changed by another process{by}")
+
+
+def catalog_lock_name(database: str, name: str) -> str:
+    """The MariaDB lock name of a catalog: named locks are server-wide, so the database is part
+    of it; a name longer than MariaDB's 64 characters is hashed."""
+    lock = f"lanner_refcat.{database}.{validate_name(name)}"
+    if len(lock) <= _LOCK_NAME_MAX:
+        return lock
+    return f"lanner_refcat.{hashlib.sha256(f'{database}.{name}'.encode()).hexdigest()[:48]}"
+
+
+def _utc_now() -> datetime:
+    """Now in UTC, naive (how DATETIME columns and SQLite text store it)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _sqlite_time(moment: datetime) -> str:
+    """A fixed-width ISO time, so that SQLite compares the text in time order."""
+    return moment.isoformat(sep=" ", timespec="microseconds")
+
+
+def _cutoff(older_than_s: float) -> datetime:
+    """The ``changed_at`` before which a tombstone is old enough to purge."""
+    if not (isinstance(older_than_s, int | float) and 0 <= older_than_s < float("inf")):
+        msg = f"older_than_s must be a number of seconds >= 0, not {older_than_s!r}"
+        raise ValueError(msg)
+    try:
+        return _utc_now() - timedelta(seconds=float(older_than_s))
+    except OverflowError:
+        return datetime(1, 1, 1)  # older than anything stored: nothing is purged
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +231,27 @@ _TSV = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="n
                           null_string="NULL", batch_size=65536)
 
 
+#: The row-level state table of a catalog version (MariaDB). ``changed_at`` is when the row got
+#: its final value; the index finds the tombstones old enough to purge without a scan.
+_STATE_DDL = ("CREATE TABLE IF NOT EXISTS {table} (id {id_type} NOT NULL PRIMARY KEY, "
+              "version BIGINT NULL, deleted TINYINT NOT NULL, ra DOUBLE NULL, `dec` DOUBLE NULL, "
+              "pending TEXT NULL, changed_at DATETIME(6) NULL, "
+              "KEY tombstones (deleted, changed_at)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+
+
+def _upgrade_state(cursor: Any, state: str, now: datetime) -> None:
+    """Bring a state table made before ``changed_at`` existed up to date (no-ops afterwards).
+
+    Its tombstones get the time of the upgrade: they are at least that old, so the grace of
+    `purge_tombstones` counts from there and none goes early. Rows with pending positions are
+    left alone (the apply that wrote them will finish and set the time).
+    """
+    cursor.execute(f"ALTER TABLE {state} ADD COLUMN IF NOT EXISTS changed_at DATETIME(6) NULL, "
+                   "ADD INDEX IF NOT EXISTS tombstones (deleted, changed_at)")
+    cursor.execute(f"UPDATE {state} SET changed_at = %s "
+                   "WHERE deleted = 1 AND changed_at IS NULL AND pending IS NULL", [now])
+
+
 def _tsv_dir() -> str:
     shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private folder in it
     if shm.is_dir() and os.access(shm, os.W_OK):
@@ -207,6 +292,9 @@ def _split(prepared: PreparedBatch, shards: int) -> dict[int, _ShardParts]:
 class ShardedRefCatalogs:
     """Reference catalogs on the MariaDB shards, chunk-placed with overlap and a director."""
 
+    #: Seconds `apply`, `drop` and `purge_tombstones` wait for the catalog's lock.
+    lock_wait_s = LOCK_WAIT_S
+
     def __init__(self, shards: ShardSet, chunker: Chunker,
                  overlap_deg: float = DEFAULT_OVERLAP_DEG) -> None:
         self.shards = shards
@@ -235,6 +323,38 @@ class ShardedRefCatalogs:
         self._run(0, lambda cursor: cursor.execute(_DDL["registry"]))
         self._ready = True
 
+    @contextlib.contextmanager
+    def _exclusive(self, name: str, wait_s: float) -> Iterator[None]:
+        """Hold the catalog's named lock on shard 0 for the block (`CatalogBusyError` if another
+        session holds it after ``wait_s`` seconds; 0 fails at once).
+
+        A dedicated connection takes it, so the lock belongs to that session: RELEASE_LOCK frees
+        it at the end, and the server frees it when the process dies and its socket closes.
+        """
+        lock = catalog_lock_name(self.shards.database, name)
+        connection = self.shards.connect(0)
+        try:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET SESSION wait_timeout = %s", [_LOCK_SESSION_TIMEOUT_S])
+                    cursor.execute("SELECT GET_LOCK(%s, %s)", [lock, wait_s])
+                    taken = cursor.fetchone()[0]
+                    if taken != 1:
+                        cursor.execute("SELECT IS_USED_LOCK(%s)", [lock])
+                        holder = cursor.fetchone()[0]
+                        raise CatalogBusyError(
+                            name, None if holder is None else f"MariaDB connection id {holder}")
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+                raise self._unavailable(0, exc) from exc
+            try:
+                yield
+            finally:
+                with contextlib.suppress(pymysql.err.Error), connection.cursor() as cursor:
+                    cursor.execute("SELECT RELEASE_LOCK(%s)", [lock])
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
     def _registry(self, name: str) -> dict[str, Any] | None:
         def work(cursor: Any) -> tuple | None:
             cursor.execute("SELECT version, `rows`, `columns`, overlap_deg, loaded_at "
@@ -242,7 +362,7 @@ class ShardedRefCatalogs:
             return cursor.fetchone()
 
         try:
-            row = self._run(0, work)
+            row = self._run(0, work, write=False)
         except pymysql.err.ProgrammingError as exc:
             if exc.args[0] == _NO_SUCH_TABLE:
                 return None
@@ -292,7 +412,7 @@ class ShardedRefCatalogs:
             return list(cursor.fetchall())
 
         self.setup()
-        rows = self._run(0, work)
+        rows = self._run(0, work, write=False)
         return [{"name": r[0], "rows": int(r[1]), "version": int(r[2]), "loaded_at": r[3],
                  "columns": json.loads(r[4]), "overlap_deg": float(r[5])} for r in rows]
 
@@ -304,19 +424,29 @@ class ShardedRefCatalogs:
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
              dec_col: str, progress: Progress | None = None) -> LoadReport:
-        """Load a catalog from record batches, replacing any loaded version atomically."""
+        """Load a catalog from record batches, replacing any loaded version atomically.
+
+        The catalog's lock is held throughout; if another process holds it (a load, or a
+        change being applied), `CatalogBusyError` is raised at once and nothing is written.
+        """
         validate_name(name)
+        self.setup()
+        with self._exclusive(name, 0):
+            return self._load(name, batches, id_col, ra_col, dec_col, progress)
+
+    def _load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
+              dec_col: str, progress: Progress | None) -> LoadReport:
         started = time.perf_counter()
         first, rest = _first_batch(batches)
         if first is None:
             msg = f"the input of catalog {name!r} holds no rows"
             raise RefCatalogError(msg)
         columns = plan_columns(first.schema, id_col, ra_col, dec_col)
-        self.setup()
         current = self._registry(name)
         version = (current["version"] if current else 0) + 1
         tables = table_names(name, version)
         # Left over by a load that died without cleaning up (and row-level state of that version).
+        self._states.discard(state_table(name, version))
         self._drop_tables((*tables, state_table(name, version)))
         try:
             self._create(tables, columns)
@@ -329,6 +459,7 @@ class ShardedRefCatalogs:
                 self._drop_tables(tables)
             raise
         if current is not None:
+            self._states.discard(state_table(name, current["version"]))
             with contextlib.suppress(LannerError, pymysql.err.Error):
                 self._drop_tables(_all_tables(name, current["version"]))
         return LoadReport(rows=rows, skipped=skipped, overlap_rows=overlap,
@@ -433,12 +564,16 @@ class ShardedRefCatalogs:
         self._run(0, work)
 
     def drop(self, name: str) -> None:
-        """Forget a catalog and drop its tables."""
-        entry = self._current(name, fresh=True)
-        self._registry_cache.pop(name, None)
-        self._run(0, lambda cursor: cursor.execute(
-            "DELETE FROM refcat_registry WHERE name = %s", [name]))
-        self._drop_tables(_all_tables(name, entry["version"]))
+        """Forget a catalog and drop its tables (waits for the catalog's lock)."""
+        validate_name(name)
+        self.setup()
+        with self._exclusive(name, self.lock_wait_s):
+            entry = self._current(name, fresh=True)
+            self._registry_cache.pop(name, None)
+            self._run(0, lambda cursor: cursor.execute(
+                "DELETE FROM refcat_registry WHERE name = %s", [name]))
+            self._states.discard(state_table(name, entry["version"]))
+            self._drop_tables(_all_tables(name, entry["version"]))
 
     # -- reads
 
@@ -465,7 +600,8 @@ class ShardedRefCatalogs:
                     return list(cursor.fetchall())
                 return work
 
-            found = self._on_shards({s: on(chunks) for s, chunks in by_shard.items()})
+            found = self._on_shards({s: on(chunks) for s, chunks in by_shard.items()},
+                                    write=False)
             return [dict(zip(names, r, strict=True)) for part in found.values() for r in part]
 
         rows = self._read(name, query)
@@ -491,7 +627,8 @@ class ShardedRefCatalogs:
                     return list(cursor.fetchall())
                 return work
 
-            found = self._on_shards({s: on(chunks) for s, chunks in by_shard.items()})
+            found = self._on_shards({s: on(chunks) for s, chunks in by_shard.items()},
+                                    write=False)
             return [r for part in found.values() for r in part]
 
         rows = self._read(name, query)
@@ -511,7 +648,7 @@ class ShardedRefCatalogs:
                 row = cursor.fetchone()
                 return None if row is None else int(row[0])
 
-            chunk = self._run(shard, locate)
+            chunk = self._run(shard, locate, write=False)
             if chunk is None:
                 return None
             names = [c[0] for c in entry["columns"]]
@@ -521,7 +658,7 @@ class ShardedRefCatalogs:
                 cursor.execute(f"SELECT {select} FROM {_q(main)} WHERE id = %s", [key])
                 return cursor.fetchone()
 
-            row = self._run(self.placement.shard_of(chunk), fetch)
+            row = self._run(self.placement.shard_of(chunk), fetch, write=False)
             return None if row is None else dict(zip(names, row, strict=True))
 
         return self._read(name, query)
@@ -543,12 +680,21 @@ class ShardedRefCatalogs:
         list; (1) on every data shard in parallel, the object's main and halo rows are deleted
         wherever its stored or pending positions put them, and the new rows are written;
         (2) on the director shards, the director row and the state row (version, position,
-        tombstone; pending cleared) are written. Until (2) is done the stored version is the old
-        one, so a repeat applies the change again and cleans every place a row may have gone.
+        tombstone, ``changed_at``; pending cleared) are written. Until (2) is done the stored
+        version is the old one, so a repeat applies the change again and cleans every place a row
+        may have gone.
+
+        The catalog's lock is held throughout, waiting up to ``lock_wait_s`` for a load or
+        another change to finish (then `CatalogBusyError`, a transient error).
         """
         validate_name(name)
         self.setup()
         columns = _change_columns(upserts.schema, id_col, ra_col, dec_col, version_col)
+        with self._exclusive(name, self.lock_wait_s):
+            return self._apply(name, columns, upserts, deletes, version_col)
+
+    def _apply(self, name: str, columns: CatalogColumns, upserts: pa.Table,
+               deletes: Iterable[tuple[Any, int]], version_col: str) -> ApplyReport:
         entry, created = self._ensure_catalog(name, columns)
         overlap_deg = entry["overlap_deg"]
         changes = _prepare_changes(upserts, deletes, columns, version_col, self.chunker,
@@ -594,16 +740,17 @@ class ShardedRefCatalogs:
 
         # (2) The director shards: director rows and state rows (versions and tombstones).
         finals: dict[int, tuple[list, list, list]] = {}
+        now = _utc_now()
         for key, (version, row) in applicable.items():
             keys, directors, states = finals.setdefault(zlib.crc32(str(key).encode()) % n,
                                                         ([], [], []))
             keys.append(key)
             if row is None:
-                states.append((key, version, 1, None, None))
+                states.append((key, version, 1, None, None, None, now))
             else:
                 directors.append((key, int(prepared.chunk_id[row])))
                 states.append((key, version, 0, float(prepared.ra[row]),
-                               float(prepared.dec[row])))
+                               float(prepared.dec[row]), None, now))
         self._on_shards({shard: _director_writer(director, state, *parts)
                          for shard, parts in finals.items()})
         self._recount(name, entry["version"], main)
@@ -668,12 +815,66 @@ class ShardedRefCatalogs:
         state = state_table(name, entry["version"])
         if state not in self._states:
             id_type = "BIGINT" if columns.id.kind == "int64" else "VARCHAR(191)"
-            ddl = (f"CREATE TABLE IF NOT EXISTS {_q(state)} (id {id_type} NOT NULL PRIMARY KEY, "
-                   "version BIGINT NULL, deleted TINYINT NOT NULL, ra DOUBLE NULL, "
-                   "`dec` DOUBLE NULL, pending TEXT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
-            self._all_shards(lambda cursor: cursor.execute(ddl))
+            ddl = _STATE_DDL.format(table=_q(state), id_type=id_type)
+            now = _utc_now()
+
+            def create(cursor: Any) -> None:
+                cursor.execute(ddl)
+                _upgrade_state(cursor, _q(state), now)  # a table made by an earlier release
+
+            self._all_shards(create)
             self._states.add(state)
         return entry, created
+
+    def purge_tombstones(self, name: str, older_than_s: float) -> int:
+        """Delete the tombstones whose delete was applied more than ``older_than_s`` ago, on
+        every shard; the number deleted.
+
+        A tombstone (a state row with ``deleted = 1``) exists only to make an older change of
+        its id, delivered late, lose to the delete. Like Kafka's ``delete.retention.ms`` for a
+        compacted topic, it must outlive every older message about its id that could still be
+        delivered: ``older_than_s`` must exceed the retention of the change topic
+        (``dr.updates``) plus its segment roll time (``segment.ms``), for a segment is deleted
+        only whole, once its newest message is past the retention. After a purge, a replay
+        from an offset older than ``older_than_s`` can bring a deleted row back (its insert
+        applies again; the delete, if still in the topic, removes it once more).
+
+        What readers see does not change: main, halo and director rows are not touched, nor
+        live state rows, nor tombstones of a change still being applied (pending positions).
+        A catalog that only bulk loads wrote has no state table: 0. Unknown catalog:
+        `UnknownCatalogError`. Waits for the catalog's lock like `apply`.
+        """
+        validate_name(name)
+        cutoff = _cutoff(older_than_s)
+        self.setup()
+        with self._exclusive(name, self.lock_wait_s):
+            entry = self._current(name, fresh=True)
+            state = state_table(name, entry["version"])
+            upgrade = state not in self._states
+            now = _utc_now()
+
+            def purge(cursor: Any) -> int | None:
+                removed = 0
+                try:
+                    if upgrade:
+                        _upgrade_state(cursor, _q(state), now)
+                    while True:
+                        done = cursor.execute(
+                            f"DELETE FROM {_q(state)} WHERE deleted = 1 AND changed_at < %s "
+                            "AND pending IS NULL LIMIT %s", [cutoff, _PURGE_BATCH])
+                        cursor.connection.commit()  # one short transaction per batch
+                        removed += done
+                        if done < _PURGE_BATCH:
+                            return removed
+                except pymysql.err.ProgrammingError as exc:
+                    if exc.args[0] == _NO_SUCH_TABLE:
+                        return None  # no change was ever applied to this version
+                    raise
+
+            found = self._all_shards(purge)
+        if upgrade and all(n is not None for n in found.values()):
+            self._states.add(state)
+        return sum(n or 0 for n in found.values())
 
     def _stored(self, main: str, state: str, director: str,
                 by_home: dict[int, list]) -> dict[Any, _Stored]:
@@ -738,7 +939,8 @@ class ShardedRefCatalogs:
             cursor.execute("SHOW TABLES LIKE 'rc\\_%%'")
             return [r[0] for r in cursor.fetchall()]
 
-        return sorted({t for part in self._all_shards(work).values() for t in part})
+        return sorted({t for part in self._shards.on_shards(
+            dict.fromkeys(range(len(self.shards)), work), write=False).values() for t in part})
 
     def close(self) -> None:
         self._shards.close()
@@ -751,7 +953,9 @@ class ShardedRefCatalogs:
 # shards the stored position and the positions being written): a change applies only if its
 # version is newer than the stored one, and a delete leaves its row there with ``deleted = 1``,
 # a tombstone, so an older insert delivered late cannot bring the object back. Rows that a bulk
-# load wrote have no state row: any change applies to them.
+# load wrote have no state row: any change applies to them. Each state row keeps when it got its
+# final value (``changed_at``, UTC); `purge_tombstones` deletes the tombstones older than a grace
+# period that must exceed the change topic's retention (the rule is in its docstring).
 
 
 @dataclass(frozen=True, slots=True)
@@ -897,8 +1101,9 @@ def _director_writer(director: str, state: str, keys: list, directors: list[tupl
                            part)
         if directors:
             cursor.executemany(f"INSERT INTO {director} (id, chunk_id) VALUES (%s, %s)", directors)
-        cursor.executemany(f"REPLACE INTO {state} (id, version, deleted, ra, `dec`, pending) "
-                           "VALUES (%s, %s, %s, %s, %s, NULL)", states)
+        # Every value a parameter, so that PyMySQL sends one multi-row statement.
+        cursor.executemany(f"REPLACE INTO {state} (id, version, deleted, ra, `dec`, pending, "
+                           "changed_at) VALUES (%s, %s, %s, %s, %s, %s, %s)", states)
     return work
 
 
@@ -939,6 +1144,38 @@ CREATE TABLE IF NOT EXISTS refcat_registry (
 """
 
 
+def _upgrade_sqlite_state(connection: sqlite3.Connection, state: str) -> None:
+    """Add ``changed_at`` to a state table made by an earlier release, and the index of the
+    tombstones. Existing tombstones get the time of the upgrade (at least that old, so none is
+    purged early). Run inside the caller's write transaction."""
+    columns = {row[1] for row in connection.execute(f'PRAGMA table_info("{state}")')}
+    if "changed_at" not in columns:
+        connection.execute(f'ALTER TABLE "{state}" ADD COLUMN changed_at TEXT')
+        connection.execute(f'UPDATE "{state}" SET changed_at = ? WHERE deleted = 1',
+                           [_sqlite_time(_utc_now())])
+    connection.execute(f'CREATE INDEX IF NOT EXISTS "{state}_tombstones" ON "{state}" '
+                       "(changed_at) WHERE deleted = 1")
+
+
+#: One lock per (lock file) in this process: threads wait here rather than poll the file lock.
+_PROCESS_LOCKS: dict[str, threading.Lock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(path: Path) -> threading.Lock:
+    with _PROCESS_LOCKS_GUARD:
+        return _PROCESS_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+
+
+def _lock_holder(path: Path) -> str | None:
+    """Who holds a catalog's lock file, as written by the holder (best effort)."""
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        return None
+    return f"pid {pid}" if pid.isdigit() else None
+
+
 def _sqlite_create(main: str, halo: str, columns: CatalogColumns,
                    exists_ok: str = "") -> list[str]:
     """CREATE statements of a version's main and halo tables (``exists_ok``: "IF NOT EXISTS")."""
@@ -963,6 +1200,9 @@ class SQLiteRefCatalogs:
     WAL it sees one version from start to end.
     """
 
+    #: Seconds `apply`, `drop` and `purge_tombstones` wait for the catalog's lock.
+    lock_wait_s = LOCK_WAIT_S
+
     def __init__(self, path: Path, chunker: Chunker,
                  overlap_deg: float = DEFAULT_OVERLAP_DEG) -> None:
         self.path = Path(path)
@@ -971,6 +1211,48 @@ class SQLiteRefCatalogs:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
+
+    def _lock_path(self, name: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.{validate_name(name)}.lock")
+
+    @contextlib.contextmanager
+    def _exclusive(self, name: str, wait_s: float) -> Iterator[None]:
+        """Hold the catalog's lock for the block (`CatalogBusyError` after ``wait_s`` seconds;
+        0 fails at once): a thread lock for this process, then an exclusive ``flock`` on the file
+        ``<database>.<name>.lock`` for other processes.
+
+        SQLite's own write lock is no substitute: a load is many write transactions (one per
+        batch), and two loads of one catalog would interleave them. The ``flock`` goes with
+        the open file, so the kernel releases it when the process dies; the holder writes its
+        pid in the file for the message of the one refused.
+        """
+        path = self._lock_path(name)
+        deadline = time.monotonic() + wait_s
+        local = _process_lock(path)
+        if not local.acquire(timeout=max(wait_s, 0)):
+            raise CatalogBusyError(name, f"another thread of this process, pid {os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise CatalogBusyError(name, _lock_holder(path)) from None
+                        time.sleep(0.05)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+        finally:
+            local.release()
 
     def _conn(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -1029,7 +1311,13 @@ class SQLiteRefCatalogs:
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
              dec_col: str, progress: Progress | None = None) -> LoadReport:
+        """As `ShardedRefCatalogs.load`: `CatalogBusyError` at once if the catalog is locked."""
         validate_name(name)
+        with self._exclusive(name, 0):
+            return self._load(name, batches, id_col, ra_col, dec_col, progress)
+
+    def _load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
+              dec_col: str, progress: Progress | None) -> LoadReport:
         started = time.perf_counter()
         first, rest = _first_batch(batches)
         if first is None:
@@ -1109,14 +1397,15 @@ class SQLiteRefCatalogs:
 
     def drop(self, name: str) -> None:
         validate_name(name)
-        connection = self._conn()
-        entry = self._registry(connection, name)
-        if entry is None:
-            raise UnknownCatalogError(name)
-        connection.execute("BEGIN IMMEDIATE")
-        connection.execute("DELETE FROM refcat_registry WHERE name = ?", [name])
-        connection.execute("COMMIT")
-        self._drop_tables(connection, _sqlite_tables(name, entry["version"]))
+        with self._exclusive(name, self.lock_wait_s):
+            connection = self._conn()
+            entry = self._registry(connection, name)
+            if entry is None:
+                raise UnknownCatalogError(name)
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("DELETE FROM refcat_registry WHERE name = ?", [name])
+            connection.execute("COMMIT")
+            self._drop_tables(connection, _sqlite_tables(name, entry["version"]))
 
     def cone(self, name: str, ra: float, dec: float, radius_deg: float,
              limit: int = 1000) -> Rows:
@@ -1180,15 +1469,16 @@ class SQLiteRefCatalogs:
         """
         validate_name(name)
         columns = _change_columns(upserts.schema, id_col, ra_col, dec_col, version_col)
-        connection = self._conn()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            report = self._apply(connection, name, columns, upserts, deletes, version_col)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+        with self._exclusive(name, self.lock_wait_s):
+            connection = self._conn()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                report = self._apply(connection, name, columns, upserts, deletes, version_col)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
         return report
 
     def _apply(self, connection: sqlite3.Connection, name: str, columns: CatalogColumns,
@@ -1215,7 +1505,9 @@ class SQLiteRefCatalogs:
             raise RefCatalogError(msg)
         id_type = "INTEGER" if columns.id.kind == "int64" else "TEXT"
         connection.execute(f'CREATE TABLE IF NOT EXISTS "{state}" (id {id_type} NOT NULL '
-                           "PRIMARY KEY, version INTEGER, deleted INTEGER NOT NULL)")
+                           "PRIMARY KEY, version INTEGER, deleted INTEGER NOT NULL, "
+                           "changed_at TEXT)")
+        _upgrade_sqlite_state(connection, state)
         changes = _prepare_changes(upserts, deletes, columns, version_col, self.chunker,
                                    entry["overlap_deg"])
         keys = list(changes.by_id)
@@ -1246,13 +1538,43 @@ class SQLiteRefCatalogs:
             f'INSERT INTO "{halo}" (chunk_id, id, hpx29, ra, "dec") VALUES (?, ?, ?, ?, ?)',
             [(c, changes.rows[row][2], int(prepared.hpx29[row]), float(prepared.ra[row]),
               float(prepared.dec[row])) for row in new_rows for c in changes.halo_of(row)])
+        now = _sqlite_time(_utc_now())
         connection.executemany(
-            f'INSERT OR REPLACE INTO "{state}" (id, version, deleted) VALUES (?, ?, ?)',
-            [(key, version, int(row is None)) for key, (version, row) in applicable.items()])
+            f'INSERT OR REPLACE INTO "{state}" (id, version, deleted, changed_at) '
+            "VALUES (?, ?, ?, ?)",
+            [(key, version, int(row is None), now)
+             for key, (version, row) in applicable.items()])
         connection.execute('UPDATE refcat_registry SET "rows" = "rows" + ? WHERE name = ?',
                            [len(new_rows) - len(gone), name])
         return ApplyReport(upserted=len(new_rows), deleted=len(applicable) - len(new_rows),
                            ignored=len(keys) - len(applicable), created=created)
+
+    def purge_tombstones(self, name: str, older_than_s: float) -> int:
+        """Delete the tombstones older than ``older_than_s``: as
+        `ShardedRefCatalogs.purge_tombstones`, whose docstring gives the rule for the grace."""
+        validate_name(name)
+        cutoff = _sqlite_time(_cutoff(older_than_s))
+        with self._exclusive(name, self.lock_wait_s):
+            connection = self._conn()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                entry = self._registry(connection, name)
+                if entry is None:
+                    raise UnknownCatalogError(name)
+                state = state_table(name, entry["version"])
+                removed = 0
+                if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                      "name = ?", [state]).fetchone():
+                    _upgrade_sqlite_state(connection, state)
+                    removed = connection.execute(
+                        f'DELETE FROM "{state}" WHERE deleted = 1 AND changed_at < ?',
+                        [cutoff]).rowcount
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        return removed
 
     def tables(self) -> Names:
         rows = self._conn().execute(

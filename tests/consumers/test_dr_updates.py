@@ -10,6 +10,7 @@ the same main, overlap and director rows on the same shards.
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer
+from prometheus_client import REGISTRY
 
 from broker.domain.sky import Chunker, angular_separation_deg
 from broker.exceptions import ServiceUnavailableError
@@ -77,6 +79,23 @@ class DRHarness:
     def dump(self, name: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    def state(self, name: str) -> dict[int, tuple[int, int]]:
+        """The catalog's row-level state: id -> (version, deleted)."""
+        raise NotImplementedError
+
+    def tombstones(self, name: str = "dr_objects") -> set[int]:
+        return {key for key, (_, deleted) in self.state(name).items() if deleted}
+
+    def run_batches(self, **overrides: Any) -> tuple[Any, list[Any]]:
+        """Drain the topic with a new stage of the usual group: the total and each batch."""
+        stage = self.stage(**overrides)
+        batches: list[Any] = []
+        try:
+            total = stage.run(once=True, idle_polls=3, on_batch=batches.append)
+        finally:
+            stage.source.close()
+        return total, batches
+
     def close(self) -> None:
         self.catalogs.close()
 
@@ -117,6 +136,12 @@ class EmbeddedDR(DRHarness):
             "main": set(connection.execute(f'SELECT * FROM "{main}"').fetchall()),
             "overlap": set(connection.execute(f'SELECT * FROM "{halo}"').fetchall()),
         }
+
+    def state(self, name: str) -> dict[int, tuple[int, int]]:
+        [entry] = [e for e in self.catalogs.list() if e["name"] == name]
+        rows = self.catalogs._conn().execute(
+            f'SELECT id, version, deleted FROM "{state_table(name, entry["version"])}"')
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
 
 class ServicesDR(DRHarness):
@@ -194,6 +219,17 @@ class ServicesDR(DRHarness):
 
         per_shard = self.catalogs._all_shards(work)
         return {"rows": entry["rows"], "shards": per_shard}
+
+    def state(self, name: str) -> dict[int, tuple[int, int]]:
+        [entry] = [e for e in self.catalogs.list() if e["name"] == name]
+        table = state_table(name, entry["version"])
+
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(f"SELECT id, version, deleted FROM `{table}`")
+            return list(cursor.fetchall())
+
+        rows = [r for part in self.catalogs._all_shards(work).values() for r in part]
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
     def close(self) -> None:
         self._producer.close()
@@ -476,6 +512,9 @@ class _FailingOnce:
         self.inner = inner
         self.error: Exception | None = error
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
     def apply(self, *args: Any, **kwargs: Any) -> Any:
         if self.error is not None:
             error, self.error = self.error, None
@@ -499,6 +538,134 @@ def test_offsets_are_committed_only_after_the_write(dr: DRHarness) -> None:
     assert dr.catalogs.get("dr_objects", BASE_ID)["dec"] == -31.0
     assert [e["rows"] for e in dr.catalogs.list() if e["name"] == "dr_objects"] == [50]
     assert dr.run_once().consumed == 0
+
+
+class _PurgeSpy:
+    """Catalogs that record each `purge_tombstones` call (and fail it, if given an error)."""
+
+    def __init__(self, inner: Any, error: Exception | None = None) -> None:
+        self.inner = inner
+        self.error = error
+        self.calls: list[tuple[str, float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def purge_tombstones(self, name: str, older_than_s: float) -> int:
+        self.calls.append((name, older_than_s))
+        if self.error is not None:
+            raise self.error
+        return self.inner.purge_tombstones(name, older_than_s)
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, {"stage": "dr-updates", **labels}) or 0.0
+
+
+def test_the_stage_purges_tombstones_on_its_interval(dr: DRHarness) -> None:
+    ids = [BASE_ID + 17 * i for i in range(60)]
+    _produce(dr, [_record("insert", oid, 1, 30.0 + 0.01 * k, 10.0) for k, oid in enumerate(ids)])
+    _produce(dr, [_record("delete", oid, 2) for oid in ids[:20]])
+    spy = _PurgeSpy(dr.catalogs)
+    # A long interval: one purge in the run, after its first batch; a long grace keeps them all.
+    total, batches = dr.run_batches(catalogs=spy, batch_size=25, tombstone_grace_s=3600.0,
+                                    purge_interval_s=3600.0)
+    assert total.consumed == 80
+    assert len(batches) >= 4
+    assert spy.calls == [("dr_objects", 3600.0)]
+    assert (total.purged, batches[0].purged) == (0, 0)
+    assert dr.tombstones() == set(ids[:20])
+
+    # A tiny interval and no grace: a purge after every batch, every tombstone goes.
+    _produce(dr, [_record("delete", oid, 2) for oid in ids[20:30]])
+    spy.calls.clear()
+    purged_before = _metric("lanner_tombstones_purged_total")
+    total, batches = dr.run_batches(catalogs=spy, batch_size=4, tombstone_grace_s=0.0,
+                                    purge_interval_s=1e-6)
+    assert (total.consumed, total.deleted) == (10, 10)
+    assert len(batches) >= 3
+    assert spy.calls == [("dr_objects", 0.0)] * len(batches)
+    assert total.purged == sum(b.purged for b in batches) == 30
+    assert _metric("lanner_tombstones_purged_total") - purged_before == 30
+    state = dr.state("dr_objects")
+    assert dr.tombstones() == set()
+    assert sorted(state) == sorted(ids[30:])  # the live rows' state is kept
+    assert [e["rows"] for e in dr.catalogs.list() if e["name"] == "dr_objects"] == [30]
+    assert dr.catalogs.get("dr_objects", ids[30])["ra"] == 30.3
+    assert dr.catalogs.get("dr_objects", ids[0]) is None
+
+    # Interval 0: the stage never purges.
+    _produce(dr, [_record("delete", ids[30], 3)])
+    spy.calls.clear()
+    total, _ = dr.run_batches(catalogs=spy, tombstone_grace_s=0.0, purge_interval_s=0.0)
+    assert (total.deleted, total.purged, spy.calls) == (1, 0, [])
+    assert dr.tombstones() == {ids[30]}
+
+
+def test_a_failing_purge_loses_nothing(dr: DRHarness) -> None:
+    ids = [BASE_ID + 17 * i for i in range(30)]
+    _produce(dr, [_record("insert", oid, 1, 60.0 + 0.01 * k, -10.0) for k, oid in enumerate(ids)])
+    _produce(dr, [_record("delete", oid, 2) for oid in ids[:10]])
+    spy = _PurgeSpy(dr.catalogs, error=RuntimeError("the purge broke"))
+    failures_before = _metric("lanner_tombstone_purge_failures_total")
+    total, batches = dr.run_batches(catalogs=spy, batch_size=10, tombstone_grace_s=0.0,
+                                    purge_interval_s=1e-6)
+    assert total.consumed == 40
+    assert total.dead_lettered == 0
+    assert total.purged == 0
+    assert len(spy.calls) == len(batches) >= 4  # tried after every batch, never fatal
+    assert _metric("lanner_tombstone_purge_failures_total") - failures_before == len(batches)
+    assert dr.tombstones() == set(ids[:10])
+    assert [e["rows"] for e in dr.catalogs.list() if e["name"] == "dr_objects"] == [20]
+    assert all(dr.catalogs.get("dr_objects", oid) is not None for oid in ids[10:])
+    assert dr.run_once().consumed == 0  # every offset was committed
+
+
+def test_a_busy_catalog_is_retried_not_dead_lettered(dr: DRHarness) -> None:
+    changes = [_record("insert", BASE_ID + 17 * i, 1, 80.0 + 0.01 * i, -20.0) for i in range(30)]
+    _produce(dr, changes)
+    dr.catalogs.setup()
+    dr.catalogs.lock_wait_s = 0.1
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:  # a load of dr_objects, as far as the stage can tell
+        with dr.catalogs._exclusive("dr_objects", 0):
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    retries_before = _metric("lanner_store_retries_total", store="catalog")
+    timer = threading.Timer(1.5, release.set)
+    try:
+        assert held.wait(30)
+        timer.start()
+        report = dr.run_once(backoff=Backoff(first=0.05, most=0.2))
+    finally:
+        release.set()
+        thread.join(60)
+        timer.cancel()
+    assert (report.consumed, report.upserted, report.dead_lettered) == (30, 30, 0)
+    assert _metric("lanner_store_retries_total", store="catalog") - retries_before >= 2
+    assert [e["rows"] for e in dr.catalogs.list() if e["name"] == "dr_objects"] == [30]
+    assert dr.run_once().consumed == 0
+
+
+def test_the_factory_passes_the_tombstone_settings(tmp_path: Path) -> None:
+    from broker.config import Backend, Settings
+    from broker.factory import Factory
+
+    settings = Settings(backend=Backend.embedded, state_dir=tmp_path,
+                        dr_tombstone_grace_s=5.0, dr_tombstone_purge_interval_s=7.0)
+    factory = Factory(settings)
+    try:
+        stage = factory.dr_stage()
+        assert (stage.tombstone_grace_s, stage.purge_interval_s) == (5.0, 7.0)
+    finally:
+        factory.close()
+    defaults = Settings(backend=Backend.embedded, state_dir=tmp_path)
+    assert defaults.dr_tombstone_grace_s == 15 * 86_400
+    assert defaults.dr_tombstone_purge_interval_s == 3_600
 
 
 def test_apply_rejects_other_columns_and_repeated_ids(tmp_path: Path) -> None:

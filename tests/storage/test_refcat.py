@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +23,18 @@ import pytest
 from broker.domain.catalogs import crc32_of, plan_columns, prepare_batch, validate_name
 from broker.domain.sky import Chunker, angular_separation_deg
 from broker.storage.refcat import (
+    CatalogBusyError,
     RefCatalogError,
     ShardedRefCatalogs,
     SQLiteRefCatalogs,
     UnknownCatalogError,
+    catalog_lock_name,
     open_catalog_file,
+    state_table,
+    table_names,
 )
 from tests.support.catalogs import HIPPARCOS, OPENNGC, SIRIUS, VEGA
+from tests.support.data import REPO_ROOT
 
 CHUNKER = Chunker(85, 12)
 
@@ -225,6 +236,317 @@ def test_reload_is_atomic(catalogs) -> None:
     assert catalogs.tables() == []
 
 
+# ---- tombstones of row-level changes ----------------------------------------------------------
+
+
+def _changes(rows: list[tuple[int, float, float, int]]) -> pa.Table:
+    """Upserts (oid, ra, dec, version) with the columns of `_version_batches`."""
+    return pa.table({"oid": pa.array([r[0] for r in rows], pa.int64()),
+                     "ra": pa.array([r[1] for r in rows], pa.float64()),
+                     "dec": pa.array([r[2] for r in rows], pa.float64()),
+                     "tag": pa.array([7] * len(rows), pa.int64()),
+                     "version": pa.array([r[3] for r in rows], pa.int64())})
+
+
+def _apply(catalogs: Any, name: str, upserts: list[tuple[int, float, float, int]],
+           deletes: list[tuple[int, int]] = ()) -> Any:
+    return catalogs.apply(name, _changes(upserts), list(deletes), id_col="oid", ra_col="ra",
+                          dec_col="dec")
+
+
+def _snapshot(catalogs: Any, name: str) -> tuple[dict, dict[int, tuple[int, int]]]:
+    """What readers see (the row count; every main, halo and director row, per shard) and the
+    row-level state (id -> (version, deleted))."""
+    [entry] = [e for e in catalogs.list() if e["name"] == name]
+    tables = table_names(name, entry["version"])
+    state = state_table(name, entry["version"])
+    if isinstance(catalogs, SQLiteRefCatalogs):
+        connection = catalogs._conn()
+        view: dict = {kind: set(connection.execute(f'SELECT * FROM "{table}"').fetchall())
+                      for kind, table in zip(("main", "overlap"), tables, strict=False)}
+        rows = connection.execute(f'SELECT id, version, deleted FROM "{state}"').fetchall()
+    else:
+        def work(cursor: Any) -> tuple[dict, list]:
+            found = {}
+            for kind, table in zip(("main", "overlap", "director"), tables, strict=True):
+                cursor.execute(f"SELECT * FROM `{table}`")
+                found[kind] = set(cursor.fetchall())
+            cursor.execute(f"SELECT id, version, deleted FROM `{state}`")
+            return found, list(cursor.fetchall())
+
+        per_shard = catalogs._all_shards(work)
+        view = {shard: found for shard, (found, _) in per_shard.items()}
+        rows = [r for _, part in per_shard.values() for r in part]
+    view["rows"] = entry["rows"]
+    return view, {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+
+def _tombstones(state: dict[int, tuple[int, int]]) -> set[int]:
+    return {key for key, (_, deleted) in state.items() if deleted}
+
+
+def _another(catalogs: Any) -> Any:
+    """A second store on the same database (another process would have its own)."""
+    if isinstance(catalogs, SQLiteRefCatalogs):
+        return SQLiteRefCatalogs(catalogs.path, CHUNKER)
+    return ShardedRefCatalogs(catalogs.shards, CHUNKER)
+
+
+def test_purge_tombstones(catalogs) -> None:
+    rng = np.random.default_rng(5)
+    ids = list(range(1, 41))
+    where = {i: (float(rng.uniform(0, 360)), float(rng.uniform(-80, 80))) for i in ids}
+    assert _apply(catalogs, "live", [(i, *where[i], 1) for i in ids]).upserted == 40
+    early, ghosts, late = ids[:10], [1001, 1002, 1003, 1004], ids[10:15]
+    # Deletes of rows, and of ids never seen (their tombstones wait for a late insert).
+    assert _apply(catalogs, "live", [], [(i, 2) for i in early + ghosts]).deleted == 14
+    # While its tombstone is there, an older insert delivered late is ignored.
+    stale = _apply(catalogs, "live", [(1, *where[1], 1), (1001, 10.0, 10.0, 1)])
+    assert (stale.upserted, stale.ignored) == (0, 2)
+    time.sleep(2.0)
+    assert _apply(catalogs, "live", [], [(i, 3) for i in late]).deleted == 5
+    view, state = _snapshot(catalogs, "live")
+    assert _tombstones(state) == set(early + ghosts + late)
+    assert view["rows"] == 25
+    found = [catalogs.get("live", i) for i in ids]
+    assert sum(r is not None for r in found) == 25
+
+    # A grace longer than any tombstone's age removes nothing; one of 1 s only the early ones.
+    assert catalogs.purge_tombstones("live", 3600) == 0
+    assert _snapshot(catalogs, "live") == (view, state)
+    assert catalogs.purge_tombstones("live", 1.0) == 14
+    assert _tombstones(_snapshot(catalogs, "live")[1]) == set(late)
+    assert catalogs.purge_tombstones("live", 0) == 5
+    after, after_state = _snapshot(catalogs, "live")
+    # Exactly the tombstones went: the live state rows and everything a reader sees are as before.
+    assert after_state == {key: value for key, value in state.items() if not value[1]}
+    assert after == view
+    assert [catalogs.get("live", i) for i in ids] == found
+    assert catalogs.purge_tombstones("live", 0) == 0
+
+    # The trade-off: with the tombstones gone, the same stale inserts apply.
+    again = _apply(catalogs, "live", [(1, *where[1], 1), (1001, 10.0, 10.0, 1)])
+    assert (again.upserted, again.ignored) == (2, 0)
+    assert catalogs.get("live", 1)["ra"] == where[1][0]
+    assert catalogs.get("live", 1001) is not None
+
+    with pytest.raises(UnknownCatalogError):
+        catalogs.purge_tombstones("nothing", 0)
+    catalogs.load("bulk", _version_batches(1, 500, 1), "oid", "ra", "dec")
+    assert catalogs.purge_tombstones("bulk", 0) == 0  # bulk-loaded only: no state table
+    assert state_table("bulk", 1) not in catalogs.tables()
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="older_than_s"):
+            catalogs.purge_tombstones("live", bad)
+    assert catalogs.purge_tombstones("live", 1e15) == 0  # older than the calendar: nothing
+
+
+def _make_legacy(catalogs: Any, name: str) -> None:
+    """Turn the catalog's state table back into one made before ``changed_at`` existed."""
+    [entry] = [e for e in catalogs.list() if e["name"] == name]
+    state = state_table(name, entry["version"])
+    if isinstance(catalogs, SQLiteRefCatalogs):
+        connection = catalogs._conn()
+        connection.execute(f'DROP INDEX "{state}_tombstones"')
+        connection.execute(f'ALTER TABLE "{state}" DROP COLUMN changed_at')
+    else:
+        catalogs._all_shards(lambda cursor: cursor.execute(
+            f"ALTER TABLE `{state}` DROP INDEX tombstones, DROP COLUMN changed_at"))
+
+
+def test_state_tables_of_an_earlier_release_are_upgraded(catalogs) -> None:
+    _apply(catalogs, "old", [(i, 20.0 + i, 5.0, 1) for i in range(1, 11)])
+    _apply(catalogs, "old", [], [(i, 2) for i in range(1, 5)])
+    _make_legacy(catalogs, "old")
+    # Through a purge: the old tombstones are dated at the upgrade, so a grace counts from there.
+    second = _another(catalogs)
+    try:
+        assert second.purge_tombstones("old", 60) == 0
+        assert _tombstones(_snapshot(second, "old")[1]) == {1, 2, 3, 4}
+        assert second.purge_tombstones("old", 0) == 4
+        _apply(second, "old", [], [(5, 2), (6, 2)])
+        _make_legacy(second, "old")
+    finally:
+        second.close()
+    # Through a change: the same.
+    third = _another(catalogs)
+    try:
+        assert _apply(third, "old", [], [(7, 2)]).deleted == 1
+        assert third.purge_tombstones("old", 60) == 0
+        assert third.purge_tombstones("old", 0) == 3
+        assert sorted(_snapshot(third, "old")[1]) == [8, 9, 10]
+    finally:
+        third.close()
+
+
+# ---- one writer per catalog -------------------------------------------------------------------
+
+
+def test_lock_names() -> None:
+    assert catalog_lock_name("lanner", "dr_objects") == "lanner_refcat.lanner.dr_objects"
+    long_a = catalog_lock_name("d" * 64, "a" * 31)
+    long_b = catalog_lock_name("d" * 64, "b" * 31)
+    assert len(long_a) <= 64
+    assert long_a != long_b
+    assert long_a == catalog_lock_name("d" * 64, "a" * 31)
+    with pytest.raises(ValueError, match="catalog name"):
+        catalog_lock_name("lanner", "Bad")
+
+
+def test_concurrent_loads_of_one_catalog(catalogs) -> None:
+    catalogs.lock_wait_s = 0.3
+    started, gate = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def held_open() -> Iterator[pa.RecordBatch]:
+        batches = list(_version_batches(1, 3000, 1))
+        yield batches[0]
+        started.set()
+        assert gate.wait(60)
+        yield from batches[1:]
+
+    def first() -> None:
+        try:
+            outcome["report"] = catalogs.load("swap", held_open(), "oid", "ra", "dec")
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert started.wait(60)
+        read: list[int] = []
+
+        def second() -> Iterator[pa.RecordBatch]:
+            read.append(1)
+            yield from _version_batches(2, 1000, 2)
+
+        began = time.monotonic()
+        with pytest.raises(CatalogBusyError,
+                           match="catalog swap is being loaded or changed by another process"):
+            catalogs.load("swap", second(), "oid", "ra", "dec")
+        assert time.monotonic() - began < 2.0
+        assert read == []  # refused before reading its input
+        # Another catalog loads meanwhile.
+        assert catalogs.load("other", _version_batches(3, 500, 3), "oid", "ra", "dec").rows == 500
+        # The short operations on the catalog being loaded wait a little, then give up.
+        for operation in (lambda: catalogs.drop("swap"),
+                          lambda: catalogs.purge_tombstones("swap", 0),
+                          lambda: _apply(catalogs, "swap", [(1, 15.0, 0.0, 1)])):
+            with pytest.raises(CatalogBusyError):
+                operation()
+    finally:
+        gate.set()
+        thread.join(60)
+    assert "error" not in outcome, outcome
+    assert (outcome["report"].rows, outcome["report"].version) == (3000, 1)
+    entries = {e["name"]: e for e in catalogs.list()}
+    assert (entries["swap"]["rows"], entries["swap"]["version"]) == (3000, 1)
+    assert entries["other"]["rows"] == 500
+    rows = catalogs.cone("swap", 15.0, 0.0, 8.0, 100_000)
+    assert len(rows) == 3000
+    assert {r["tag"] for r in rows} == {1}
+    expected = set(table_names("swap", 1))
+    if isinstance(catalogs, SQLiteRefCatalogs):
+        expected.discard("rc_swap_v1_director")  # the main table's key stands in for it
+    assert {t for t in catalogs.tables() if t.startswith("rc_swap")} == expected
+    # Free again: a reload goes through.
+    assert catalogs.load("swap", _version_batches(2, 1000, 2), "oid", "ra", "dec").version == 2
+
+
+def test_a_failed_load_frees_the_lock(catalogs) -> None:
+    with pytest.raises(RuntimeError, match="midway"):
+        catalogs.load("swap", _version_batches(1, 2000, 1, fail_after=2), "oid", "ra", "dec")
+    if isinstance(catalogs, ShardedRefCatalogs):
+        with catalogs.shards.connection(0) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT IS_FREE_LOCK(%s)",
+                           [catalog_lock_name(catalogs.shards.database, "swap")])
+            assert cursor.fetchone()[0] == 1
+    with pytest.raises(RefCatalogError, match="no rows"):
+        catalogs.load("swap", [], "oid", "ra", "dec")
+    # A load never waits: a lock left behind would fail it at once.
+    assert catalogs.load("swap", _version_batches(1, 2000, 1), "oid", "ra", "dec").rows == 2000
+
+
+@contextlib.contextmanager
+def _locked_elsewhere(catalogs: Any, name: str) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """Hold a catalog's lock outside this process's store: a MariaDB session of its own, or
+    another process (SQLite). Yields who holds it, as the error names it, and how to end the
+    holder (the session closes, the process is killed)."""
+    if isinstance(catalogs, SQLiteRefCatalogs):
+        code = textwrap.dedent(f"""
+            import sys
+            from broker.domain.sky import Chunker
+            from broker.storage.refcat import SQLiteRefCatalogs
+            store = SQLiteRefCatalogs({str(catalogs.path)!r}, Chunker(85, 12))
+            with store._exclusive({name!r}, 0):
+                print("held", flush=True)
+                sys.stdin.read()
+        """)
+        process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == b"held\n"
+            yield f"pid {process.pid}", lambda: (process.kill(), process.wait())
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        return
+    catalogs.setup()
+    connection = catalogs.shards.connect(0)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0), CONNECTION_ID()",
+                           [catalog_lock_name(catalogs.shards.database, name)])
+            taken, session = cursor.fetchone()
+        assert taken == 1
+        yield f"MariaDB connection id {session}", connection.close
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def test_a_catalog_locked_by_another_process(catalogs) -> None:
+    catalogs.load("swap", _version_batches(1, 1000, 1), "oid", "ra", "dec")
+    before = catalogs.cone("swap", 15.0, 0.0, 8.0, 100_000)
+    catalogs.lock_wait_s = 0.3
+    with _locked_elsewhere(catalogs, "swap") as (holder, end_holder):
+        with pytest.raises(CatalogBusyError, match=re.escape(
+                f"catalog swap is being loaded or changed by another process ({holder})")):
+            catalogs.load("swap", _version_batches(2, 1000, 2), "oid", "ra", "dec")
+        began = time.monotonic()
+        with pytest.raises(CatalogBusyError, match=re.escape(holder)) as busy:
+            _apply(catalogs, "swap", [(5, 15.0, 1.0, 1)])
+        assert 0.25 <= time.monotonic() - began < 5.0  # waited lock_wait_s, then gave up
+        assert busy.value.reason == "catalog_busy"
+        assert catalogs.cone("swap", 15.0, 0.0, 8.0, 100_000) == before  # reads never wait
+        # The holder ends (its process dies) while a change waits: the change goes through.
+        catalogs.lock_wait_s = 20.0
+        timer = threading.Timer(0.5, end_holder)
+        timer.start()
+        began = time.monotonic()
+        try:
+            report = _apply(catalogs, "swap", [(5, 15.0, 1.0, 1)])
+        finally:
+            timer.join()
+        assert time.monotonic() - began >= 0.4
+        assert report.upserted == 1
+    assert catalogs.get("swap", 5)["dec"] == 1.0
+    assert catalogs.load("swap", _version_batches(2, 1000, 2), "oid", "ra", "dec").version == 2
+
+
+def test_catalog_busy_is_transient() -> None:
+    from broker.exceptions import TransientError
+
+    error = CatalogBusyError("swap", "MariaDB connection id 12")
+    assert isinstance(error, TransientError)
+    assert isinstance(error, RefCatalogError)
+    assert str(error) == ("catalog swap is being loaded or changed by another process "
+                          "(MariaDB connection id 12)")
+
+
 def test_bad_input(catalogs) -> None:
     batch = pa.record_batch({"oid": [1, 2], "ra": [1.0, 2.0], "dec": [3.0, 4.0]})
     for bad in ("Bad", "1abc", "a-b", "", "x" * 32):
@@ -325,6 +647,50 @@ def test_cli_load_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
             assert message in result.output
             assert "Traceback" not in result.output
     finally:
+        get_settings.cache_clear()
+
+
+def test_cli_purge_tombstones_and_busy_load(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+    from broker.config import get_settings
+
+    monkeypatch.setenv("LANNER_BACKEND", "embedded")
+    monkeypatch.setenv("LANNER_STATE_DIR", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    store = SQLiteRefCatalogs(tmp_path / "state" / "embedded" / "archive.sqlite3", CHUNKER)
+    try:
+        runner = CliRunner()
+        _apply(store, "tiny", [(1, 10.0, 0.0, 1), (2, 11.0, 0.0, 1), (3, 12.0, 0.0, 1)])
+        _apply(store, "tiny", [], [(1, 2), (2, 2)])
+        result = runner.invoke(app, ["catalog", "purge-tombstones", "tiny"])
+        assert result.exit_code == 0, result.output
+        assert "catalog tiny: 0 tombstones older than 1,296,000 s (15 days)" in result.output
+        result = runner.invoke(app, ["catalog", "purge-tombstones", "tiny", "--older-than", "0"])
+        assert result.exit_code == 0, result.output
+        assert "catalog tiny: 2 tombstones" in result.output
+        assert _tombstones(_snapshot(store, "tiny")[1]) == set()
+        assert store.get("tiny", 3) is not None
+        result = runner.invoke(app, ["catalog", "purge-tombstones", "nope"])
+        assert result.exit_code == 1
+        assert "no reference catalog named 'nope'" in result.output
+
+        path = tmp_path / "tiny.csv"
+        path.write_text("oid,ra,dec\n1,10.5,-3.25\n2,200.0,45.0\n")
+        args = ["catalog", "load", "tiny", str(path), "--id-col", "oid"]
+        with store._exclusive("tiny", 0):
+            result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert "error: catalog tiny is being loaded or changed by another" in result.output
+        assert "Traceback" not in result.output
+        assert store.get("tiny", 3) is not None  # untouched
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "catalog tiny v2: 2 rows" in result.output
+    finally:
+        store.close()
         get_settings.cache_clear()
 
 
