@@ -43,7 +43,7 @@ class MariaDBService(LocalService):
         self.port = port
         self.buffer_pool = buffer_pool
         # The reference catalogs are MyISAM tables, whose index blocks live in the key cache:
-        # with the default 128 MB, a 1e8-row catalog (about 1 GB of index per shard) would read
+        # with the default 128 MB, a 1e8-row catalog (1.7 GB of index per shard) would read
         # most index blocks through a system call at every cone search. Memory is taken as
         # blocks are used, not up front.
         self.key_buffer = key_buffer
