@@ -77,3 +77,9 @@ class ServiceUnavailableError(TransientError):
     """A configured service does not answer."""
 
     reason = "service_unavailable"
+
+
+class ArchiveIntegrityError(LannerError):
+    """Stored data is not whole: a row refers to another that is gone."""
+
+    reason = "archive_integrity"

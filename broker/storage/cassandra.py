@@ -22,8 +22,9 @@ from cassandra.query import BatchStatement, BatchType
 
 from broker.config import Settings
 from broker.domain.archive import ArchiveBatch
-from broker.exceptions import ServiceUnavailableError
+from broker.exceptions import ArchiveIntegrityError, ServiceUnavailableError
 from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, Origin, Row
+from broker.streaming import packets
 
 #: The single local node starts in this data centre (SimpleSnitch's name for it).
 LOCAL_DC = "datacenter1"
@@ -100,8 +101,7 @@ _INSERTS = {
                           "science_flux", "science_flux_err"),
     "cutouts": ("source_id", "kind", "data"),
     "packets": ("alert_id", "object_id", "survey", "alert_schema", "topic", "kafka_partition",
-                "kafka_offset",
-                "data"),
+                "kafka_offset", "data", "stripped"),
 }
 
 
@@ -142,31 +142,43 @@ class CassandraLightCurves:
         # one request instead of dozens (an object's first packet carries a year of history).
         per_partition: dict[tuple[str, object], BatchStatement] = {}
 
-        def add(table: str, key: object, values: tuple) -> None:
-            statement = per_partition.get((table, key))
+        def add(table: str, key: tuple[str, object], values: tuple) -> None:
+            statement = per_partition.get(key)
             if statement is None:
                 statement = BatchStatement(batch_type=BatchType.UNLOGGED)
-                per_partition[(table, key)] = statement
+                per_partition[key] = statement
             statement.add(self._insert(table), values)
 
         for placed in batch.detections:
             d = placed.detection
-            add("detections", d.object_id, (
+            add("detections", ("detections", d.object_id), (
                 d.object_id, d.mjd, d.source_id, placed.survey, placed.chunk_id, placed.hpx29,
                 d.ra, d.dec, d.band, d.psf_flux, d.psf_flux_err, d.science_flux,
                 d.science_flux_err, d.snr, d.reliability))
         for f in batch.forced:
-            add("forced_photometry", f.object_id, (
+            add("forced_photometry", ("forced_photometry", f.object_id), (
                 f.object_id, f.mjd, f.forced_id, f.band, f.psf_flux, f.psf_flux_err,
                 f.science_flux, f.science_flux_err))
         for alert in batch.alerts:
+            # The cutouts and the packet share the partition key value (the alert id), so one
+            # unlogged batch of both is a single mutation: applied together, never half (a
+            # packet stored without its cutouts is rebuilt from them).
+            key = ("alert", alert.alert_id)
             for kind, data in alert.cutouts.items():
-                add("cutouts", alert.alert_id, (alert.alert_id, kind, data))
+                add("cutouts", key, (alert.alert_id, kind, data))
+            data, stripped = alert.packet, None
+            schema_id = packets.schema_id_of(alert.schema)
+            if schema_id is not None:
+                head = packets.strip(alert.packet, schema_id, alert.cutouts)
+                if head is not None:
+                    data = head
+                    stripped = [k for k in packets.trailing_cutouts(schema_id)
+                                if alert.cutouts.get(k) is not None]
             origin = origins.get(alert.alert_id)
-            add("packets", alert.alert_id, (
+            add("packets", key, (
                 alert.alert_id, alert.object_id, alert.survey.value, alert.schema,
                 origin.topic if origin else None, origin.partition if origin else None,
-                origin.offset if origin else None, alert.packet))
+                origin.offset if origin else None, data, stripped))
         if not per_partition:
             return
         statements = [(statement, ()) for statement in per_partition.values()]
@@ -207,9 +219,24 @@ class CassandraLightCurves:
         return rows[0]["data"] if rows else None
 
     def packet(self, alert_id: int) -> bytes | None:
-        rows = self._rows(f"SELECT data FROM {self._table('packets')} WHERE alert_id = %s",
-                          (alert_id,))
-        return rows[0]["data"] if rows else None
+        """The original packet bytes, rebuilt from the head and the cutouts if stored split."""
+        rows = self._rows(f"SELECT data, alert_schema, stripped FROM {self._table('packets')} "
+                          "WHERE alert_id = %s", (alert_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        if not row["stripped"]:
+            return row["data"]
+        schema_id = packets.schema_id_of(row["alert_schema"])
+        cutouts = {r["kind"]: r["data"] for r in self._rows(
+            f"SELECT kind, data FROM {self._table('cutouts')} WHERE source_id = %s",
+            (alert_id,))}
+        missing = [k for k in row["stripped"] if k not in cutouts]
+        if schema_id is None or missing:
+            msg = (f"packet of alert {alert_id} cannot be rebuilt: it was stored without its "
+                   f"cutouts and {', '.join(missing) or 'its schema'} is gone")
+            raise ArchiveIntegrityError(msg)
+        return packets.rebuild(row["data"], schema_id, {k: cutouts[k] for k in row["stripped"]})
 
     def counts(self) -> Mapping[str, int]:
         # Full scans: for tests and small archives only.
