@@ -111,6 +111,7 @@ class ObjectLinks(BaseModel):
     lightcurve: str = Field(description="Its detections and forced photometry.")
     cutouts: dict[str, str] = Field(
         description="Cutouts of its latest alert, by kind (science, template, difference).")
+    crossmatches: str = Field(description="Its neighbours in the reference catalogs.")
 
 
 class ObjectOut(ObjectFields):
@@ -208,6 +209,25 @@ class ConeOut(BaseModel):
     """A cone search answer: rows nearest first."""
 
     rows: list[ConeRow] | list[CatalogConeRow]
+
+
+class CatalogMatches(BaseModel):
+    """The rows of one reference catalog near an object, nearest first (empty: none)."""
+
+    catalog: str
+    rows: list[CatalogConeRow]
+
+
+class CrossMatchesOut(BaseModel):
+    """An object's neighbours in the reference catalogs."""
+
+    object_id: str
+    ra: float = Field(description="The object's position (ICRS), degrees: the cone centre.")
+    dec: float
+    radius_arcsec: float
+    matches: list[CatalogMatches] = Field(
+        description="One entry per catalog searched, in the order asked (default: every "
+                    "loaded reference catalog, by name).")
 
 
 class CatalogOut(BaseModel):

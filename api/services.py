@@ -180,6 +180,35 @@ class ArchiveService:
         return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in row.items()} for row in rows]
 
+    def crossmatches(self, object_id: str, *, radius_arcsec: float, catalogs: list[str],
+                     limit: int) -> tuple[Row, list[tuple[str, list[Row]]]]:
+        """The object's row, and for each reference catalog (all loaded ones when ``catalogs``
+        is empty) its rows within ``radius_arcsec`` of the object's position, nearest first.
+
+        A cone search per catalog, at the object's current position (the mean of its
+        detections, or Rubin's diaObject position): one query to one shard per catalog for a
+        small radius.
+
+        Raises
+        ------
+        NotFoundError
+            If the object, or one of ``catalogs``, is unknown.
+        """
+        row = self.get_object(object_id)
+        loaded = [entry["name"] for entry in self._stores.refcats.list()]
+        for name in catalogs:
+            if name not in loaded:
+                raise NotFoundError(f"unknown reference catalog {name} "
+                                    f"(loaded: {', '.join(loaded) or 'none'})")
+        wanted = list(dict.fromkeys(catalogs)) or loaded
+        found = []
+        for name in wanted:
+            rows = self._stores.refcats.cone(name, float(row["ra"]), float(row["dec"]),
+                                             radius_arcsec / 3600.0, limit)
+            found.append((name, [{k: (None if isinstance(v, float) and not math.isfinite(v)
+                                      else v) for k, v in r.items()} for r in rows]))
+        return row, found
+
     def catalogs(self) -> list[dict[str, Any]]:
         """Every catalog a cone search can read, the archive's objects first."""
         return [{"name": OBJECTS, "rows": self.catalog.counts().get("objects"),

@@ -7,8 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.dependencies import Archive
-from api.errors import NOT_FOUND, UNAVAILABLE
-from api.models import DetectionOut, ForcedOut, LightCurveOut, ObjectLinks, ObjectOut
+from api.errors import INVALID, NOT_FOUND, UNAVAILABLE
+from api.models import (
+    CatalogConeRow,
+    CatalogMatches,
+    CrossMatchesOut,
+    DetectionOut,
+    ForcedOut,
+    LightCurveOut,
+    ObjectLinks,
+    ObjectOut,
+)
 from api.services import CutoutKind
 
 router = APIRouter(prefix="/api/v1/objects", tags=["objects"])
@@ -33,6 +42,7 @@ def get_object(object_id: ObjectId, archive: Archive, request: Request) -> Objec
         cutouts={kind.value: str(request.url_for("get_cutout", object_id=object_id,
                                                  kind=kind.value))
                  for kind in CutoutKind},
+        crossmatches=str(request.url_for("get_crossmatches", object_id=object_id)),
     )
     return ObjectOut.from_row(row, links)
 
@@ -77,4 +87,39 @@ def get_cutout(
         content=cutout.data, media_type=cutout.media_type,
         headers={"Content-Disposition": f'inline; filename="{cutout.filename}"',
                  "X-Lanner-Source-Id": str(cutout.source_id)},
+    )
+
+
+#: Largest cross-match radius, arcsec: an association, not a region (cone search goes to 1 deg).
+MAX_MATCH_RADIUS_ARCSEC = 600.0
+#: Most rows per catalog.
+MAX_MATCH_LIMIT = 1000
+
+
+@router.get(
+    "/{object_id}/crossmatches", response_model=CrossMatchesOut, name="get_crossmatches",
+    summary="Reference-catalog neighbours of an object",
+    description="For each reference catalog (`catalog`, repeatable; default every loaded one), "
+                "its rows within `radius` arcseconds of the object's position, nearest first, "
+                "each with every column of the catalog and its `distance_arcsec`. A catalog "
+                "with no row in the radius is listed with no rows.",
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+)
+def get_crossmatches(
+    object_id: ObjectId,
+    archive: Archive,
+    radius: Annotated[float, Query(gt=0.0, le=MAX_MATCH_RADIUS_ARCSEC, allow_inf_nan=False,
+                                   description="Radius in ARCSECONDS, in (0, 600].")] = 5.0,
+    catalog: Annotated[list[str] | None, Query(
+        max_length=32, description="Reference catalogs to search (repeat the parameter).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_MATCH_LIMIT,
+                                description="Most rows per catalog.")] = 10,
+) -> CrossMatchesOut:
+    row, found = archive.crossmatches(object_id, radius_arcsec=radius, catalogs=catalog or [],
+                                      limit=limit)
+    return CrossMatchesOut(
+        object_id=object_id, ra=float(row["ra"]), dec=float(row["dec"]), radius_arcsec=radius,
+        matches=[CatalogMatches(catalog=name, rows=[CatalogConeRow.from_row(r) for r in rows])
+                 for name, rows in found],
     )
