@@ -196,6 +196,31 @@ def catalog_purge_tombstones(
     out.print(f"catalog {name}: {removed} tombstones older than {age} removed", highlight=False)
 
 
+@catalog_app.command("drop")
+@clean_errors
+def catalog_drop(
+    name: Annotated[str, typer.Argument(help="Catalog name.")],
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Forget a reference catalog and drop its tables on every shard (waits for its lock)."""
+    from broker.factory import Factory  # noqa: PLC0415
+    from broker.storage.refcat import UnknownCatalogError, open_reference_catalogs  # noqa: PLC0415
+
+    factory = Factory(get_settings())
+    store = open_reference_catalogs(factory.settings, factory.chunker)
+    try:
+        entry = next((e for e in store.list() if e["name"] == name), None)
+        if entry is None:
+            raise UnknownCatalogError(name)
+        if not yes and not typer.confirm(f"drop catalog {name} ({entry['rows']} rows)?"):
+            raise typer.Exit(1)
+        store.drop(name)
+    finally:
+        store.close()
+    out.print(f"catalog {name} dropped ({entry['rows']} rows)", highlight=False)
+
+
 @catalog_app.command("list")
 @clean_errors
 def catalog_list() -> None:

@@ -637,6 +637,20 @@ def test_cli_load_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
             assert store.get("tiny", "a1")["note"] == 'x, "y"'
         finally:
             store.close()
+        # Dropping asks first (no: nothing happens), then drops.
+        result = runner.invoke(app, ["catalog", "drop", "tiny"], input="n\n")
+        assert result.exit_code == 1, result.output
+        assert runner.invoke(app, ["catalog", "list"]).output.startswith("tiny 2 rows")
+        result = runner.invoke(app, ["catalog", "drop", "tiny"], input="y\n")
+        assert result.exit_code == 0, result.output
+        assert "catalog tiny dropped (2 rows)" in result.output
+        assert "no reference catalogs loaded" in runner.invoke(app, ["catalog", "list"]).output
+        result = runner.invoke(app, ["catalog", "drop", "tiny", "--yes"])
+        assert result.exit_code == 1
+        assert "no reference catalog named 'tiny'" in result.output
+        result = runner.invoke(app, ["catalog", "load", "tiny", str(path), "--id-col", "name",
+                                     "--ra-col", "RA", "--dec-col", "DEC"])
+        assert result.exit_code == 0, result.output
         for args, message in (
             (["catalog", "load", "tiny", str(tmp_path / "no.csv")], "not a file"),
             (["catalog", "load", "Tiny", str(path)], "catalog name"),
