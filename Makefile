@@ -47,8 +47,9 @@ test: install  ## start the real services, run every test, stop the services (ev
 test-fast: python-packages  ## the tests that need no service
 	$(BIN)/pytest -m "not services"
 
-lint: python-packages
-	$(BIN)/ruff check broker consumers api tests bench
+lint: python-packages  ## ruff over the whole tree, then mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy broker consumers api
 
 typecheck: python-packages
 	$(BIN)/mypy broker consumers api

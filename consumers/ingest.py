@@ -20,7 +20,7 @@ import structlog
 
 from broker import metrics
 from broker.domain.alerts import Alert, from_rubin, rubin_object_id
-from broker.domain.archive import ArchiveBatch, Seen, plan
+from broker.domain.archive import ArchiveBatch, ObjectUpdate, Seen, plan
 from broker.domain.sky import Chunker
 from broker.domain.ztf import from_ztf
 from broker.exceptions import PermanentError
@@ -106,7 +106,7 @@ class IngestStage(Stage[BatchReport]):
         origins: dict[int, Origin] = {}
         received: dict[int, Message] = {}
         rejected: list[tuple[Message, PermanentError]] = []
-        decoded: list[tuple[Message, object]] = []
+        decoded: list[tuple[Message, DecodedPacket]] = []
         for message in messages:
             metrics.ALERTS_IN.labels(STAGE, message.topic).inc()
             try:
@@ -209,7 +209,7 @@ class DecodedPacket:
         return from_ztf(self.record, self.message.value, self.version)
 
 
-def ingested_record(alert: Alert, obj: object, origin: Origin, source_ms: int | None,
+def ingested_record(alert: Alert, obj: ObjectUpdate, origin: Origin, source_ms: int | None,
                     now_ms: int) -> dict:
     """The ``internal.ingested`` record of an archived alert."""
     d = alert.detection
@@ -228,10 +228,10 @@ def ingested_record(alert: Alert, obj: object, origin: Origin, source_ms: int | 
         "mag": mag,
         "snr": _num(d.snr),
         "reliability": _num(d.reliability),
-        "object_ra": obj.ra,  # type: ignore[attr-defined]
-        "object_dec": obj.dec,  # type: ignore[attr-defined]
-        "chunk_id": obj.chunk_id,  # type: ignore[attr-defined]
-        "hpx29": obj.hpx29,  # type: ignore[attr-defined]
+        "object_ra": obj.ra,
+        "object_dec": obj.dec,
+        "chunk_id": obj.chunk_id,
+        "hpx29": obj.hpx29,
         "n_detections": alert.n_detections,
         "n_forced": alert.n_forced,
         "has_cutouts": bool(alert.cutouts),

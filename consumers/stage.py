@@ -20,7 +20,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 import structlog
 
@@ -37,11 +37,12 @@ T = TypeVar("T")
 
 
 class Report(Protocol):
-    """What a batch did; reports of several batches add up."""
+    """What a batch did; reports of several batches add up (a report adds reports of its own
+    type: `BatchReport.add` takes a `BatchReport`, `DRBatchReport.add` a `DRBatchReport`)."""
 
     consumed: int
 
-    def add(self, other: Report) -> None: ...
+    def add(self, other: Self) -> None: ...
 
 
 R = TypeVar("R", bound=Report)

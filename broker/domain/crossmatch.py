@@ -126,7 +126,7 @@ class InMemoryChunkSource:
         built: dict[str, _CatalogChunks] = {}
         for name, spec in catalogs.items():
             ids, ra, dec = (np.asarray(a) for a in spec[:3])
-            extra: dict[str, np.ndarray] = dict(spec[3]) if len(spec) > 3 else {}  # type: ignore[misc]
+            extra: dict[str, np.ndarray] = dict(spec[3]) if len(spec) > 3 else {}
             ra = np.mod(ra.astype(np.float64, copy=False), 360.0)
             dec = dec.astype(np.float64, copy=False)
             rows, chunks = halo_chunks(chunker, ra, dec, overlap_deg)

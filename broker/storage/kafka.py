@@ -113,6 +113,16 @@ def produce_all(producer: Producer, topic: str, messages: Iterable[tuple[bytes |
     return sent
 
 
+def _headers(raw: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]]
+             | None) -> dict[str, bytes]:
+    """The headers of a consumed message as `Message` holds them: a null value (Kafka allows
+    one) becomes empty bytes; text, which confluent-kafka's types allow but a consumer never
+    returns, is UTF-8 encoded."""
+    items = raw.items() if isinstance(raw, Mapping) else (raw or [])
+    return {name: b"" if value is None else value.encode() if isinstance(value, str) else value
+            for name, value in items}
+
+
 class KafkaSource:
     """A `MessageSource` over a confluent-kafka consumer in a consumer group.
 
@@ -156,12 +166,22 @@ class KafkaSource:
                 if error.retriable() or not error.fatal():
                     continue
                 raise ServiceUnavailableError(f"Kafka consumer error: {error}")
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            if topic is None or partition is None or offset is None:
+                # librdkafka sets all three on every consumed message without an error.
+                msg = (f"Kafka returned a message without its position: topic {topic!r}, "
+                       f"partition {partition!r}, offset {offset!r}")
+                raise RuntimeError(msg)
             timestamp_type, timestamp = m.timestamp()
+            value = m.value()
             messages.append(Message(
-                topic=m.topic(), partition=m.partition(), offset=m.offset(), value=m.value(),
+                # A null value (a producer's tombstone) is read as empty bytes, which the stages
+                # reject like any other packet that is too short and dead-letter.
+                topic=topic, partition=partition, offset=offset,
+                value=b"" if value is None else value,
                 key=m.key(),
                 timestamp_ms=timestamp if timestamp_type != TIMESTAMP_NOT_AVAILABLE else None,
-                headers=dict(m.headers() or []),
+                headers=_headers(m.headers()),
             ))
         return messages
 

@@ -78,9 +78,11 @@ from broker.storage.mariadb import ShardExecutor, ShardSet
 T = TypeVar("T")
 
 Row = dict[str, Any]
-#: Return types of methods of classes that define ``list`` (which hides the builtin there).
+#: Types in the signatures of methods of classes that define ``list`` (which hides the builtin
+#: there).
 Rows = list[Row]
 Names = list[str]
+Keys = list[Any]
 ChunkRows = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
 Progress = Callable[[int], None]
 
@@ -877,7 +879,7 @@ class ShardedRefCatalogs:
         return sum(n or 0 for n in found.values())
 
     def _stored(self, main: str, state: str, director: str,
-                by_home: dict[int, list]) -> dict[Any, _Stored]:
+                by_home: dict[int, Keys]) -> dict[Any, _Stored]:
         """What the shards hold of each id: state rows, or (bulk-loaded rows) director + main."""
         def read(keys: list) -> Callable[[Any], tuple[list, list]]:
             def work(cursor: Any) -> tuple[list, list]:
@@ -1520,7 +1522,7 @@ class SQLiteRefCatalogs:
             positions.update((r[0], (r[1], r[2])) for r in connection.execute(
                 f'SELECT id, ra, "dec" FROM "{main}" WHERE id IN ({marks})', part).fetchall())
         applicable = {key: change for key, change in changes.by_id.items()
-                      if versions.get(key) is None or change[0] > versions[key]}
+                      if (known := versions.get(key)) is None or change[0] > known}
         if not applicable:
             return ApplyReport(ignored=len(keys), created=created)
         gone = [key for key in applicable if key in positions]

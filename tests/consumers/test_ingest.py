@@ -92,6 +92,7 @@ def _bad_packets(good: bytes) -> dict[str, bytes]:
     return {
         "bad_magic_byte": b"\x01" + good[1:],
         "truncated": good[: len(good) // 2],
+        "empty": b"",
         "unknown_schema_id": wire.write_header(4242) + good[5:],
         "corrupt_body": wire.write_header(schema_id) + b"\x02\x7e" + b"\x00" * 64,
         "bad_coordinates": edited(ra=math.nan),
@@ -104,6 +105,7 @@ def _bad_packets(good: bytes) -> dict[str, bytes]:
 EXPECTED_REASON = {
     "bad_magic_byte": "bad_magic_byte",
     "truncated": "truncated",
+    "empty": "truncated",
     "unknown_schema_id": "unknown_schema_id",
     "corrupt_body": "corrupt_body",
     "bad_coordinates": "bad_coordinates",
