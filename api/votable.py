@@ -29,10 +29,15 @@ class Column:
 
 
 def table(columns: Sequence[Column], rows: Sequence[dict], *, name: str,
-          description: str = "") -> bytes:
-    """A VOTable (TABLEDATA) with one table of ``rows`` (dicts keyed by column name)."""
+          description: str = "", overflow: bool = False) -> bytes:
+    """A VOTable (TABLEDATA) with one table of ``rows`` (dicts keyed by column name).
+
+    The results resource carries ``<INFO name="QUERY_STATUS">``: ``OK``, or ``OVERFLOW`` when
+    ``overflow`` says the rows were cut at the service's limit (DALI; pyvo warns on it).
+    """
     votable = VOTableFile()
     resource = Resource(type="results")
+    resource.infos.append(Info(name="QUERY_STATUS", value="OVERFLOW" if overflow else "OK"))
     votable.resources.append(resource)
     element = TableElement(votable, name=name)
     if description:

@@ -4,6 +4,11 @@ Per SCS 1.03: the table has one field of each of the UCDs ``ID_MAIN``, ``POS_EQ_
 ``POS_EQ_DEC_MAIN``; ``SR=0`` answers the metadata (the fields, no rows); errors are VOTables
 with ``<INFO name="Error">`` (HTTP 200, as SCS clients expect). Parameters are parsed here rather
 than by FastAPI so that even a malformed request gets a VOTable error.
+
+The optional ``VERB`` of SCS 1.03 is supported: 1 gives the id and position only, 2 (the
+default) the id, position, distance and the main columns, 3 every column. A cone holding more
+than `MAX_ROWS` rows answers the nearest `MAX_ROWS` and says so with
+``<INFO name="QUERY_STATUS" value="OVERFLOW">`` (DALI), never a silently partial table.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from api import votable
 from api.dependencies import Archive
 from api.errors import NotFoundError
 from api.services import OBJECTS
+from broker.domain.archive import BANDS
 from broker.exceptions import TransientError
 
 router = APIRouter(tags=["IVOA"])
@@ -26,16 +32,35 @@ MAX_SR_DEG = 1.0
 #: Most rows a cone answers.
 MAX_ROWS = 10_000
 
-OBJECT_COLUMNS = (
+#: The three fields SCS requires, in every answer (``VERB=1`` gives only these).
+POSITION_COLUMNS = (
     votable.Column("id", "char", "ID_MAIN", description="Object id (Rubin diaObjectId, ZTF "
                    "objectId)."),
     votable.Column("ra", "double", "POS_EQ_RA_MAIN", "deg", "Right ascension (ICRS)."),
     votable.Column("dec", "double", "POS_EQ_DEC_MAIN", "deg", "Declination (ICRS)."),
-    votable.Column("distance", "double", None, "deg", "Distance from the cone centre."),
+)
+DISTANCE = votable.Column("distance", "double", None, "deg", "Distance from the cone centre.")
+OBJECT_COLUMNS = (
+    *POSITION_COLUMNS,
+    DISTANCE,
     votable.Column("survey", "char", None, None, "lsst or ztf."),
     votable.Column("first_mjd", "double", None, "d", "Time of the first detection (MJD)."),
     votable.Column("last_mjd", "double", None, "d", "Time of the last detection (MJD)."),
     votable.Column("n_detections", "int", None, None, "Detections archived."),
+)
+#: ``VERB=3`` on objects: every column of the object row as well.
+OBJECT_ALL_COLUMNS = (
+    *OBJECT_COLUMNS,
+    votable.Column("chunk_id", "int", None, None, "Sky chunk (Qserv stripes/sub-stripes)."),
+    votable.Column("hpx29", "long", None, None, "HEALPix order-29 nested index."),
+    votable.Column("last_forced_mjd", "double", None, "d", "Time of the last forced measurement."),
+    *(votable.Column(f"{band}_{what}", datatype, None, unit, text)
+      for band in BANDS
+      for what, datatype, unit, text in (
+          ("n", "int", None, f"Detections in band {band}."),
+          ("last_mjd", "double", "d", f"Time of the last detection in band {band} (MJD)."),
+          ("last_flux", "double", "nJy", f"Latest PSF flux in band {band}."),
+          ("last_flux_err", "double", "nJy", f"Error of the latest PSF flux in band {band}."))),
 )
 
 
@@ -43,13 +68,27 @@ def _answer(body: bytes) -> Response:
     return Response(content=body, media_type=votable.MEDIA_TYPE)
 
 
-def _parameter(request: Request, name: str) -> float:
+def _values(request: Request, name: str) -> list[str]:
     # SCS parameter names are upper case; accept any case, as most services do.
     values = [v for k, v in request.query_params.multi_items() if k.upper() == name]
-    if not values:
-        raise ValueError(f"missing parameter {name}")
     if len(values) > 1:
         raise ValueError(f"parameter {name} given {len(values)} times")
+    return values
+
+
+def _verbosity(request: Request) -> int:
+    values = _values(request, "VERB")
+    if not values:
+        return 2
+    if values[0].strip() not in ("1", "2", "3"):
+        raise ValueError(f"VERB={values[0]!r} is not 1, 2 or 3")
+    return int(values[0])
+
+
+def _parameter(request: Request, name: str) -> float:
+    values = _values(request, name)
+    if not values:
+        raise ValueError(f"missing parameter {name}")
     try:
         value = float(values[0])
     except ValueError:
@@ -80,27 +119,33 @@ def simple_cone_search(catalog: str, request: Request, archive: Archive) -> Resp
             raise ValueError(f"SR={sr} is negative")
         if sr > MAX_SR_DEG:
             raise ValueError(f"SR={sr} is larger than {MAX_SR_DEG} degree (use TAP)")
+        verbosity = _verbosity(request)
     except ValueError as exc:
         return _answer(votable.error(str(exc)))
     try:
         archive.check_catalog(catalog)
+        # One row more than the limit tells a full cone from one that was cut.
         rows = [] if sr == 0.0 else archive.cone(ra=ra % 360.0, dec=dec, radius_arcsec=sr * 3600,
-                                                 catalog=catalog, limit=MAX_ROWS)
-        columns = OBJECT_COLUMNS if catalog == OBJECTS else _catalog_columns(archive, catalog)
+                                                 catalog=catalog, limit=MAX_ROWS + 1)
+        columns = _columns(archive, catalog, verbosity)
     except NotFoundError as exc:
         return _answer(votable.error(str(exc)))
     except TransientError as exc:
         return _answer(votable.error(f"service unavailable: {exc}"))
-    if catalog == OBJECTS:
-        out = [{"id": str(r["object_id"]), "ra": r["ra"], "dec": r["dec"],
-                "distance": r["distance_arcsec"] / 3600.0, "survey": r.get("survey"),
-                "first_mjd": r.get("first_mjd"), "last_mjd": r.get("last_mjd"),
-                "n_detections": r.get("n_detections")} for r in rows]
-    else:
-        out = [{**r, "id": str(r["id"]), "distance": r["distance_arcsec"] / 3600.0}
-               for r in rows]
-    return _answer(votable.table(columns, out, name=catalog,
+    overflow = len(rows) > MAX_ROWS
+    out = [{**r, "id": str(r["object_id" if catalog == OBJECTS else "id"]),
+            "distance": r["distance_arcsec"] / 3600.0} for r in rows[:MAX_ROWS]]
+    return _answer(votable.table(columns, out, name=catalog, overflow=overflow,
                                  description=f"Cone RA={ra} DEC={dec} SR={sr} on {catalog}"))
+
+
+def _columns(archive: Archive, catalog: str, verbosity: int) -> tuple[votable.Column, ...]:
+    if verbosity == 1:
+        return POSITION_COLUMNS
+    if catalog == OBJECTS:
+        return OBJECT_COLUMNS if verbosity == 2 else OBJECT_ALL_COLUMNS
+    # A reference catalog's columns are those of its file: 2 and 3 both give them all.
+    return _catalog_columns(archive, catalog)
 
 
 _DATATYPES = {"int64": "long", "float64": "double", "text": "char", "bool": "boolean"}
