@@ -209,6 +209,8 @@ class ConeOut(BaseModel):
     """A cone search answer: rows nearest first."""
 
     rows: list[ConeRow] | list[CatalogConeRow]
+    truncated: bool = Field(False, description="True when the cone holds more rows than "
+                            "`limit`: the rows are its nearest `limit`.")
 
 
 class CatalogMatches(BaseModel):
@@ -216,6 +218,8 @@ class CatalogMatches(BaseModel):
 
     catalog: str
     rows: list[CatalogConeRow]
+    truncated: bool = Field(False, description="True when more rows lie within the radius "
+                            "than `limit`: the rows are the nearest `limit`.")
 
 
 class CrossMatchesOut(BaseModel):

@@ -183,7 +183,8 @@ class ArchiveService:
     def crossmatches(self, object_id: str, *, radius_arcsec: float, catalogs: list[str],
                      limit: int) -> tuple[Row, list[tuple[str, list[Row]]]]:
         """The object's row, and for each reference catalog (all loaded ones when ``catalogs``
-        is empty) its rows within ``radius_arcsec`` of the object's position, nearest first.
+        is empty) its rows within ``radius_arcsec`` of the object's position, nearest first:
+        at most ``limit + 1``, so that the caller can tell a cut list from a whole one.
 
         A cone search per catalog, at the object's current position (the mean of its
         detections, or Rubin's diaObject position): one query to one shard per catalog for a
@@ -204,7 +205,7 @@ class ArchiveService:
         found = []
         for name in wanted:
             rows = self._stores.refcats.cone(name, float(row["ra"]), float(row["dec"]),
-                                             radius_arcsec / 3600.0, limit)
+                                             radius_arcsec / 3600.0, limit + 1)
             found.append((name, [{k: (None if isinstance(v, float) and not math.isfinite(v)
                                       else v) for k, v in r.items()} for r in rows]))
         return row, found

@@ -39,10 +39,13 @@ def cone(
     catalog: Annotated[str, Query(max_length=64, description="Catalog to search.")] = "objects",
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most rows to return.")] = 100,
 ) -> ConeOut:
-    rows = archive.cone(ra=ra, dec=dec, radius_arcsec=radius, catalog=catalog, limit=limit)
+    # One row more than asked tells a whole answer from one cut at the limit.
+    rows = archive.cone(ra=ra, dec=dec, radius_arcsec=radius, catalog=catalog, limit=limit + 1)
+    truncated = len(rows) > limit
     if catalog == OBJECTS:
-        return ConeOut(rows=[ConeRow.from_row(row) for row in rows])
-    return ConeOut(rows=[CatalogConeRow.from_row(row) for row in rows])
+        return ConeOut(rows=[ConeRow.from_row(row) for row in rows[:limit]], truncated=truncated)
+    return ConeOut(rows=[CatalogConeRow.from_row(row) for row in rows[:limit]],
+                   truncated=truncated)
 
 
 @router.get(

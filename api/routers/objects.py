@@ -120,6 +120,7 @@ def get_crossmatches(
                                       limit=limit)
     return CrossMatchesOut(
         object_id=object_id, ra=float(row["ra"]), dec=float(row["dec"]), radius_arcsec=radius,
-        matches=[CatalogMatches(catalog=name, rows=[CatalogConeRow.from_row(r) for r in rows])
+        matches=[CatalogMatches(catalog=name, truncated=len(rows) > limit,
+                                rows=[CatalogConeRow.from_row(r) for r in rows[:limit]])
                  for name, rows in found],
     )

@@ -242,11 +242,17 @@ def test_cone_equals_a_brute_force_search(client: TestClient, loaded: Loaded) ->
 def test_cone_limit_keeps_the_nearest(client: TestClient, loaded: Loaded) -> None:
     expected = _brute_force(loaded.objects(), 197.6, 7.3, 3600.0)
     assert len(expected) > 5
-    rows = client.get("/api/v1/cone",
-                      params={"ra": 197.6, "dec": 7.3, "radius": 3600, "limit": 5}).json()["rows"]
-    assert [r["id"] for r in rows] == [object_id for object_id, _ in expected[:5]]
+    body = client.get("/api/v1/cone",
+                      params={"ra": 197.6, "dec": 7.3, "radius": 3600, "limit": 5}).json()
+    assert [r["id"] for r in body["rows"]] == [object_id for object_id, _ in expected[:5]]
+    assert body["truncated"] is True
     default = client.get("/api/v1/cone", params={"ra": 197.6, "dec": 7.3, "radius": 3600})
     assert len(default.json()["rows"]) == min(100, len(expected))
+    # A limit of exactly the number of rows in the cone is a whole answer, one less is not.
+    for limit, truncated in ((len(expected), False), (len(expected) - 1, True)):
+        body = client.get("/api/v1/cone", params={"ra": 197.6, "dec": 7.3, "radius": 3600,
+                                                   "limit": limit}).json()
+        assert (len(body["rows"]), body["truncated"]) == (limit, truncated)
 
 
 @pytest.mark.parametrize(("params", "status", "word"), [

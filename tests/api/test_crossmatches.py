@@ -90,6 +90,11 @@ def test_catalogs_can_be_chosen_and_limited(planted: Any) -> None:
     # The two nearest of the four planted within 10 arcsec.
     assert [r["id"] for r in matches[0]["rows"]] == _brute(rows["stars"], obj["ra"], obj["dec"],
                                                           10.0)[:2]
+    assert matches[0]["truncated"] is True
+    whole = client.get(f"/api/v1/objects/{obj['object_id']}/crossmatches",
+                       params={"catalog": "stars", "radius": 10, "limit": 4}).json()
+    assert len(whole["matches"][0]["rows"]) == 4  # the four planted within 10 arcsec
+    assert whole["matches"][0]["truncated"] is False
     both = client.get(f"/api/v1/objects/{obj['object_id']}/crossmatches",
                       params=[("catalog", "stars"), ("catalog", "galaxies")]).json()
     assert [m["catalog"] for m in both["matches"]] == ["stars", "galaxies"]
