@@ -376,6 +376,56 @@ def dr_updates(
 
 @app.command()
 @clean_errors
+def run(
+    ingest_processes: Annotated[int, typer.Option(
+        "--ingest", min=1, max=64, help="Ingest processes (one consumer group).")] = 2,
+    dr_updates: Annotated[bool, typer.Option(
+        "--dr-updates/--no-dr-updates", help="Run the dr-updates stage.")] = True,
+    api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API too.")] = True,
+    port: Annotated[int, typer.Option(
+        "--port", "-p", min=1, max=65535, help="API port (with --serve).")] = 8000,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", min=1, max=64, help="API worker processes.")] = 1,
+    metrics_port: Annotated[int, typer.Option(
+        "--metrics-port", min=0, max=65535,
+        help="Ingest process i serves its metrics on 127.0.0.1:PORT+i (0: off).")] = 0,
+) -> None:
+    """Run the broker on the real services: every stage (and the API) as supervised processes.
+
+    A stage process that ends is restarted (back-off from 1 s to 60 s); SIGTERM or Ctrl-C stops
+    them all, each finishing or abandoning (uncommitted) the batch in hand.
+    """
+    import socket  # noqa: PLC0415
+
+    from broker.config import Backend  # noqa: PLC0415
+    from broker.supervisor import Supervisor, lanner_child  # noqa: PLC0415
+
+    stopping = _stop_on_signals()
+    settings = get_settings()
+    if settings.backend is Backend.embedded:
+        msg = ("lanner run needs the real services (lanner services up, or LANNER_BACKEND="
+               "services); the embedded backend lives in one process: lanner demo runs it")
+        raise LannerError(msg)
+    base_id = settings.ingest_instance_id or f"{socket.gethostname()}-ingest"
+    children = [
+        lanner_child(f"ingest-{i}", "ingest",
+                     *(("--metrics-port", str(metrics_port + i)) if metrics_port else ()),
+                     env={"LANNER_INGEST_INSTANCE_ID": f"{base_id}-{i}"})
+        for i in range(ingest_processes)
+    ]
+    if dr_updates:
+        children.append(lanner_child("dr-updates", "dr-updates"))
+    if api:
+        _check_port("127.0.0.1", port)
+        children.append(lanner_child("api", "serve", "--port", str(port),
+                                     "--workers", str(workers)))
+    supervisor = Supervisor(children, report=lambda line: out.print(line, highlight=False))
+    supervisor.stopping = stopping
+    raise typer.Exit(supervisor.run())
+
+
+@app.command()
+@clean_errors
 def serve(
     port: Annotated[int, typer.Option(
         "--port", "-p", min=1, max=65535, help="TCP port to listen on.")] = 8000,
