@@ -107,6 +107,10 @@ class Supervisor:
         return 0
 
     def _watch(self, child: _Child, now: float) -> None:
+        if self.stopping.is_set():
+            # Ctrl-C reaches the children too (one process group): one that has just stopped
+            # is not a crash.
+            return
         process = child.process
         if process is not None:
             code = process.poll()
