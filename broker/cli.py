@@ -557,6 +557,9 @@ def _print_demo_urls(base: str, example: dict | None, ztf_count: int, loaded: li
                   "   stars around Vega", highlight=False)
         out.print(f"  {base}/scs/hipparcos?RA=279.2341&DEC=38.7830&SR=1   the same, IVOA SCS",
                   highlight=False)
+        if ztf_count:
+            out.print(f"  {base}/api/v1/objects/ZTF20aabaesq/crossmatches?radius=300   a real "
+                      "ZTF object's Hipparcos neighbour", highlight=False)
 
 
 #: Real reference catalogs bundled with the repository, loaded by `lanner demo`:

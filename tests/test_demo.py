@@ -23,6 +23,7 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
     assert "archived 203 alerts (150 simulated Rubin 11.1, 53 real ZTF)" in result.stdout
     assert "/api/v1/objects/ZTF18abmmoot/lightcurve" in result.stdout
     assert "reference catalogs: hipparcos, openngc" in result.stdout
+    assert "/api/v1/objects/ZTF20aabaesq/crossmatches?radius=300" in result.stdout
 
     archive = SQLiteArchive(path=tmp_path / "embedded" / "archive.sqlite3",
                             chunker=Chunker(85, 12))
@@ -31,6 +32,8 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
         ztf = archive.catalog.get_object("ZTF18abmmoot")
         assert ztf is not None
         assert ztf["survey"] == "ztf"
+        pointed = archive.catalog.get_object("ZTF20aabaesq")
+        assert pointed is not None
     finally:
         archive.close()
     refcats = SQLiteRefCatalogs(tmp_path / "embedded" / "archive.sqlite3", Chunker(85, 12))
@@ -39,6 +42,9 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
         assert rows == {"hipparcos": 117_955, "openngc": 14_026}
         vega = refcats.cone("hipparcos", 279.23411, 38.78299, 0.01, 5)
         assert vega[0]["id"] == 91262
+        # The neighbour the demo points at is there.
+        near = refcats.cone("hipparcos", pointed["ra"], pointed["dec"], 300 / 3600, 5)
+        assert [r["id"] for r in near] == [64192]
     finally:
         refcats.close()
 
