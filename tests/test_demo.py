@@ -150,3 +150,36 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_the_workers_listener_gives_connections_tcp_nodelay() -> None:
+    """`lanner serve --workers N` binds its own listener: asyncio must turn Nagle off on the
+    connections it accepts (uvicorn's own listener leaves it on, ~40 ms per keep-alive request)."""
+    import asyncio
+    import socket
+
+    from broker.cli import tcp_listener
+
+    listener = tcp_listener("127.0.0.1", 0)
+    assert listener.proto == socket.IPPROTO_TCP
+    port = listener.getsockname()[1]
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def accept_one() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(accept_one())
+    assert seen == [1]
