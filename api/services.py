@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from api.errors import NotFoundError
 from broker.storage.archive import LightCurveArchive, ObjectCatalog, Row
+from broker.storage.refcat import UnknownCatalogError
 
 #: The archive's own catalog; reference catalogs (`lanner catalog load`) are read by name.
 OBJECTS = "objects"
@@ -172,10 +173,13 @@ class ArchiveService:
         NotFoundError
             If ``catalog`` is not one a cone search can read.
         """
-        self.check_catalog(catalog)
         if catalog == OBJECTS:
             return self.catalog.cone(ra, dec, radius_arcsec / 3600.0, limit)
-        rows = self._stores.refcats.cone(catalog, ra, dec, radius_arcsec / 3600.0, limit)
+        try:
+            rows = self._stores.refcats.cone(catalog, ra, dec, radius_arcsec / 3600.0, limit)
+        except (UnknownCatalogError, ValueError):
+            self.describe_catalog(catalog)  # NotFoundError, naming the catalogs there are
+            raise
         # JSON has no NaN: a missing float of a reference catalog is null.
         return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in row.items()} for row in rows]
@@ -218,12 +222,24 @@ class ArchiveService:
 
     def check_catalog(self, catalog: str) -> None:
         """Raise NotFoundError unless a cone search can read ``catalog``."""
-        if catalog == OBJECTS:
-            return
-        names = [entry["name"] for entry in self._stores.refcats.list()]
-        if catalog not in names:
+        if catalog != OBJECTS:
+            self.describe_catalog(catalog)
+
+    def describe_catalog(self, catalog: str) -> dict[str, Any]:
+        """The registry entry of a reference catalog (columns, rows, version), cached by the
+        store, so that checking a name costs no round trip per request.
+
+        Raises
+        ------
+        NotFoundError
+            If no reference catalog of that name is loaded (the message lists those that are).
+        """
+        try:
+            return self._stores.refcats.describe(catalog)
+        except (UnknownCatalogError, ValueError):
+            names = [entry["name"] for entry in self._stores.refcats.list()]
             known = ", ".join([OBJECTS, *names])
-            raise NotFoundError(f"unknown catalog {catalog} (known: {known})")
+            raise NotFoundError(f"unknown catalog {catalog} (known: {known})") from None
 
     def counts(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
         """Rows per table of the catalog and of the light-curve archive."""

@@ -154,7 +154,7 @@ _UCDS = {"id": "ID_MAIN", "ra": "POS_EQ_RA_MAIN", "dec": "POS_EQ_DEC_MAIN"}
 
 def _catalog_columns(archive: Archive, catalog: str) -> tuple[votable.Column, ...]:
     """The fields of a reference catalog: its id (as text), position, every column, distance."""
-    entry = next(e for e in archive.catalogs() if e["name"] == catalog)
+    entry = archive.describe_catalog(catalog)
     columns = []
     for name, kind in entry["columns"]:
         datatype = "char" if name == "id" else _DATATYPES.get(kind, "char")

@@ -418,6 +418,14 @@ class ShardedRefCatalogs:
         return [{"name": r[0], "rows": int(r[1]), "version": int(r[2]), "loaded_at": r[3],
                  "columns": json.loads(r[4]), "overlap_deg": float(r[5])} for r in rows]
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """The registry entry of one catalog (version, rows, columns, ...), from the same
+        short-lived cache as the reads: no round trip on most calls.
+
+        Raises `UnknownCatalogError` (and ValueError for a name that cannot be a catalog's).
+        """
+        return dict(self._current(name))
+
     # -- load
 
     def _drop_tables(self, tables: Iterable[str]) -> None:
@@ -1300,6 +1308,13 @@ class SQLiteRefCatalogs:
             "FROM refcat_registry WHERE status = 'ready' ORDER BY name").fetchall()
         return [{"name": r[0], "rows": int(r[1]), "version": int(r[2]), "loaded_at": r[3],
                  "columns": json.loads(r[4]), "overlap_deg": float(r[5])} for r in rows]
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """The registry entry of one catalog; `UnknownCatalogError` if none is loaded."""
+        entry = self._registry(self._conn(), validate_name(name))
+        if entry is None:
+            raise UnknownCatalogError(name)
+        return entry
 
     def _drop_tables(self, connection: sqlite3.Connection, tables: Iterable[str]) -> None:
         connection.execute("BEGIN IMMEDIATE")

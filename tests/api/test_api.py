@@ -273,6 +273,8 @@ def test_cone_limit_keeps_the_nearest(client: TestClient, loaded: Loaded) -> Non
     ({"ra": 10, "dec": 7, "radius": 10, "limit": 0}, 422, "limit"),
     ({"ra": 10, "dec": 7, "radius": 10, "limit": 10_001}, 422, "limit"),
     ({"ra": 10, "dec": 7, "radius": 10, "catalog": "nope"}, 404, "unknown catalog nope"),
+    ({"ra": 10, "dec": 7, "radius": 10, "catalog": "x'; DROP TABLE objects"}, 404,
+     "unknown catalog x'; DROP TABLE objects"),
 ])
 def test_cone_rejects_bad_parameters(client: TestClient, params: dict[str, Any], status: int,
                                      word: str) -> None:
