@@ -7,7 +7,6 @@ in Cassandra and in the MariaDB chunks, and the dead-letter topic is empty.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -24,21 +23,9 @@ KILLS = 6
 
 
 def _ingest_process(harness: ServicesHarness, *args: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "LANNER_BACKEND": "services",
-        "LANNER_TOPIC_ALERTS_LSST": harness.topics.lsst,
-        "LANNER_TOPIC_ALERTS_ZTF": harness.topics.ztf,
-        "LANNER_TOPIC_INGESTED": harness.topics.ingested,
-        "LANNER_TOPIC_DLQ": harness.topics.dlq,
-        "LANNER_CASSANDRA_KEYSPACE": harness.keyspace,
-        "LANNER_MARIADB_DATABASE": harness.database,
-        "LANNER_INGEST_GROUP": harness.group,
-        # A restarted process takes over from the one killed before it at once.
-        "LANNER_INGEST_INSTANCE_ID": "ingest-0",
-        "LANNER_INGEST_BATCH_SIZE": "300",
-        "LANNER_LOG_LEVEL": "WARNING",
-    }
+    # A restarted process takes over from the one killed before it at once.
+    env = harness.process_env(LANNER_INGEST_INSTANCE_ID="ingest-0",
+                              LANNER_INGEST_BATCH_SIZE="300")
     return subprocess.Popen([sys.executable, "-m", "broker.cli", "ingest", *args], cwd=REPO_ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

@@ -58,22 +58,10 @@ def test_run_supervises_the_stages_and_the_api(stack, kafka_topics) -> None:
     harness = ServicesHarness(stack, kafka_topics)
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "LANNER_BACKEND": "services",
-        "LANNER_TOPIC_ALERTS_LSST": harness.topics.lsst,
-        "LANNER_TOPIC_ALERTS_ZTF": harness.topics.ztf,
-        "LANNER_TOPIC_INGESTED": harness.topics.ingested,
-        "LANNER_TOPIC_DLQ": harness.topics.dlq,
-        "LANNER_TOPIC_DR_UPDATES": kafka_topics("dr.updates"),
-        "LANNER_CASSANDRA_KEYSPACE": harness.keyspace,
-        "LANNER_MARIADB_DATABASE": harness.database,
-        "LANNER_INGEST_GROUP": harness.group,
-        "LANNER_DR_GROUP": f"{harness.group}-dr",
-        "LANNER_INGEST_INSTANCE_ID": f"{harness.group}-member",
-        "LANNER_INGEST_BATCH_SIZE": "100",
-        "LANNER_LOG_LEVEL": "WARNING",
-    }
+    env = harness.process_env(LANNER_TOPIC_DR_UPDATES=kafka_topics("dr.updates"),
+                              LANNER_DR_GROUP=f"{harness.group}-dr",
+                              LANNER_INGEST_INSTANCE_ID=f"{harness.group}-member",
+                              LANNER_INGEST_BATCH_SIZE="100")
     packets = list(AlertSimulator(schema="11.1", seed=77, cutouts=False).encoded(800))
     detections = set()
     for _, value in packets:

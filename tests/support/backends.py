@@ -9,6 +9,7 @@ on the real services started for the session.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,23 @@ class ServicesHarness(Harness):
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         self._producer.publish(topic, value, key=key)
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        """The environment of a `lanner` child process working on this harness's topics,
+        keyspace, database and consumer group (``extra``: more LANNER_* settings)."""
+        return {
+            **os.environ,
+            "LANNER_BACKEND": "services",
+            "LANNER_TOPIC_ALERTS_LSST": self.topics.lsst,
+            "LANNER_TOPIC_ALERTS_ZTF": self.topics.ztf,
+            "LANNER_TOPIC_INGESTED": self.topics.ingested,
+            "LANNER_TOPIC_DLQ": self.topics.dlq,
+            "LANNER_CASSANDRA_KEYSPACE": self.keyspace,
+            "LANNER_MARIADB_DATABASE": self.database,
+            "LANNER_INGEST_GROUP": self.group,
+            "LANNER_LOG_LEVEL": "WARNING",
+            **extra,
+        }
 
     def flush(self) -> None:
         self._producer.flush(60)
