@@ -85,6 +85,14 @@ def _ingest(env: dict[str, str], *args: str) -> subprocess.Popen:
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _stop(workers: list[subprocess.Popen]) -> None:
+    """SIGTERM every ingest process, then wait for each."""
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.wait(60)
+
+
 def _read_ingested(bootstrap: str, topic: str, expected: int, timeout: float) -> list[dict]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -132,10 +140,7 @@ def throughput(settings: Settings, count: int, processes: int, partitions: int,
         records = _read_ingested(settings.kafka_bootstrap, env["LANNER_TOPIC_INGESTED"], count,
                                  1800)
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait(60)
+        _stop(workers)
         _cleanup(settings, env)
     archived = len({r["alert_id"] for r in records})
     elapsed = (max(r["ingested_ms"] for r in records) - started_ms) / 1000
@@ -172,10 +177,7 @@ def latency(settings: Settings, rate: float, seconds: float, seed: int,
         records = _read_ingested(settings.kafka_bootstrap, env["LANNER_TOPIC_INGESTED"], count,
                                  seconds + 120)
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait(60)
+        _stop(workers)
         _cleanup(settings, env)
     latencies = sorted(r["ingested_ms"] - r["source_timestamp_ms"] for r in records
                        if r["source_timestamp_ms"])

@@ -15,6 +15,7 @@ Every positional row also carries ``hpx29``, its HEALPix nested index at order 2
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -221,6 +222,13 @@ class ChunkPlacement:
 
     def shards_of(self, chunk_ids: np.ndarray) -> np.ndarray:
         return np.asarray(chunk_ids, dtype=np.int64) % self.shards
+
+    def by_shard(self, chunk_ids: Iterable[int]) -> dict[int, list[int]]:
+        """The chunks grouped by the shard that holds them, in the order given."""
+        groups: dict[int, list[int]] = {}
+        for chunk in chunk_ids:
+            groups.setdefault(self.shard_of(chunk), []).append(int(chunk))
+        return groups
 
 
 def overlap_chunks(chunker: Chunker, ra: np.ndarray, dec: np.ndarray,

@@ -19,7 +19,13 @@ from pymysql.connections import Connection
 
 from broker.config import Settings
 from broker.domain.archive import BANDS, ArchiveBatch, ObjectUpdate, PlacedDetection, Seen
-from broker.domain.sky import Chunker, ChunkPlacement, angular_separation_deg, cone_cover
+from broker.domain.sky import (
+    Chunker,
+    ChunkPlacement,
+    ConeCover,
+    angular_separation_deg,
+    cone_cover,
+)
 from broker.exceptions import LannerError, ServiceUnavailableError
 from broker.storage.archive import DETECTION_COLUMNS, OBJECT_COLUMNS, Row
 
@@ -223,6 +229,28 @@ class ShardExecutor:
                 connection.close()
 
 
+def cover_rows(executor: ShardExecutor, placement: ChunkPlacement, cover: ConeCover,
+               table: str, columns: str) -> list[tuple]:
+    """The rows of a chunked table (``chunk_id`` and ``hpx29`` columns under one index) inside
+    a cone's cover: one read per shard holding a touched chunk, in parallel. ``table`` and
+    ``columns`` are quoted SQL; the distance cut is the caller's."""
+    ranges = " OR ".join(["(hpx29 >= %s AND hpx29 < %s)"] * len(cover.ranges))
+    range_args = [v for pair in cover.ranges for v in pair]
+
+    def on(chunks: list[int]) -> Callable[[Any], list[tuple]]:
+        def work(cursor: Any) -> list[tuple]:
+            marks = ",".join(["%s"] * len(chunks))
+            cursor.execute(f"SELECT {columns} FROM {table} WHERE chunk_id IN ({marks}) "
+                           f"AND ({ranges})", [*chunks, *range_args])
+            return list(cursor.fetchall())
+        return work
+
+    found = executor.on_shards({s: on(chunks)
+                                for s, chunks in placement.by_shard(cover.chunks).items()},
+                               write=False)
+    return [row for part in found.values() for row in part]
+
+
 def _connection_lost(exc: Exception) -> bool:
     """True for the errors of a connection the server has closed (2006, 2013) or a dead socket."""
     code = exc.args[0] if exc.args else None
@@ -408,24 +436,9 @@ class ShardedCatalog:
 
     def cone(self, ra: float, dec: float, radius_deg: float, limit: int) -> list[Row]:
         cover = cone_cover(self.chunker, ra, dec, radius_deg)
-        by_shard: dict[int, list[int]] = {}
-        for chunk in cover.chunks:
-            by_shard.setdefault(self.placement.shard_of(chunk), []).append(chunk)
-        columns = ", ".join(_quote(c) for c in OBJECT_COLUMNS)
-        ranges = " OR ".join(["(hpx29 >= %s AND hpx29 < %s)"] * len(cover.ranges))
-        range_args = [v for pair in cover.ranges for v in pair]
-
-        def query(chunks: list[int]) -> Callable[[Any], list[tuple]]:
-            def work(cursor: Any) -> list[tuple]:
-                marks = ",".join(["%s"] * len(chunks))
-                cursor.execute(f"SELECT {columns} FROM objects WHERE chunk_id IN ({marks}) "
-                               f"AND ({ranges})", [*chunks, *range_args])
-                return list(cursor.fetchall())
-            return work
-
-        found = self._on_shards({shard: query(chunks) for shard, chunks in by_shard.items()},
-                                write=False)
-        rows = [dict(zip(OBJECT_COLUMNS, r, strict=True)) for part in found.values() for r in part]
+        found = cover_rows(self._shards, self.placement, cover, "objects",
+                           ", ".join(_quote(c) for c in OBJECT_COLUMNS))
+        rows = [dict(zip(OBJECT_COLUMNS, r, strict=True)) for r in found]
         return nearest_first(rows, ra, dec, radius_deg, limit)
 
     def counts(self) -> Mapping[str, int]:

@@ -73,7 +73,7 @@ from broker.domain.catalogs import (
 )
 from broker.domain.sky import Chunker, ChunkPlacement, cone_cover
 from broker.exceptions import LannerError, TransientError
-from broker.storage.mariadb import ShardExecutor, ShardSet
+from broker.storage.mariadb import ShardExecutor, ShardSet, cover_rows
 
 T = TypeVar("T")
 
@@ -200,11 +200,16 @@ def _columns_of(prepared_columns: CatalogColumns) -> list[list[str]]:
     return [[n, k] for n, k in prepared_columns.stored]
 
 
-def _first_batch(batches: Iterable[pa.RecordBatch]) -> tuple[pa.RecordBatch | None, Any]:
+def _plan_input(name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
+                dec_col: str) -> tuple[pa.RecordBatch, Iterator[pa.RecordBatch], CatalogColumns]:
+    """The first batch of a load's input, the rest, and the catalog's columns planned from the
+    first batch's schema (`RefCatalogError` for an input with no batch)."""
     iterator = iter(batches)
-    for batch in iterator:
-        return batch, iterator
-    return None, iterator
+    first = next(iterator, None)
+    if first is None:
+        msg = f"the input of catalog {name!r} holds no rows"
+        raise RefCatalogError(msg)
+    return first, iterator, plan_columns(first.schema, id_col, ra_col, dec_col)
 
 
 def _q(identifier: str) -> str:
@@ -447,11 +452,7 @@ class ShardedRefCatalogs:
     def _load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
               dec_col: str, progress: Progress | None) -> LoadReport:
         started = time.perf_counter()
-        first, rest = _first_batch(batches)
-        if first is None:
-            msg = f"the input of catalog {name!r} holds no rows"
-            raise RefCatalogError(msg)
-        columns = plan_columns(first.schema, id_col, ra_col, dec_col)
+        first, rest, columns = _plan_input(name, batches, id_col, ra_col, dec_col)
         current = self._registry(name)
         version = (current["version"] if current else 0) + 1
         tables = table_names(name, version)
@@ -591,28 +592,13 @@ class ShardedRefCatalogs:
              limit: int = 1000) -> Rows:
         """Rows within ``radius_deg`` of (ra, dec), nearest first, with ``distance_arcsec``."""
         cover = cone_cover(self.chunker, ra, dec, radius_deg)
-        by_shard: dict[int, list[int]] = {}
-        for chunk in cover.chunks:
-            by_shard.setdefault(self.placement.shard_of(chunk), []).append(chunk)
-        ranges = " OR ".join(["(hpx29 >= %s AND hpx29 < %s)"] * len(cover.ranges))
-        range_args = [v for pair in cover.ranges for v in pair]
 
         def query(entry: dict[str, Any]) -> list[Row]:
             names = [c[0] for c in entry["columns"]]
-            select = ", ".join(_q(c) for c in names)
-            table = _q(table_names(name, entry["version"])[0])
-
-            def on(chunks: list[int]) -> Callable[[Any], list[tuple]]:
-                def work(cursor: Any) -> list[tuple]:
-                    marks = ",".join(["%s"] * len(chunks))
-                    cursor.execute(f"SELECT {select} FROM {table} WHERE chunk_id IN ({marks}) "
-                                   f"AND ({ranges})", [*chunks, *range_args])
-                    return list(cursor.fetchall())
-                return work
-
-            found = self._on_shards({s: on(chunks) for s, chunks in by_shard.items()},
-                                    write=False)
-            return [dict(zip(names, r, strict=True)) for part in found.values() for r in part]
+            found = cover_rows(self._shards, self.placement, cover,
+                               _q(table_names(name, entry["version"])[0]),
+                               ", ".join(_q(c) for c in names))
+            return [dict(zip(names, r, strict=True)) for r in found]
 
         rows = self._read(name, query)
         return nearest_rows(rows, ra, dec, radius_deg, limit)
@@ -620,9 +606,7 @@ class ShardedRefCatalogs:
     def chunk_rows(self, name: str, chunk_ids: Iterable[int]) -> ChunkRows:
         """Ids and positions of the rows of each chunk and of its halo (one query per shard)."""
         wanted = sorted({int(c) for c in chunk_ids})
-        by_shard: dict[int, list[int]] = {}
-        for chunk in wanted:
-            by_shard.setdefault(self.placement.shard_of(chunk), []).append(chunk)
+        by_shard = self.placement.by_shard(wanted)
 
         def query(entry: dict[str, Any]) -> list[tuple]:
             main, halo, _ = (_q(t) for t in table_names(name, entry["version"]))
@@ -1336,11 +1320,7 @@ class SQLiteRefCatalogs:
     def _load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
               dec_col: str, progress: Progress | None) -> LoadReport:
         started = time.perf_counter()
-        first, rest = _first_batch(batches)
-        if first is None:
-            msg = f"the input of catalog {name!r} holds no rows"
-            raise RefCatalogError(msg)
-        columns = plan_columns(first.schema, id_col, ra_col, dec_col)
+        first, rest, columns = _plan_input(name, batches, id_col, ra_col, dec_col)
         connection = self._conn()
         current = self._registry(connection, name)
         version = (current["version"] if current else 0) + 1

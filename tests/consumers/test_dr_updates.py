@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from broker.domain.sky import Chunker, angular_separation_deg
@@ -43,6 +42,7 @@ from consumers.dr_updates import (
     row_schema,
 )
 from consumers.stage import Backoff
+from tests.support.backends import read_topic
 
 CHUNKER = Chunker(85, 12)
 BASE_ID = 609_000_000_000_000  # DP1-like object ids
@@ -178,33 +178,7 @@ class ServicesDR(DRHarness):
         return DRUpdateStage(**arguments)
 
     def dlq(self) -> list[Message]:
-        consumer = Consumer({
-            "bootstrap.servers": self.stack.kafka.bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "enable.partition.eof": True,
-        })
-        out: list[Message] = []
-        try:
-            consumer.subscribe([self.topics.dlq])
-            idle = 0
-            while idle < 5:
-                batch = consumer.consume(num_messages=1000, timeout=1.0)
-                if not batch:
-                    idle += 1
-                    continue
-                ended = False
-                for m in batch:
-                    if m.error() is not None:
-                        ended = True
-                        continue
-                    out.append(Message(topic=m.topic(), partition=m.partition(),
-                                       offset=m.offset(), value=m.value(), key=m.key(),
-                                       headers=dict(m.headers() or [])))
-                if ended:
-                    break
-        finally:
-            consumer.close()
-        return out
+        return read_topic(self.stack.kafka.bootstrap, self.topics.dlq)
 
     def dump(self, name: str) -> dict[str, Any]:
         [entry] = [e for e in self.catalogs.list() if e["name"] == name]

@@ -168,34 +168,7 @@ class ServicesHarness(Harness):
         return IngestStage(**arguments)
 
     def outputs(self, topic: str) -> list[Message]:
-        consumer = Consumer({
-            "bootstrap.servers": self.stack.kafka.bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "enable.partition.eof": True,
-        })
-        out: list[Message] = []
-        try:
-            consumer.subscribe([topic])
-            idle = 0
-            eof: set[int] = set()
-            while idle < 5:
-                batch = consumer.consume(num_messages=1000, timeout=1.0)
-                if not batch:
-                    idle += 1
-                    continue
-                for m in batch:
-                    if m.error() is not None:
-                        eof.add(m.partition())
-                        continue
-                    out.append(Message(topic=m.topic(), partition=m.partition(),
-                                       offset=m.offset(), value=m.value(), key=m.key(),
-                                       headers=dict(m.headers() or [])))
-                partitions = len(consumer.assignment())
-                if partitions and len(eof) >= partitions:
-                    break
-        finally:
-            consumer.close()
-        return out
+        return read_topic(self.stack.kafka.bootstrap, topic)
 
     def close(self) -> None:
         for source in self._sources:
@@ -205,3 +178,36 @@ class ServicesHarness(Harness):
         self.lightcurves.close()
         self.catalog.close()
         self.shards.drop_database()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Message]:
+    """Every message of a Kafka topic, read from the beginning by a fresh group to the end of
+    each partition."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "enable.partition.eof": True,
+    })
+    out: list[Message] = []
+    try:
+        consumer.subscribe([topic])
+        idle = 0
+        eof: set[int] = set()
+        while idle < 5:
+            batch = consumer.consume(num_messages=1000, timeout=1.0)
+            if not batch:
+                idle += 1
+                continue
+            for m in batch:
+                if m.error() is not None:
+                    eof.add(m.partition())
+                    continue
+                out.append(Message(topic=m.topic(), partition=m.partition(),
+                                   offset=m.offset(), value=m.value(), key=m.key(),
+                                   headers=dict(m.headers() or [])))
+            partitions = len(consumer.assignment())
+            if partitions and len(eof) >= partitions:
+                break
+    finally:
+        consumer.close()
+    return out
