@@ -19,6 +19,8 @@ Rows are plain dicts with the column names of the felis schema (``schemas/felis/
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -153,7 +155,7 @@ class ReferenceCatalogs(Protocol):
         """Delete tombstones older than ``older_than_s``; how many were deleted."""
 
     def cone(self, name: str, ra: float, dec: float, radius_deg: float,
-             limit: int = 1000) -> list[Row]:
+             limit: int = 1000) -> builtins.list[Row]:
         """Rows within ``radius_deg`` of (ra, dec), nearest first, with ``distance_arcsec``."""
 
     def chunk_rows(self, name: str, chunk_ids: Iterable[int]) -> ChunkRows:
@@ -162,7 +164,7 @@ class ReferenceCatalogs(Protocol):
     def get(self, name: str, object_id: Any) -> Row | None:
         """One row by id."""
 
-    def tables(self) -> list[str]:
+    def tables(self) -> builtins.list[str]:
         """Every table of every catalog version on any shard."""
 
     def close(self) -> None:
