@@ -20,7 +20,6 @@ Rows are plain dicts with the column names of the felis schema (``schemas/felis/
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
