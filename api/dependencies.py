@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from api.services import ArchiveService
 from broker.factory import Factory
-from broker.storage.archive import LightCurveArchive, ObjectCatalog
+from broker.storage.stores import LightCurveArchive, ObjectCatalog
 
 
 class LazyStores:

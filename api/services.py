@@ -17,8 +17,8 @@ from importlib import metadata
 from typing import Any, Protocol
 
 from api.errors import NotFoundError
-from broker.storage.archive import LightCurveArchive, ObjectCatalog, Row
-from broker.storage.refcat import UnknownCatalogError
+from broker.exceptions import UnknownCatalogError
+from broker.storage.stores import LightCurveArchive, ObjectCatalog, Row
 
 #: The archive's own catalog; reference catalogs (`lanner catalog load`) are read by name.
 OBJECTS = "objects"

@@ -140,14 +140,11 @@ def catalog_load(
     from rich.progress import Progress  # noqa: PLC0415
 
     from broker.factory import Factory  # noqa: PLC0415
-    from broker.storage.refcat import (  # noqa: PLC0415
-        open_catalog_file,
-        open_reference_catalogs,
-    )
+    from broker.storage.refcat import open_catalog_file  # noqa: PLC0415
 
     factory = Factory(get_settings())
     source = open_catalog_file(file, batch_rows)
-    store = open_reference_catalogs(factory.settings, factory.chunker)
+    store = factory.refcats
     try:
         with Progress(console=console) as progress:
             task = progress.add_task(f"loading {name} ({source.unit})", total=source.total)
@@ -160,7 +157,7 @@ def catalog_load(
         raise LannerError(f"cannot read {file}: {exc}") from None
     finally:
         source.close()
-        store.close()
+        factory.close()
     out.print(f"catalog {name} v{report.version}: {report.rows} rows, {report.skipped} skipped "
               f"(no valid position or id), {report.overlap_rows} overlap rows, "
               f"{report.seconds:.1f} s ({report.rows / max(report.seconds, 1e-9):,.0f} rows/s)",
@@ -180,18 +177,17 @@ def catalog_purge_tombstones(
 ) -> None:
     """Remove old tombstones of deleted rows (left by `lanner dr-updates`); rows are unchanged."""
     from broker.factory import Factory  # noqa: PLC0415
-    from broker.storage.refcat import open_reference_catalogs  # noqa: PLC0415
 
     settings = get_settings()
     grace = settings.dr_tombstone_grace_s if older_than is None else older_than
     factory = Factory(settings)
-    store = open_reference_catalogs(factory.settings, factory.chunker)
+    store = factory.refcats
     try:
         removed = store.purge_tombstones(name, grace)
     except ValueError as exc:
         raise LannerError(str(exc)) from None
     finally:
-        store.close()
+        factory.close()
     age = f"{grace:,.0f} s ({grace / 86_400:g} days)" if grace >= 86_400 else f"{grace:g} s"
     out.print(f"catalog {name}: {removed} tombstones older than {age} removed", highlight=False)
 
@@ -204,11 +200,11 @@ def catalog_drop(
         "--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Forget a reference catalog and drop its tables on every shard (waits for its lock)."""
+    from broker.exceptions import UnknownCatalogError  # noqa: PLC0415
     from broker.factory import Factory  # noqa: PLC0415
-    from broker.storage.refcat import UnknownCatalogError, open_reference_catalogs  # noqa: PLC0415
 
     factory = Factory(get_settings())
-    store = open_reference_catalogs(factory.settings, factory.chunker)
+    store = factory.refcats
     try:
         entry = next((e for e in store.list() if e["name"] == name), None)
         if entry is None:
@@ -217,7 +213,7 @@ def catalog_drop(
             raise typer.Exit(1)
         store.drop(name)
     finally:
-        store.close()
+        factory.close()
     out.print(f"catalog {name} dropped ({entry['rows']} rows)", highlight=False)
 
 
@@ -226,14 +222,13 @@ def catalog_drop(
 def catalog_list() -> None:
     """One line per loaded reference catalog: name, rows, version, load time, columns."""
     from broker.factory import Factory  # noqa: PLC0415
-    from broker.storage.refcat import open_reference_catalogs  # noqa: PLC0415
 
     factory = Factory(get_settings())
-    store = open_reference_catalogs(factory.settings, factory.chunker)
+    store = factory.refcats
     try:
         entries = store.list()
     finally:
-        store.close()
+        factory.close()
     if not entries:
         out.print("no reference catalogs loaded", highlight=False)
     for entry in entries:

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
         default_factory=_repo_deploy_dir,
         description="The repository's deploy/ folder (Maven poms and service config templates).",
     )
+    embedded_shards: int = Field(
+        2, ge=1, le=64,
+        description="SQLite files the embedded catalogs are spread over, as over MariaDB shards.",
+    )
     embedded_dir: Path | None = Field(
         None, description="Folder of the embedded backend; defaults to <state_dir>/embedded."
     )

@@ -83,3 +83,35 @@ class ArchiveIntegrityError(LannerError):
     """Stored data is not whole: a row refers to another that is gone."""
 
     reason = "archive_integrity"
+
+
+class RefCatalogError(LannerError):
+    """A reference catalog cannot be loaded or read as asked."""
+
+    reason = "refcat"
+
+
+class UnknownCatalogError(RefCatalogError):
+    """No catalog of that name is loaded."""
+
+    reason = "unknown_catalog"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no reference catalog named {name!r} is loaded")
+
+
+class CatalogBusyError(RefCatalogError, TransientError):
+    """Another process (or thread) is loading or changing the catalog: try again later.
+
+    A `TransientError`, so the stages retry the step with back-off and commit nothing, as for
+    an unavailable store, rather than treat the batch as bad.
+    """
+
+    reason = "catalog_busy"
+
+    def __init__(self, name: str, holder: str | None = None) -> None:
+        self.name = name
+        self.holder = holder
+        by = f" ({holder})" if holder else ""
+        super().__init__(f"catalog {name} is being loaded or changed by another process{by}")

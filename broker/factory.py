@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import uuid
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.config import Backend, Settings
 from broker.domain.sky import Chunker
-from broker.storage.archive import LightCurveArchive, ObjectCatalog
+from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
+
+if TYPE_CHECKING:
+    from broker.storage.shards import ShardSet
 
 
 class Factory:
@@ -29,20 +32,32 @@ class Factory:
     # -- stores
 
     @cached_property
-    def _embedded(self) -> Any:
-        from broker.storage.sqlite import SQLiteArchive  # noqa: PLC0415
+    def shards(self) -> ShardSet:
+        """The shard set of the chunked catalogs: MariaDB servers, or SQLite files embedded."""
+        shards: ShardSet
+        if self.settings.backend is Backend.embedded:
+            from broker.storage.shards import SQLiteShards  # noqa: PLC0415
 
-        self.settings.embedded_path.mkdir(parents=True, exist_ok=True)
-        archive = SQLiteArchive(path=self.settings.embedded_path / "archive.sqlite3",
-                                chunker=self.chunker)
-        archive.setup()
-        self._closers.append(archive)
-        return archive
+            shards = SQLiteShards(self.settings.embedded_path,
+                                  self.settings.embedded_shards, stem="catalog")
+        else:
+            from broker.storage.shards import MariaDBShards  # noqa: PLC0415
+
+            shards = MariaDBShards.from_settings(self.settings)
+        self._closers.append(shards)
+        return shards
 
     @cached_property
     def lightcurves(self) -> LightCurveArchive:
         if self.settings.backend is Backend.embedded:
-            return self._embedded.lightcurves
+            from broker.storage.shards import SQLiteShards  # noqa: PLC0415
+            from broker.storage.sqlite import SQLiteLightCurves  # noqa: PLC0415
+
+            files = SQLiteShards(self.settings.embedded_path, 1, stem="lightcurves")
+            self._closers.append(files)
+            embedded = SQLiteLightCurves(files)
+            embedded.setup()
+            return embedded
         from broker.storage.cassandra import (  # noqa: PLC0415
             CassandraConnection,
             CassandraLightCurves,
@@ -55,25 +70,18 @@ class Factory:
 
     @cached_property
     def catalog(self) -> ObjectCatalog:
-        if self.settings.backend is Backend.embedded:
-            return self._embedded.catalog
-        from broker.storage.mariadb import ShardedCatalog, ShardSet  # noqa: PLC0415
+        from broker.storage.catalog import ChunkedCatalog  # noqa: PLC0415
 
-        store = ShardedCatalog(shards=ShardSet.from_settings(self.settings), chunker=self.chunker)
+        store = ChunkedCatalog(shards=self.shards, chunker=self.chunker)
         store.setup()
-        self._closers.append(store)
         return store
 
     @cached_property
-    def refcats(self) -> Any:
-        """The reference catalogs (MariaDB shards or the embedded SQLite file)."""
-        from broker.storage.refcat import open_reference_catalogs  # noqa: PLC0415
+    def refcats(self) -> ReferenceCatalogs:
+        """The reference catalogs (on the same shard set as the object catalog)."""
+        from broker.storage.refcat import ChunkedRefCatalogs  # noqa: PLC0415
 
-        if self.settings.backend is Backend.embedded:
-            self.settings.embedded_path.mkdir(parents=True, exist_ok=True)
-        store = open_reference_catalogs(self.settings, self.chunker)
-        self._closers.append(store)
-        return store
+        return ChunkedRefCatalogs(self.shards, self.chunker)
 
     # -- queues
 

@@ -4,7 +4,7 @@ Per batch: decode every ``lanner.dr_update`` record (bad bytes, unknown schema i
 or version, and upserts whose coordinates are missing, NaN or out of range go to the
 dead-letter topic with their bytes, reason, topic, partition and offset), collapse the batch to
 the newest version of each object, apply the upserts and deletes to the catalog in one call
-(`ShardedRefCatalogs.apply` / `SQLiteRefCatalogs.apply`: version-guarded, tombstones for
+(`ChunkedRefCatalogs.apply`: version-guarded, tombstones for
 deletes, rows moved between chunks, halos and shards as their positions change), publish the
 dead letters and wait for them, and only then commit the offsets. A store that fails makes the
 stage retry the same batch with back-off, committing nothing. Every change carries its version,
@@ -17,7 +17,7 @@ a `TransientError`: the batch is retried with back-off like a store outage, neve
 Deletes leave tombstones (state rows saying "deleted at version v") so that an older insert
 arriving late loses. After a batch is committed, at most once per ``purge_interval_s``, the
 stage removes the tombstones older than ``tombstone_grace_s``, which must exceed the retention
-of ``dr.updates`` plus its segment roll time (see `ShardedRefCatalogs.purge_tombstones`). The
+of ``dr.updates`` plus its segment roll time (see `ChunkedRefCatalogs.purge_tombstones`). The
 purge deletes nothing a reader sees and no offset depends on it, so a failed purge is logged and
 the stream goes on; the next one is tried an interval later.
 """
@@ -38,8 +38,8 @@ from broker import metrics
 from broker.config import DEFAULT_TOMBSTONE_GRACE_S, DEFAULT_TOMBSTONE_PURGE_INTERVAL_S
 from broker.exceptions import (
     PermanentError,
+    UnknownCatalogError,
 )
-from broker.storage.refcat import UnknownCatalogError
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
 from consumers.stage import Backoff, Stage, unexpected

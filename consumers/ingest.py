@@ -24,7 +24,7 @@ from broker.domain.archive import ArchiveBatch, ObjectUpdate, Seen, plan
 from broker.domain.sky import Chunker
 from broker.domain.ztf import from_ztf
 from broker.exceptions import PermanentError
-from broker.storage.archive import LightCurveArchive, ObjectCatalog, Origin
+from broker.storage.stores import LightCurveArchive, ObjectCatalog, Origin
 from broker.streaming import lanner_schemas, wire
 from broker.streaming.queue import Message, MessageSource, Publisher
 from broker.streaming.ztf import decode_container

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from broker.domain.sky import Chunker, angular_separation_deg, hpx29, overlap_chunks
+from broker.domain.sky import Chunker, hpx29, overlap_chunks
 
 #: Default overlap radius of reference catalogs: Rubin's production 1 arcmin.
 DEFAULT_OVERLAP_DEG = 1.0 / 60.0
@@ -245,63 +245,3 @@ def halo_pairs(chunker: Chunker, ra: np.ndarray, dec: np.ndarray,
         return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
     rows, chunks = overlap_chunks(chunker, ra[candidates], dec[candidates], overlap_deg)
     return candidates[rows], chunks
-
-
-def _crc_table() -> np.ndarray:
-    table = np.empty(256, dtype=np.uint32)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        table[i] = c
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc32_of(ids: pa.Array) -> np.ndarray:
-    """``zlib.crc32(str(id).encode())`` of every id, vectorised over the id's UTF-8 bytes."""
-    text = pc.cast(ids, pa.string()) if not pa.types.is_string(ids.type) else ids
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    n = len(text)
-    if n == 0:
-        return np.array([], dtype=np.uint32)
-    _, offsets_buf, data_buf = text.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[text.offset: text.offset + n + 1]
-    data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
-            else np.zeros(1, dtype=np.uint8))
-    if data.size == 0:
-        data = np.zeros(1, dtype=np.uint8)
-    starts = offsets[:-1].astype(np.int64)
-    lengths = (offsets[1:] - offsets[:-1]).astype(np.int64)
-    crc = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
-    last = data.size - 1
-    for j in range(int(lengths.max(initial=0))):
-        byte = data[np.minimum(starts + j, last)].astype(np.uint32)
-        stepped = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> np.uint32(8))
-        crc = np.where(j < lengths, stepped, crc)
-    return crc ^ np.uint32(0xFFFFFFFF)
-
-
-def director_shards(ids: pa.Array, shards: int) -> np.ndarray:
-    """The shard of each id's director row: ``crc32(str(id)) % shards``."""
-    return (crc32_of(ids) % np.uint32(shards)).astype(np.int64)
-
-
-def nearest_rows(rows: list[dict], ra: float, dec: float, radius_deg: float,
-                 limit: int) -> list[dict]:
-    """Rows within the radius, nearest first (ties by id), each with ``distance_arcsec``."""
-    if not rows:
-        return []
-    distance = angular_separation_deg(np.full(len(rows), ra), np.full(len(rows), dec),
-                                      np.array([r["ra"] for r in rows], dtype=np.float64),
-                                      np.array([r["dec"] for r in rows], dtype=np.float64))
-    inside = [(d, r) for d, r in zip(distance.tolist(), rows, strict=True) if d <= radius_deg]
-    inside.sort(key=lambda pair: (pair[0], str(pair[1]["id"])))
-    out = []
-    for d, r in inside[:limit]:
-        r["distance_arcsec"] = d * 3600.0
-        out.append(r)
-    return out

@@ -15,6 +15,7 @@ Every positional row also carries ``hpx29``, its HEALPix nested index at order 2
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,6 +23,8 @@ from typing import Any
 
 import cdshealpix
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from astropy import units as u
 from astropy.coordinates import Latitude, Longitude
 from cdshealpix import cdshealpix as _cdshealpix_rs
@@ -165,8 +168,50 @@ def _cover_depth(radius_deg: float) -> int:
     return max(0, min(HPX_ORDER - 2, depth))
 
 
+def check_cone(ra: float, dec: float, radius_deg: float, limit: int) -> None:
+    """Raise ValueError for a cone no catalog can answer: a non-finite centre, dec outside
+    [-90, 90], a radius outside [0, 180] deg or a negative row limit."""
+    if not (math.isfinite(ra) and math.isfinite(dec)):
+        msg = f"cone centre ({ra}, {dec}) is not finite"
+        raise ValueError(msg)
+    if not -90.0 <= dec <= 90.0:
+        msg = f"cone centre dec = {dec} is outside [-90, 90]"
+        raise ValueError(msg)
+    if not (math.isfinite(radius_deg) and 0.0 <= radius_deg <= 180.0):
+        msg = f"cone radius {radius_deg} deg is not within [0, 180]"
+        raise ValueError(msg)
+    if limit < 0:
+        msg = f"limit must not be negative, not {limit}"
+        raise ValueError(msg)
+
+
+def nearest_first(rows: list[dict], ra: float, dec: float, radius_deg: float, limit: int, *,
+                  key: str) -> list[dict]:
+    """Rows within the radius (exact great-circle distance), nearest first, ties broken by
+    ``row[key]``, at most ``limit``, each given ``distance_arcsec``."""
+    if not rows:
+        return []
+    distance = angular_separation_deg(np.full(len(rows), ra), np.full(len(rows), dec),
+                                      np.array([r["ra"] for r in rows], dtype=np.float64),
+                                      np.array([r["dec"] for r in rows], dtype=np.float64))
+    inside = [(d, r) for d, r in zip(distance.tolist(), rows, strict=True) if d <= radius_deg]
+    inside.sort(key=lambda pair: (pair[0], str(pair[1][key])))
+    out = []
+    for d, r in inside[:limit]:
+        r["distance_arcsec"] = d * 3600.0
+        out.append(r)
+    return out
+
+
+#: Smallest radius of a cone's HEALPix cover (1 mas): cdshealpix cannot cover radii below a
+#: fraction of a milliarcsecond (it panics past order 29); a wider cover only adds candidates
+#: that the exact distance drops.
+MIN_COVER_RADIUS_DEG = 1e-3 / 3600.0
+
+
 def cone_cover(chunker: Chunker, ra: float, dec: float, radius_deg: float) -> ConeCover:
     """Chunks (via lsst-sphgeom) and merged order-29 ranges (via cdshealpix) covering a cone."""
+    radius_deg = max(radius_deg, MIN_COVER_RADIUS_DEG)
     import lsst.sphgeom as sg  # noqa: PLC0415 - imported where used: heavy, and only here
 
     centre = sg.UnitVector3d(sg.LonLat.fromDegrees(ra % 360.0, dec))
@@ -207,6 +252,44 @@ def chunker_sphgeom(chunker: Chunker) -> Any:
     return _SPHGEOM[key]
 
 
+def _crc_table() -> np.ndarray:
+    table = np.empty(256, dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table[i] = c
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc32_of(ids: pa.Array) -> np.ndarray:
+    """``zlib.crc32(str(id).encode())`` of every id, vectorised over the id's UTF-8 bytes."""
+    text = pc.cast(ids, pa.string()) if not pa.types.is_string(ids.type) else ids
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    n = len(text)
+    if n == 0:
+        return np.array([], dtype=np.uint32)
+    _, offsets_buf, data_buf = text.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[text.offset: text.offset + n + 1]
+    data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+            else np.zeros(1, dtype=np.uint8))
+    if data.size == 0:
+        data = np.zeros(1, dtype=np.uint8)
+    starts = offsets[:-1].astype(np.int64)
+    lengths = (offsets[1:] - offsets[:-1]).astype(np.int64)
+    crc = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
+    last = data.size - 1
+    for j in range(int(lengths.max(initial=0))):
+        byte = data[np.minimum(starts + j, last)].astype(np.uint32)
+        stepped = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> np.uint32(8))
+        crc = np.where(j < lengths, stepped, crc)
+    return crc ^ np.uint32(0xFFFFFFFF)
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkPlacement:
     """Which shard holds a chunk: a fixed function of the chunk id and the shard count.
@@ -222,6 +305,15 @@ class ChunkPlacement:
 
     def shards_of(self, chunk_ids: np.ndarray) -> np.ndarray:
         return np.asarray(chunk_ids, dtype=np.int64) % self.shards
+
+    def director_shard(self, key: object) -> int:
+        """The shard of a director row: ``crc32(str(id)) % shards`` (the object catalog's and
+        every reference catalog's director)."""
+        return zlib.crc32(str(key).encode()) % self.shards
+
+    def director_shards(self, ids: pa.Array) -> np.ndarray:
+        """`director_shard` of every id, vectorised."""
+        return (crc32_of(ids) % np.uint32(self.shards)).astype(np.int64)
 
     def by_shard(self, chunk_ids: Iterable[int]) -> dict[int, list[int]]:
         """The chunks grouped by the shard that holds them, in the order given."""

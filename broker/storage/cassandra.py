@@ -23,7 +23,8 @@ from cassandra.query import BatchStatement, BatchType
 from broker.config import Settings
 from broker.domain.archive import ArchiveBatch
 from broker.exceptions import ArchiveIntegrityError, ServiceUnavailableError
-from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, Origin, Row
+from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS
+from broker.storage.stores import Origin, Row
 from broker.streaming import packets
 
 #: The single local node starts in this data centre (SimpleSnitch's name for it).
@@ -219,14 +220,15 @@ class CassandraLightCurves:
         return rows[0]["data"] if rows else None
 
     def packet(self, alert_id: int) -> bytes | None:
-        """The original packet bytes, rebuilt from the head and the cutouts if stored split."""
+        """The original packet bytes, rebuilt from the head and the cutouts if stored split;
+        None when the alert is unknown or was stored without its bytes (as embedded)."""
         rows = self._rows(f"SELECT data, alert_schema, stripped FROM {self._table('packets')} "
                           "WHERE alert_id = %s", (alert_id,))
         if not rows:
             return None
         row = rows[0]
         if not row["stripped"]:
-            return row["data"]
+            return row["data"] or None
         schema_id = packets.schema_id_of(row["alert_schema"])
         cutouts = {r["kind"]: r["data"] for r in self._rows(
             f"SELECT kind, data FROM {self._table('cutouts')} WHERE source_id = %s",

@@ -709,8 +709,9 @@ def test_cli_purge_tombstones_and_busy_load(tmp_path: Path,
 
 
 def test_dead_shard_is_named(shards) -> None:
-    from broker.exceptions import ServiceUnavailableError
     from broker.storage.mariadb import ShardSet
+
+    from broker.exceptions import ServiceUnavailableError
 
     live = ShardedRefCatalogs(shards, CHUNKER)
     try:

@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from broker.domain.sky import Chunker
-from broker.storage.archive import LightCurveArchive, ObjectCatalog
+from broker.storage.stores import LightCurveArchive, ObjectCatalog
 from broker.streaming.queue import Message
 from consumers.ingest import IngestStage, IngestTopics
 
@@ -61,15 +61,19 @@ class EmbeddedHarness(Harness):
     name = "embedded"
 
     def __init__(self, tmp_path: Path) -> None:
-        from broker.storage.sqlite import SQLiteArchive
+        from broker.storage.catalog import ChunkedCatalog
+        from broker.storage.shards import SQLiteShards
+        from broker.storage.sqlite import SQLiteLightCurves
         from broker.streaming.memory import MemoryBroker
 
         self.broker = MemoryBroker(partitions=3)
         self.topics = IngestTopics()
-        self.archive = SQLiteArchive(path=tmp_path / "archive.sqlite3", chunker=CHUNKER)
-        self.archive.setup()
-        self.lightcurves = self.archive.lightcurves
-        self.catalog = self.archive.catalog
+        self.files = SQLiteShards(tmp_path, 1, stem="lightcurves")
+        self.shards = SQLiteShards(tmp_path, 2, stem="catalog")
+        self.lightcurves = SQLiteLightCurves(self.files)
+        self.lightcurves.setup()
+        self.catalog = ChunkedCatalog(shards=self.shards, chunker=CHUNKER)
+        self.catalog.setup()
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         self.broker.produce(topic, value, key=key)
@@ -91,7 +95,8 @@ class EmbeddedHarness(Harness):
         return self.broker.messages(topic)
 
     def close(self) -> None:
-        self.archive.close()
+        self.files.close()
+        self.shards.close()
 
 
 class ServicesHarness(Harness):
@@ -99,8 +104,9 @@ class ServicesHarness(Harness):
 
     def __init__(self, stack: Any, topic_factory: Any) -> None:
         from broker.storage.cassandra import CassandraConnection, CassandraLightCurves
+        from broker.storage.catalog import ChunkedCatalog
         from broker.storage.kafka import KafkaPublisher
-        from broker.storage.mariadb import ShardedCatalog, ShardSet
+        from broker.storage.shards import MariaDBShards
 
         self.stack = stack
         suffix = uuid.uuid4().hex[:8]
@@ -117,10 +123,11 @@ class ServicesHarness(Harness):
         self.lightcurves = CassandraLightCurves(connection=CassandraConnection(
             hosts=settings.cassandra_hosts, port=settings.cassandra_port, keyspace=self.keyspace))
         self.lightcurves.setup()
-        self.shards = ShardSet(addresses=settings.shard_addresses, user=settings.mariadb_user,
-                               password=settings.mariadb_password.get_secret_value(),
-                               database=self.database)
-        self.catalog = ShardedCatalog(shards=self.shards, chunker=CHUNKER)
+        self.shards = MariaDBShards(addresses=settings.shard_addresses,
+                                    user=settings.mariadb_user,
+                                    password=settings.mariadb_password.get_secret_value(),
+                                    database=self.database)
+        self.catalog = ChunkedCatalog(shards=self.shards, chunker=CHUNKER)
         self.catalog.setup()
         self._producer = KafkaPublisher(bootstrap=stack.kafka.bootstrap)
         self._publishers: list[Any] = []
@@ -178,6 +185,7 @@ class ServicesHarness(Harness):
         self.lightcurves.close()
         self.catalog.close()
         self.shards.drop_database()
+        self.shards.close()
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Message]:

@@ -11,7 +11,7 @@ from broker.config import Settings
 from broker.services import manager
 from broker.storage.cassandra import CassandraConnection
 from broker.storage.kafka import KafkaClients
-from broker.storage.mariadb import ShardSet
+from broker.storage.shards import MariaDBShards
 
 TEST_KEYSPACE = "lanner_test"
 TEST_DATABASE = "lanner_test"
@@ -49,9 +49,10 @@ class ServiceStack:
         self.kafka = KafkaClients.from_settings(settings)
         self.cassandra = CassandraConnection(hosts=settings.cassandra_hosts,
                                              port=settings.cassandra_port, keyspace=TEST_KEYSPACE)
-        self.shards = ShardSet(addresses=settings.shard_addresses, user=settings.mariadb_user,
-                               password=settings.mariadb_password.get_secret_value(),
-                               database=TEST_DATABASE)
+        self.shards = MariaDBShards(addresses=settings.shard_addresses,
+                                    user=settings.mariadb_user,
+                                    password=settings.mariadb_password.get_secret_value(),
+                                    database=TEST_DATABASE)
 
     @classmethod
     def start(cls, settings: Settings) -> ServiceStack:
@@ -73,7 +74,7 @@ class ServiceStack:
             session.execute(f"TRUNCATE {TEST_KEYSPACE}.{row.table_name}")
         return session
 
-    def fresh_shards(self) -> ShardSet:
+    def fresh_shards(self) -> MariaDBShards:
         self.shards.drop_database()
         self.shards.ensure_database()
         return self.shards

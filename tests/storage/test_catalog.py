@@ -1,12 +1,13 @@
-"""The embedded SQLite archive: idempotent writes, exact object rows, cone search vs brute force."""
+"""The contract of the archive stores, run unchanged over each backend (embedded SQLite files,
+and MariaDB with two shards plus Cassandra): idempotent writes, exact object rows, placement,
+cone search against brute force, bad input."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-import sqlite3
 import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,21 +20,14 @@ from broker.domain.alerts import Alert, Detection, ForcedMeasurement, Survey, fr
 from broker.domain.archive import BANDS, ArchiveBatch, Seen, plan
 from broker.domain.simulator import AlertSimulator
 from broker.domain.sky import Chunker, angular_separation_deg, hpx29
-from broker.exceptions import TransientError
-from broker.storage.archive import (
-    DETECTION_COLUMNS,
-    FORCED_COLUMNS,
-    OBJECT_COLUMNS,
-    LightCurveArchive,
-    ObjectCatalog,
-    Origin,
-)
-from broker.storage.sqlite import SQLiteArchive
+from broker.exceptions import ServiceUnavailableError, TransientError
+from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
+from broker.storage.catalog import ChunkedCatalog, LayoutMismatchError
+from broker.storage.shards import SQLiteShards
+from broker.storage.sqlite import SQLiteLightCurves
+from broker.storage.stores import LightCurveArchive, ObjectCatalog, Origin
 from broker.streaming import wire
-
-CHUNKER = Chunker(85, 12)
-TABLES = ("detections", "forced_photometry", "cutouts", "packets", "objects", "director")
-
+from tests.storage.conftest import CHUNKER, Archive, mariadb_shards, sqlite_archive
 
 # ---- helpers --------------------------------------------------------------------------------
 
@@ -55,7 +49,7 @@ def _origins(alerts: Sequence[Alert], start: int = 0) -> dict[int, Origin]:
     return {a.alert_id: Origin("alerts.lsst", 0, start + i) for i, a in enumerate(alerts)}
 
 
-def _ingest(archive: SQLiteArchive, alerts: Sequence[Alert],
+def _ingest(archive: Archive, alerts: Sequence[Alert],
             origins: Mapping[int, Origin] | None = None) -> ArchiveBatch:
     """What the ingest stage does with one batch."""
     batch = plan(alerts, archive.catalog.seen({a.object_id for a in alerts}), CHUNKER)
@@ -64,20 +58,10 @@ def _ingest(archive: SQLiteArchive, alerts: Sequence[Alert],
     return batch
 
 
-def _ingest_in_batches(archive: SQLiteArchive, alerts: Sequence[Alert], size: int) -> None:
+def _ingest_in_batches(archive: Archive, alerts: Sequence[Alert], size: int) -> None:
     for start in range(0, len(alerts), size):
         part = alerts[start:start + size]
         _ingest(archive, part, _origins(part, start))
-
-
-def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, in primary-key order, read through a separate connection."""
-    connection = sqlite3.connect(path)
-    try:
-        return {table: connection.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
-                for table in TABLES}
-    finally:
-        connection.close()
 
 
 def _hand_alert(object_id: str, source_id: int, ra: float, dec: float, mjd: float,
@@ -89,35 +73,6 @@ def _hand_alert(object_id: str, source_id: int, ra: float, dec: float, mjd: floa
                  history=tuple(history), packet=_packet_bytes(source_id))
 
 
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[SQLiteArchive]:
-    archive = SQLiteArchive(path=tmp_path / "lanner.db", chunker=CHUNKER)
-    archive.setup()
-    try:
-        yield archive
-    finally:
-        archive.close()
-
-
-@pytest.fixture
-def make_archive(tmp_path: Path) -> Iterator[Any]:
-    """A factory of further fresh archives in the same test."""
-    made: list[SQLiteArchive] = []
-    counter = itertools.count()
-
-    def make() -> SQLiteArchive:
-        archive = SQLiteArchive(path=tmp_path / f"other-{next(counter)}.db", chunker=CHUNKER)
-        archive.setup()
-        made.append(archive)
-        return archive
-
-    try:
-        yield make
-    finally:
-        for archive in made:
-            archive.close()
-
-
 @pytest.fixture(scope="module")
 def stream() -> list[Alert]:
     """1,000 packets of 60 objects: histories grow within the stream."""
@@ -127,37 +82,74 @@ def stream() -> list[Alert]:
 # ---- layout ---------------------------------------------------------------------------------
 
 
-def test_setup_creates_the_chunked_layout_and_is_idempotent(archive: SQLiteArchive) -> None:
-    archive.setup()  # a second time changes nothing
-    connection = sqlite3.connect(archive.path)
-    try:
-        names = {row[0] for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert set(TABLES) <= names
-        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        for table in ("detections", "objects"):
-            indexed = [
-                [col[2] for col in connection.execute(f"PRAGMA index_info({index[1]})")]
-                for index in connection.execute(f"PRAGMA index_list({table})")
-            ]
-            assert ["chunk_id", "hpx29"] in indexed
-        for table in ("detections", "forced_photometry"):
-            indexed = [
-                [col[2] for col in connection.execute(f"PRAGMA index_info({index[1]})")]
-                for index in connection.execute(f"PRAGMA index_list({table})")
-            ]
-            assert ["object_id", "mjd"] in indexed
-        object_columns = [row[1] for row in connection.execute("PRAGMA table_info(objects)")]
-        assert tuple(object_columns[:len(OBJECT_COLUMNS)]) == OBJECT_COLUMNS
-    finally:
-        connection.close()
+def _indexes(archive: Archive, table: str) -> list[list[str]]:
+    """The columns of each index of a table on shard 0."""
+    def work(cursor: Any) -> list[list[str]]:
+        if archive.name == "embedded":
+            cursor.execute(f"PRAGMA index_list({table})")
+            out = []
+            for index in cursor.fetchall():
+                cursor.execute(f"PRAGMA index_info({index[1]})")
+                out.append([c[2] for c in cursor.fetchall()])
+            return out
+        cursor.execute(f"SHOW INDEX FROM {table}")
+        found: dict[str, list[str]] = {}
+        for row in cursor.fetchall():
+            found.setdefault(row[2], []).append(row[4])
+        return list(found.values())
+    return archive.shards.run(0, work, write=False)
+
+
+def test_setup_creates_the_chunked_layout_and_is_idempotent(archive: Archive) -> None:
+    archive.catalog.setup()  # a second time changes nothing
+    archive.lightcurves.setup()
+    for table in ("objects", "alert_rows"):
+        assert ["chunk_id", "hpx29"] in _indexes(archive, table)
+    assert ["object_id", "mjd"] in _indexes(archive, "alert_rows")
+
+    def columns(cursor: Any) -> list[str]:
+        cursor.execute("SELECT * FROM objects WHERE 1 = 0")
+        return [d[0] for d in cursor.description]
+    object_columns = archive.shards.run(0, columns, write=False)
+    assert tuple(object_columns[:len(OBJECT_COLUMNS)]) == OBJECT_COLUMNS
     assert archive.lightcurves.counts() == {"detections": 0, "forced_photometry": 0,
                                             "cutouts": 0, "packets": 0}
     assert archive.catalog.counts() == {"objects": 0, "alert_rows": 0, "director": 0}
 
 
-def test_views_fill_the_archive_protocols(archive: SQLiteArchive) -> None:
-    # Checked by mypy: each view is structurally one of the two roles.
+def test_a_changed_layout_is_refused(archive: Archive, tmp_path: Path,
+                                     request: pytest.FixtureRequest) -> None:
+    other_chunking = ChunkedCatalog(shards=archive.shards, chunker=Chunker(36, 8))
+    with pytest.raises(LayoutMismatchError, match="chunk_stripes"):
+        other_chunking.setup()
+    if archive.name == "embedded":
+        fewer = SQLiteShards(archive.shards.folder, 1, stem="catalog")  # type: ignore[attr-defined]
+    else:
+        fewer = mariadb_shards(request.getfixturevalue("stack"),
+                               archive.shards.database)  # type: ignore[attr-defined]
+        fewer.addresses = fewer.addresses[:1]
+        fewer.count = 1
+    try:
+        with pytest.raises(LayoutMismatchError, match="shards"):
+            ChunkedCatalog(shards=fewer, chunker=CHUNKER).setup()
+    finally:
+        fewer.close()
+
+
+def test_rows_live_on_the_shard_of_their_chunk(archive: Archive, stream: list[Alert]) -> None:
+    _ingest_in_batches(archive, stream[:300], 100)
+    placement = archive.catalog.placement
+    for table in ("objects", "alert_rows"):
+        rows = archive.rows(table)
+        chunk_at = 3 if table == "objects" else 4  # the shard, then the table's columns
+        assert {placement.shard_of(r[chunk_at]) == r[0] for r in rows} == {True}
+        assert {r[0] for r in rows} == {0, 1}  # both shards hold data
+    for row in archive.rows("director"):
+        assert placement.director_shard(row[1]) == row[0]
+
+
+def test_stores_fill_the_archive_protocols(archive: Archive) -> None:
+    # Checked by mypy: each store is structurally one of the two roles.
     lightcurves: LightCurveArchive = archive.lightcurves
     catalog: ObjectCatalog = archive.catalog
     lightcurves.setup()
@@ -168,68 +160,59 @@ def test_views_fill_the_archive_protocols(archive: SQLiteArchive) -> None:
 # ---- idempotency ----------------------------------------------------------------------------
 
 
-def test_same_batch_written_twice_leaves_identical_rows(archive: SQLiteArchive,
+def test_same_batch_written_twice_leaves_identical_rows(archive: Archive,
                                                         stream: list[Alert]) -> None:
     alerts = stream[:100]
     batch = plan(alerts, archive.catalog.seen({a.object_id for a in alerts}), CHUNKER)
     origins = _origins(alerts)
     archive.lightcurves.write(batch, origins)
     archive.catalog.write(batch)
-    first = _dump(archive.path)
+    first = archive.dump()
     counts = (dict(archive.lightcurves.counts()), dict(archive.catalog.counts()))
     assert counts[0]["packets"] == 100
     assert counts[0]["cutouts"] == 300
 
     archive.lightcurves.write(batch, origins)
     archive.catalog.write(batch)
-    assert _dump(archive.path) == first
+    assert archive.dump() == first
     assert (archive.lightcurves.counts(), archive.catalog.counts()) == counts
 
     # Planned again against what is now stored (a redelivery after a crash before the commit).
     _ingest(archive, alerts, origins)
-    assert _dump(archive.path) == first
+    assert archive.dump() == first
 
 
-def test_thousand_packets_in_batches_then_again(archive: SQLiteArchive,
+def test_thousand_packets_in_batches_then_again(archive: Archive,
                                                 stream: list[Alert]) -> None:
     _ingest_in_batches(archive, stream, 100)
-    first = _dump(archive.path)
-    assert len(first["packets"]) == 1000
-    assert len(first["cutouts"]) == 3000
+    first = archive.dump()
+    assert first["counts"]["packets"] == 1000
+    assert first["counts"]["cutouts"] == 3000
     assert len(first["objects"]) == len({a.object_id for a in stream})
 
     _ingest_in_batches(archive, stream, 100)
-    assert _dump(archive.path) == first
+    assert archive.dump() == first
     # Any other cut of the same stream, replayed, too.
     _ingest_in_batches(archive, stream, 37)
-    assert _dump(archive.path) == first
+    assert archive.dump() == first
 
 
 def test_batch_size_does_not_change_the_rows(make_archive: Any, stream: list[Alert]) -> None:
     by_hundred, by_one_batch = make_archive(), make_archive()
     _ingest_in_batches(by_hundred, stream[:400], 100)
     _ingest_in_batches(by_one_batch, stream[:400], 400)
-    assert _dump(by_hundred.path) == _dump(by_one_batch.path)
+    _same_catalog(by_hundred, by_one_batch)
 
 
-def test_views_can_be_written_in_either_order(make_archive: Any, stream: list[Alert]) -> None:
-    forward, backward = make_archive(), make_archive()
-    for start in range(0, 300, 100):
-        alerts = stream[start:start + 100]
-        origins = _origins(alerts, start)
-        batch = plan(alerts, forward.catalog.seen({a.object_id for a in alerts}), CHUNKER)
-        forward.lightcurves.write(batch, origins)
-        forward.catalog.write(batch)
-        batch = plan(alerts, backward.catalog.seen({a.object_id for a in alerts}), CHUNKER)
-        backward.catalog.write(batch)
-        backward.lightcurves.write(batch, origins)
-    assert _dump(forward.path) == _dump(backward.path)
+def _same_catalog(one: Archive, other: Archive) -> None:
+    for table in ("objects", "alert_rows", "director"):
+        assert one.rows(table) == other.rows(table), table
 
 
 # ---- object rows ----------------------------------------------------------------------------
 
 
-def test_object_rows_are_exact(archive: SQLiteArchive, stream: list[Alert]) -> None:
+def test_object_rows_are_exact(archive: Archive, stream: list[Alert]) -> None:
     _ingest_in_batches(archive, stream, 100)
     sources: dict[str, dict[int, Detection]] = defaultdict(dict)
     forced: dict[str, dict[int, ForcedMeasurement]] = defaultdict(dict)
@@ -273,7 +256,7 @@ def test_object_rows_are_exact(archive: SQLiteArchive, stream: list[Alert]) -> N
         assert {r["chunk_id"] for r in lightcurve} == {row["chunk_id"]}
 
 
-def test_position_follows_the_newest_packet(archive: SQLiteArchive, stream: list[Alert]) -> None:
+def test_position_follows_the_newest_packet(archive: Archive, stream: list[Alert]) -> None:
     _ingest_in_batches(archive, stream, 100)
     newest: dict[str, Alert] = {}
     for alert in stream:
@@ -301,17 +284,18 @@ def test_older_packet_after_newer_changes_nothing(make_archive: Any,
     archive = make_archive()
     _ingest(archive, [newer])
     before = archive.catalog.get_object(object_id)
-    dump = _dump(archive.path)
+    dump = archive.dump()
     _ingest(archive, [older])
     assert archive.catalog.get_object(object_id) == before
-    after = _dump(archive.path)
+    after = archive.dump()
     # Only the older packet's own rows are new.
     assert after["objects"] == dump["objects"]
-    assert after["detections"] == dump["detections"]
-    assert len(after["packets"]) == len(dump["packets"]) + 1
+    assert after["alert_rows"] == dump["alert_rows"]
+    assert after["lightcurves"] == dump["lightcurves"]
+    assert after["counts"]["packets"] == dump["counts"]["packets"] + 1
 
 
-def test_older_detections_never_replace_newer_band_values(archive: SQLiteArchive) -> None:
+def test_older_detections_never_replace_newer_band_values(archive: Archive) -> None:
     oid = "hand-bands"
     newer_r = _hand_alert(oid, 30, 10.0, -20.0, 60010.0, "r", 3000.0)
     older_g = _hand_alert(oid, 20, 10.0, -20.0, 60009.0, "g", 2000.0)
@@ -339,7 +323,7 @@ def test_older_detections_never_replace_newer_band_values(archive: SQLiteArchive
     assert (row["r_last_mjd"], row["r_last_flux"], row["r_n"]) == (60010.0, 3100.0, 3)
 
 
-def test_director_keeps_the_first_chunk(archive: SQLiteArchive) -> None:
+def test_director_keeps_the_first_chunk(archive: Archive) -> None:
     alert = _hand_alert("hand-drift", 100, 45.0, 10.0, 60000.0)
     _ingest(archive, [alert])
     first = archive.catalog.get_object("hand-drift")
@@ -359,7 +343,7 @@ def test_director_keeps_the_first_chunk(archive: SQLiteArchive) -> None:
         first["chunk_id"]}
 
 
-def test_seen_leaves_unknown_objects_out(archive: SQLiteArchive, stream: list[Alert]) -> None:
+def test_seen_leaves_unknown_objects_out(archive: Archive, stream: list[Alert]) -> None:
     _ingest(archive, stream[:50])
     known = {a.object_id for a in stream[:50]}
     ids = [*known, "never-seen", *(f"unknown-{i}" for i in range(1200))]
@@ -373,7 +357,7 @@ def test_seen_leaves_unknown_objects_out(archive: SQLiteArchive, stream: list[Al
 # ---- light-curve reads ----------------------------------------------------------------------
 
 
-def test_lightcurves_forced_cutouts_and_packets(archive: SQLiteArchive) -> None:
+def test_lightcurves_forced_cutouts_and_packets(archive: Archive) -> None:
     simulator = AlertSimulator(schema="11.1", seed=5, n_objects=5)
     alerts = []
     for _key, message in simulator.encoded(30):
@@ -384,12 +368,14 @@ def test_lightcurves_forced_cutouts_and_packets(archive: SQLiteArchive) -> None:
 
     for alert in alerts:
         assert archive.lightcurves.packet(alert.alert_id) == alert.packet
-        assert archive.lightcurves.origin(alert.alert_id) == origins[alert.alert_id]
+        if isinstance(archive.lightcurves, SQLiteLightCurves):  # Cassandra keeps no origin
+            assert archive.lightcurves.origin(alert.alert_id) == origins[alert.alert_id]
         for kind, data in alert.cutouts.items():
             assert archive.lightcurves.cutout(alert.alert_id, kind) == data
     assert archive.lightcurves.cutout(alerts[0].alert_id, "nonsense") is None
     assert archive.lightcurves.packet(1) is None
-    assert archive.lightcurves.origin(1) is None
+    if isinstance(archive.lightcurves, SQLiteLightCurves):
+        assert archive.lightcurves.origin(1) is None
 
     alert = alerts[-1]
     lightcurve = archive.lightcurves.lightcurve(alert.object_id)
@@ -410,11 +396,12 @@ def test_lightcurves_forced_cutouts_and_packets(archive: SQLiteArchive) -> None:
     assert {r["forced_id"] for r in forced} >= {f.forced_id for f in alert.forced}
 
 
-def test_packet_without_origin_or_bytes(archive: SQLiteArchive) -> None:
+def test_packet_without_origin_or_bytes(archive: Archive) -> None:
     alert = dataclasses.replace(_hand_alert("hand-bare", 7, 1.0, 2.0, 60000.0), packet=b"")
     _ingest(archive, [alert], {})
     assert archive.lightcurves.packet(7) is None
-    assert archive.lightcurves.origin(7) is None
+    if isinstance(archive.lightcurves, SQLiteLightCurves):
+        assert archive.lightcurves.origin(7) is None
     assert archive.lightcurves.counts()["packets"] == 1
 
 
@@ -430,11 +417,19 @@ _EDGE_POSITIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def sky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteArchive]:
+@pytest.fixture(scope="module", params=["embedded", "services"])
+def sky(request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     """Simulated objects over the whole sky plus hand-made ones at the RA wrap and the poles."""
-    archive = SQLiteArchive(path=tmp_path_factory.mktemp("sky") / "sky.db", chunker=CHUNKER)
-    archive.setup()
+    folder = tmp_path_factory.mktemp("sky")
+    archive, closers = sqlite_archive(folder)
+    database = None
+    if request.param == "services":
+        database = mariadb_shards(request.getfixturevalue("stack"),
+                                  f"lanner_sky{uuid.uuid4().hex[:8]}")
+        catalog = ChunkedCatalog(shards=database, chunker=CHUNKER)
+        catalog.setup()
+        archive = Archive("services", database, archive.lightcurves, catalog)
     alerts = _simulated(1500, seed=17, n_objects=500, dec_range=(-90.0, 90.0), cutouts=False)
     _ingest_in_batches(archive, alerts, 500)
     edge = [_hand_alert(f"edge-{i}", 10_000 + i, ra, dec, 60000.0)
@@ -443,16 +438,20 @@ def sky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteArchive]:
     try:
         yield archive
     finally:
-        archive.close()
+        for closer in closers:
+            closer.close()
+        if database is not None:
+            database.drop_database()
+            database.close()
 
 
-def _brute_force(archive: SQLiteArchive, ra: float, dec: float,
+def _positions(archive: Archive) -> list[tuple[str, float, float]]:
+    return [(r[1], r[5], r[6]) for r in archive.rows("objects")]
+
+
+def _brute_force(archive: Archive, ra: float, dec: float,
                  radius_deg: float) -> list[tuple[str, float]]:
-    connection = sqlite3.connect(archive.path)
-    try:
-        rows = connection.execute("SELECT object_id, ra, dec FROM objects").fetchall()
-    finally:
-        connection.close()
+    rows = _positions(archive)
     ids = [r[0] for r in rows]
     distances = angular_separation_deg(np.full(len(rows), ra), np.full(len(rows), dec),
                                        np.array([r[1] for r in rows]),
@@ -462,7 +461,7 @@ def _brute_force(archive: SQLiteArchive, ra: float, dec: float,
     return [(i, d * 3600.0) for d, i in inside]
 
 
-def _check_cone(archive: SQLiteArchive, ra: float, dec: float, radius_deg: float) -> int:
+def _check_cone(archive: Archive, ra: float, dec: float, radius_deg: float) -> int:
     expected = _brute_force(archive, ra, dec, radius_deg)
     got = archive.catalog.cone(ra, dec, radius_deg, limit=100_000)
     assert [(r["object_id"], r["distance_arcsec"]) for r in got] == expected, (ra, dec, radius_deg)
@@ -473,7 +472,7 @@ def _check_cone(archive: SQLiteArchive, ra: float, dec: float, radius_deg: float
     return len(expected)
 
 
-def test_cone_equals_brute_force_for_random_cones(sky: SQLiteArchive) -> None:
+def test_cone_equals_brute_force_for_random_cones(sky: Archive) -> None:
     rng = np.random.default_rng(2024)
     found = 0
     for _ in range(60):
@@ -482,9 +481,9 @@ def test_cone_equals_brute_force_for_random_cones(sky: SQLiteArchive) -> None:
         radius = float(10 ** rng.uniform(math.log10(1 / 3600), 1.0))
         found += _check_cone(sky, ra, dec, radius) > 0
     # Cones around stored objects, so that small radii find something too.
-    rows = sqlite3.connect(sky.path).execute("SELECT ra, dec FROM objects").fetchall()
+    rows = _positions(sky)
     for index in rng.choice(len(rows), size=60, replace=False).tolist():
-        ra, dec = rows[index]
+        _, ra, dec = rows[index]
         radius = float(10 ** rng.uniform(math.log10(0.5 / 3600), 0.0))
         offset = float(rng.uniform(0.0, radius / 2))  # the object stays inside
         found += _check_cone(sky, (ra + offset / max(math.cos(math.radians(dec)), 1e-3)) % 360,
@@ -508,12 +507,12 @@ def test_cone_equals_brute_force_for_random_cones(sky: SQLiteArchive) -> None:
     (0.0, -90.0, 0.04),
     (42.0, -89.9, 0.5),
 ])
-def test_cone_at_the_ra_wrap_and_poles(sky: SQLiteArchive, ra: float, dec: float,
+def test_cone_at_the_ra_wrap_and_poles(sky: Archive, ra: float, dec: float,
                                        radius: float) -> None:
     assert _check_cone(sky, ra, dec, radius) > 0
 
 
-def test_cone_across_ra_zero_finds_objects_just_below_360(sky: SQLiteArchive) -> None:
+def test_cone_across_ra_zero_finds_objects_just_below_360(sky: Archive) -> None:
     rows = sky.catalog.cone(0.0001, 0.0, 0.01, limit=100)
     names = {r["object_id"] for r in rows}
     below = {f"edge-{i}" for i, (ra, dec) in enumerate(_EDGE_POSITIONS)
@@ -523,7 +522,7 @@ def test_cone_across_ra_zero_finds_objects_just_below_360(sky: SQLiteArchive) ->
     assert rows[0]["distance_arcsec"] <= rows[-1]["distance_arcsec"]
 
 
-def test_cone_rejects_bad_input(sky: SQLiteArchive) -> None:
+def test_cone_rejects_bad_input(sky: Archive) -> None:
     for ra, dec, radius, limit in [(math.nan, 0.0, 1.0, 10), (0.0, math.inf, 1.0, 10),
                                    (0.0, 91.0, 1.0, 10), (0.0, -90.5, 1.0, 10),
                                    (0.0, 0.0, -1.0, 10), (0.0, 0.0, math.nan, 10),
@@ -540,7 +539,7 @@ def test_cone_rejects_bad_input(sky: SQLiteArchive) -> None:
 # ---- threads and life cycle -----------------------------------------------------------------
 
 
-def test_reads_from_other_threads_while_writing(archive: SQLiteArchive,
+def test_reads_from_other_threads_while_writing(archive: Archive,
                                                 stream: list[Alert]) -> None:
     errors: list[BaseException] = []
     done = threading.Event()
@@ -569,22 +568,35 @@ def test_reads_from_other_threads_while_writing(archive: SQLiteArchive,
     assert archive.lightcurves.counts()["packets"] == 500
 
 
-def test_views_close_the_archive_together(tmp_path: Path) -> None:
-    archive = SQLiteArchive(path=tmp_path / "sub" / "x.db", chunker=CHUNKER)
-    archive.catalog.setup()
-    archive.lightcurves.close()
-    assert archive.catalog.counts()["objects"] == 0  # still open: one view left
-    archive.catalog.close()
-    archive.catalog.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        archive.catalog.counts()
-    archive.close()  # idempotent
-
-
 def test_unwritable_file_is_a_transient_error(tmp_path: Path) -> None:
-    folder = tmp_path / "not-a-db"
-    folder.mkdir()
-    archive = SQLiteArchive(path=folder, chunker=CHUNKER)  # a folder, not a file
-    with pytest.raises(TransientError):
-        archive.setup()
-    archive.close()
+    folder = tmp_path / "not-a-folder"
+    folder.write_text("a file where the shard files should go")
+    shards = SQLiteShards(folder, 2)
+    with pytest.raises(TransientError, match="shard 0"):
+        ChunkedCatalog(shards=shards, chunker=CHUNKER).setup()
+    shards.close()
+
+
+def test_a_dead_shard_is_named(archive: Archive, tmp_path: Path,
+                               request: pytest.FixtureRequest) -> None:
+    """A shard that does not answer is a transient error naming it, on either backend, and
+    a cone needing it gives no partial answer."""
+    if archive.name == "embedded":
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "catalog-1.sqlite3").mkdir()  # a folder where shard 1's file should be
+        shards: Any = SQLiteShards(broken, 2, stem="catalog")
+        where = "catalog-1.sqlite3"
+    else:
+        shards = mariadb_shards(request.getfixturevalue("stack"), archive.shards.database)  # type: ignore[attr-defined]
+        shards.addresses = [shards.addresses[0], ("127.0.0.1", 9)]  # nothing listens on 9
+        where = "127.0.0.1:9"
+    catalog = ChunkedCatalog(shards=shards, chunker=CHUNKER)
+    try:
+        with pytest.raises(ServiceUnavailableError, match="shard 1") as raised:
+            catalog.setup()
+        assert where in str(raised.value)
+        with pytest.raises(ServiceUnavailableError, match="shard 1"):
+            catalog.cone(120.0, 10.0, 5.0, 100)  # wide: chunks on both shards
+    finally:
+        shards.close()

@@ -1,0 +1,100 @@
+"""The relational tables, from the one felis description (``schemas/felis/lanner.yaml``).
+
+felis validates the YAML and builds SQLAlchemy Core metadata from it; this module compiles that
+metadata into the DDL of each SQL dialect the stores run on (MariaDB shards, embedded SQLite)
+and gives the stores their column lists, so that no table is described anywhere else. SQLAlchemy
+is used for DDL only: the stores' statements are plain SQL text (`broker.storage.dialect`), so a
+hot query pays no per-call compile.
+
+Reference catalogs are tables made at run time from templates (``refcat_rows`` and friends):
+`refcat_table` copies a template under the catalog's table name, with the id column as BIGINT
+or text and the catalog's data columns appended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, MetaData, String, Table, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.types import TypeEngine
+
+#: The felis file, in the source tree (schemas/) or next to the installed package.
+FELIS_NAME = "lanner.yaml"
+
+#: SQL type of a reference catalog's data column, by its neutral kind.
+_KIND_TYPES: dict[str, TypeEngine] = {
+    "int64": BigInteger(), "float64": Float(precision=53), "text": Text(), "bool": Boolean(
+        create_constraint=False),
+}
+
+
+def felis_path() -> Path:
+    """Where the felis description is: the repository's schemas/felis, or the package's copy."""
+    source = Path(__file__).resolve().parents[2] / "schemas" / "felis" / FELIS_NAME
+    if source.is_file():
+        return source
+    packaged = resources.files("broker") / "data" / "felis" / FELIS_NAME
+    return Path(str(packaged))
+
+
+@cache
+def metadata() -> MetaData:
+    """SQLAlchemy metadata of every table of the felis schema (validated by felis)."""
+    from felis.datamodel import Schema  # noqa: PLC0415 - heavy; only where DDL is needed
+    from felis.metadata import MetaDataBuilder  # noqa: PLC0415
+
+    schema = Schema.from_uri(str(felis_path()), context={"id_generation": True})
+    return MetaDataBuilder(schema, apply_schema_to_metadata=False).build()
+
+
+def table(name: str) -> Table:
+    """One table of the felis schema (KeyError naming the known ones if there is none)."""
+    tables = metadata().tables
+    if name not in tables:
+        msg = f"no table {name!r} in the felis schema (tables: {', '.join(sorted(tables))})"
+        raise KeyError(msg)
+    return tables[name]
+
+
+@cache
+def columns(name: str) -> tuple[str, ...]:
+    """The column names of a felis table, in order."""
+    return tuple(column.name for column in table(name).columns)
+
+
+def create_statements(tbl: Table, dialect: Dialect) -> list[str]:
+    """``CREATE TABLE IF NOT EXISTS`` and ``CREATE INDEX IF NOT EXISTS`` of one table."""
+    statements = [str(CreateTable(tbl, if_not_exists=True).compile(dialect=dialect)).strip()]
+    statements += [str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)).strip()
+                   for index in sorted(tbl.indexes, key=lambda i: str(i.name))]
+    return statements
+
+
+def refcat_table(template: str, name: str, *, text_ids: bool,
+                 data_columns: Sequence[tuple[str, str]] = ()) -> Table:
+    """A reference-catalog table made from a felis template.
+
+    ``template`` is ``refcat_rows``, ``refcat_overlap``, ``refcat_director`` or
+    ``refcat_state``; ``name`` the table to make (``rc_<catalog>_v<k>...``). The id column
+    becomes ``VARCHAR(191)`` (the longest indexable utf8mb4 key) when ``text_ids``; each
+    ``(column, kind)`` of ``data_columns`` is appended as a nullable column. Index names are
+    prefixed with the table name (SQLite's index names are global to a database).
+    """
+    source = table(template)
+    target = MetaData()
+    made = Table(name, target, *(
+        Column(c.name, String(191) if (c.name == "id" and text_ids) else c.type,
+               nullable=c.nullable, primary_key=c.primary_key, autoincrement=False,
+               comment=c.comment)
+        for c in source.columns), comment=source.comment, **source.kwargs)
+    for column, kind in data_columns:
+        made.append_column(Column(column, _KIND_TYPES[kind], nullable=True))
+    for index in source.indexes:
+        suffix = str(index.name).removeprefix(f"idx_{template}_")
+        Index(f"{name}_{suffix}", *(made.c[c.name] for c in index.columns))
+    return made
