@@ -1,6 +1,6 @@
 """Chunks of the stored reference catalogs, as the cross-match engine reads them.
 
-`RefCatChunkSource` adapts either reference-catalog store (MariaDB shards or SQLite) to the
+`RefCatChunkSource` adapts the reference-catalog store (on MariaDB shards or SQLite files) to the
 `broker.domain.crossmatch.ChunkSource` protocol: one ``load`` asks the store for many chunks at
 once, which it answers with one query per shard (main rows and overlap halo together).
 """
@@ -8,15 +8,15 @@ once, which it answers with one query per shard (main rows and overlap halo toge
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from broker.domain.crossmatch import ChunkRows
+from broker.storage.stores import ReferenceCatalogs
 
 
 class RefCatChunkSource:
-    """`ChunkSource` over `ShardedRefCatalogs` or `SQLiteRefCatalogs`."""
+    """`ChunkSource` over `ReferenceCatalogs`."""
 
-    def __init__(self, refcats: Any) -> None:
+    def __init__(self, refcats: ReferenceCatalogs) -> None:
         self.refcats = refcats
 
     def load(self, catalog: str, chunk_ids: Sequence[int]) -> dict[int, ChunkRows]:

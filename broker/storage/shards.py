@@ -248,7 +248,7 @@ class MariaDBShards(ShardSet):
                 local_infile=True, charset="utf8mb4", connect_timeout=5,
             )
         except pymysql.err.OperationalError as exc:
-            msg = f"MariaDB shard {shard} at {host}:{port} does not answer: {exc.args[-1]}"
+            msg = f"shard {shard} ({self.where(shard)}) does not answer: {exc.args[-1]}"
             raise ServiceUnavailableError(msg) from exc
 
     def open(self, shard: int) -> Connection:

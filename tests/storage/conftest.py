@@ -140,3 +140,12 @@ def shard_set(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ShardS
             shards.close()
         return
     yield request.getfixturevalue("shards")
+
+
+def reopen(shards: ShardSet) -> ShardSet:
+    """A second shard set on the same files or databases (as another process would open)."""
+    if isinstance(shards, SQLiteShards):
+        return SQLiteShards(shards.folder, len(shards), stem=shards.stem)
+    assert isinstance(shards, MariaDBShards)
+    return MariaDBShards(addresses=list(shards.addresses), user=shards.user,
+                         password=shards._password, database=shards.database)

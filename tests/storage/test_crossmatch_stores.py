@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import astropy.units as u
 import numpy as np
@@ -14,18 +13,16 @@ from astropy.coordinates import SkyCoord, search_around_sky
 from broker.domain.crossmatch import ChunkCache, CrossMatcher
 from broker.domain.sky import Chunker
 from broker.storage.chunks import RefCatChunkSource
-from broker.storage.refcat import ShardedRefCatalogs, SQLiteRefCatalogs
+from broker.storage.refcat import ChunkedRefCatalogs
+from broker.storage.shards import ShardSet
 
 CHUNKER = Chunker(85, 12)
 OVERLAP = 1.0 / 60.0
 
 
-@pytest.fixture(params=["embedded", "services"])
-def refcats(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
-    if request.param == "embedded":
-        store: object = SQLiteRefCatalogs(tmp_path / "archive.sqlite3", CHUNKER, OVERLAP)
-    else:
-        store = ShardedRefCatalogs(request.getfixturevalue("shards"), CHUNKER, OVERLAP)
+@pytest.fixture
+def refcats(shard_set: ShardSet) -> Iterator[ChunkedRefCatalogs]:
+    store = ChunkedRefCatalogs(shard_set, CHUNKER, OVERLAP)
     try:
         yield store
     finally:

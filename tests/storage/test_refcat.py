@@ -1,4 +1,5 @@
-"""Reference catalogs in the chunked layout, over SQLite and over the real MariaDB shards."""
+"""Reference catalogs in the chunked layout: one store, run unchanged over two SQLite files and
+over the two real MariaDB shards."""
 
 from __future__ import annotations
 
@@ -20,31 +21,29 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from broker.domain.catalogs import crc32_of, plan_columns, prepare_batch, validate_name
-from broker.domain.sky import Chunker, angular_separation_deg
+from broker.domain.catalogs import plan_columns, prepare_batch, validate_name
+from broker.domain.sky import Chunker, angular_separation_deg, crc32_of
 from broker.storage.refcat import (
     CatalogBusyError,
+    ChunkedRefCatalogs,
     RefCatalogError,
-    ShardedRefCatalogs,
-    SQLiteRefCatalogs,
     UnknownCatalogError,
     catalog_lock_name,
     open_catalog_file,
     state_table,
     table_names,
 )
+from broker.storage.shards import MariaDBShards, ShardSet, SQLiteShards
+from tests.storage.conftest import reopen
 from tests.support.catalogs import HIPPARCOS, OPENNGC, SIRIUS, VEGA
 from tests.support.data import REPO_ROOT
 
 CHUNKER = Chunker(85, 12)
 
 
-@pytest.fixture(params=["embedded", "services"])
-def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
-    if request.param == "embedded":
-        store: object = SQLiteRefCatalogs(tmp_path / "archive.sqlite3", CHUNKER)
-    else:
-        store = ShardedRefCatalogs(request.getfixturevalue("shards"), CHUNKER)
+@pytest.fixture
+def catalogs(shard_set: ShardSet) -> Iterator[ChunkedRefCatalogs]:
+    store = ChunkedRefCatalogs(shard_set, CHUNKER)
     try:
         yield store
     finally:
@@ -260,23 +259,17 @@ def _snapshot(catalogs: Any, name: str) -> tuple[dict, dict[int, tuple[int, int]
     [entry] = [e for e in catalogs.list() if e["name"] == name]
     tables = table_names(name, entry["version"])
     state = state_table(name, entry["version"])
-    if isinstance(catalogs, SQLiteRefCatalogs):
-        connection = catalogs._conn()
-        view: dict = {kind: set(connection.execute(f'SELECT * FROM "{table}"').fetchall())
-                      for kind, table in zip(("main", "overlap"), tables, strict=False)}
-        rows = connection.execute(f'SELECT id, version, deleted FROM "{state}"').fetchall()
-    else:
-        def work(cursor: Any) -> tuple[dict, list]:
-            found = {}
-            for kind, table in zip(("main", "overlap", "director"), tables, strict=True):
-                cursor.execute(f"SELECT * FROM `{table}`")
-                found[kind] = set(cursor.fetchall())
-            cursor.execute(f"SELECT id, version, deleted FROM `{state}`")
-            return found, list(cursor.fetchall())
+    def work(cursor: Any) -> tuple[dict, list]:
+        found = {}
+        for kind, table in zip(("main", "overlap", "director"), tables, strict=True):
+            cursor.execute(f"SELECT * FROM `{table}`")
+            found[kind] = set(cursor.fetchall())
+        cursor.execute(f"SELECT id, version, deleted FROM `{state}`")
+        return found, list(cursor.fetchall())
 
-        per_shard = catalogs._all_shards(work)
-        view = {shard: found for shard, (found, _) in per_shard.items()}
-        rows = [r for _, part in per_shard.values() for r in part]
+    per_shard = catalogs.shards.all_shards(work, write=False)
+    view: dict = {shard: found for shard, (found, _) in per_shard.items()}
+    rows = [r for _, part in per_shard.values() for r in part]
     view["rows"] = entry["rows"]
     return view, {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
@@ -287,9 +280,7 @@ def _tombstones(state: dict[int, tuple[int, int]]) -> set[int]:
 
 def _another(catalogs: Any) -> Any:
     """A second store on the same database (another process would have its own)."""
-    if isinstance(catalogs, SQLiteRefCatalogs):
-        return SQLiteRefCatalogs(catalogs.path, CHUNKER)
-    return ShardedRefCatalogs(catalogs.shards, CHUNKER)
+    return ChunkedRefCatalogs(reopen(catalogs.shards), CHUNKER)
 
 
 def test_purge_tombstones(catalogs) -> None:
@@ -345,13 +336,15 @@ def _make_legacy(catalogs: Any, name: str) -> None:
     """Turn the catalog's state table back into one made before ``changed_at`` existed."""
     [entry] = [e for e in catalogs.list() if e["name"] == name]
     state = state_table(name, entry["version"])
-    if isinstance(catalogs, SQLiteRefCatalogs):
-        connection = catalogs._conn()
-        connection.execute(f'DROP INDEX "{state}_tombstones"')
-        connection.execute(f'ALTER TABLE "{state}" DROP COLUMN changed_at')
-    else:
-        catalogs._all_shards(lambda cursor: cursor.execute(
-            f"ALTER TABLE `{state}` DROP INDEX tombstones, DROP COLUMN changed_at"))
+    def work(cursor: Any) -> None:
+        if isinstance(catalogs.shards, SQLiteShards):
+            cursor.execute(f"DROP INDEX `{state}_tombstones`")
+            cursor.execute(f"ALTER TABLE `{state}` DROP COLUMN changed_at")
+        else:
+            cursor.execute(f"ALTER TABLE `{state}` DROP INDEX `{state}_tombstones`, "
+                           "DROP COLUMN changed_at")
+
+    catalogs.shards.all_shards(work)
 
 
 def test_state_tables_of_an_earlier_release_are_upgraded(catalogs) -> None:
@@ -447,8 +440,6 @@ def test_concurrent_loads_of_one_catalog(catalogs) -> None:
     assert len(rows) == 3000
     assert {r["tag"] for r in rows} == {1}
     expected = set(table_names("swap", 1))
-    if isinstance(catalogs, SQLiteRefCatalogs):
-        expected.discard("rc_swap_v1_director")  # the main table's key stands in for it
     assert {t for t in catalogs.tables() if t.startswith("rc_swap")} == expected
     # Free again: a reload goes through.
     assert catalogs.load("swap", _version_batches(2, 1000, 2), "oid", "ra", "dec").version == 2
@@ -457,11 +448,14 @@ def test_concurrent_loads_of_one_catalog(catalogs) -> None:
 def test_a_failed_load_frees_the_lock(catalogs) -> None:
     with pytest.raises(RuntimeError, match="midway"):
         catalogs.load("swap", _version_batches(1, 2000, 1, fail_after=2), "oid", "ra", "dec")
-    if isinstance(catalogs, ShardedRefCatalogs):
-        with catalogs.shards.connection(0) as connection, connection.cursor() as cursor:
-            cursor.execute("SELECT IS_FREE_LOCK(%s)",
-                           [catalog_lock_name(catalogs.shards.database, "swap")])
-            assert cursor.fetchone()[0] == 1
+    if isinstance(catalogs.shards, MariaDBShards):
+        database = catalogs.shards.database
+
+        def free(cursor: Any) -> int:
+            cursor.execute("SELECT IS_FREE_LOCK(%s)", [catalog_lock_name(database, "swap")])
+            return int(cursor.fetchone()[0])
+
+        assert catalogs.shards.run(0, free, write=False) == 1
     with pytest.raises(RefCatalogError, match="no rows"):
         catalogs.load("swap", [], "oid", "ra", "dec")
     # A load never waits: a lock left behind would fail it at once.
@@ -473,12 +467,14 @@ def _locked_elsewhere(catalogs: Any, name: str) -> Iterator[tuple[str, Callable[
     """Hold a catalog's lock outside this process's store: a MariaDB session of its own, or
     another process (SQLite). Yields who holds it, as the error names it, and how to end the
     holder (the session closes, the process is killed)."""
-    if isinstance(catalogs, SQLiteRefCatalogs):
+    if isinstance(catalogs.shards, SQLiteShards):
         code = textwrap.dedent(f"""
             import sys
             from broker.domain.sky import Chunker
-            from broker.storage.refcat import SQLiteRefCatalogs
-            store = SQLiteRefCatalogs({str(catalogs.path)!r}, Chunker(85, 12))
+            from broker.storage.refcat import ChunkedRefCatalogs
+            from broker.storage.shards import SQLiteShards
+            store = ChunkedRefCatalogs(SQLiteShards({str(catalogs.shards.folder)!r},
+                                                    {len(catalogs.shards)}), Chunker(85, 12))
             with store._exclusive({name!r}, 0):
                 print("held", flush=True)
                 sys.stdin.read()
@@ -632,11 +628,11 @@ def test_cli_load_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         result = runner.invoke(app, ["catalog", "list"])
         assert result.exit_code == 0, result.output
         assert result.output.startswith("tiny 2 rows v1")
-        store = SQLiteRefCatalogs(tmp_path / "state" / "embedded" / "archive.sqlite3", CHUNKER)
+        files = SQLiteShards(tmp_path / "state" / "embedded", 2, stem="catalog")
         try:
-            assert store.get("tiny", "a1")["note"] == 'x, "y"'
+            assert ChunkedRefCatalogs(files, CHUNKER).get("tiny", "a1")["note"] == 'x, "y"'
         finally:
-            store.close()
+            files.close()
         # Dropping asks first (no: nothing happens), then drops.
         result = runner.invoke(app, ["catalog", "drop", "tiny"], input="n\n")
         assert result.exit_code == 1, result.output
@@ -674,7 +670,8 @@ def test_cli_purge_tombstones_and_busy_load(tmp_path: Path,
     monkeypatch.setenv("LANNER_BACKEND", "embedded")
     monkeypatch.setenv("LANNER_STATE_DIR", str(tmp_path / "state"))
     get_settings.cache_clear()
-    store = SQLiteRefCatalogs(tmp_path / "state" / "embedded" / "archive.sqlite3", CHUNKER)
+    files = SQLiteShards(tmp_path / "state" / "embedded", 2, stem="catalog")
+    store = ChunkedRefCatalogs(files, CHUNKER)
     try:
         runner = CliRunner()
         _apply(store, "tiny", [(1, 10.0, 0.0, 1), (2, 11.0, 0.0, 1), (3, 12.0, 0.0, 1)])
@@ -704,28 +701,28 @@ def test_cli_purge_tombstones_and_busy_load(tmp_path: Path,
         assert result.exit_code == 0, result.output
         assert "catalog tiny v2: 2 rows" in result.output
     finally:
-        store.close()
+        files.close()
         get_settings.cache_clear()
 
 
-def test_dead_shard_is_named(shards) -> None:
-    from broker.storage.mariadb import ShardSet
-
+def test_dead_shard_is_named(catalogs: ChunkedRefCatalogs) -> None:
     from broker.exceptions import ServiceUnavailableError
 
-    live = ShardedRefCatalogs(shards, CHUNKER)
+    catalogs.load("swap", _version_batches(1, 2000, 1), "oid", "ra", "dec")
+    broken = reopen(catalogs.shards)
+    if isinstance(broken, MariaDBShards):
+        broken.addresses = [broken.addresses[0], ("127.0.0.1", 1)]
+        where = r"MariaDB at 127\.0\.0\.1:1"
+    else:
+        assert isinstance(broken, SQLiteShards)
+        broken.path(1).unlink()
+        broken.path(1).mkdir()  # shard 1's file replaced by a folder
+        where = "SQLite file " + re.escape(str(broken.path(1)))
     try:
-        live.load("swap", _version_batches(1, 2000, 1), "oid", "ra", "dec")
+        with pytest.raises(ServiceUnavailableError, match=rf"shard 1 \({where}\)"):
+            ChunkedRefCatalogs(broken, CHUNKER).cone("swap", 15.0, 0.0, 8.0, 100)
     finally:
-        live.close()
-    broken = ShardSet(addresses=[shards.addresses[0], ("127.0.0.1", 1)], user=shards.user,
-                      password="", database=shards.database)
-    store = ShardedRefCatalogs(broken, CHUNKER)
-    try:
-        with pytest.raises(ServiceUnavailableError, match=r"shard 1 at 127\.0\.0\.1:1 "):
-            store.cone("swap", 15.0, 0.0, 8.0, 100)
-    finally:
-        store.close()
+        broken.close()
 
 
 @pytest.mark.parametrize(("stripes", "sub_stripes", "overlap"),

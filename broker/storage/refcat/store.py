@@ -517,14 +517,15 @@ class ChunkedRefCatalogs:
             raise RefCatalogError(msg)
         state = state_table(name, entry["version"])
         if state not in self._states:
-            statements = self.dialect.create_statements(
-                _instance("refcat_state", state, columns))
+            # The table, then its index through the upgrade, which also brings a table made
+            # by an earlier release (no changed_at) up to date.
+            create_table = self.dialect.create_statements(
+                _instance("refcat_state", state, columns))[0]
             now = changes.utc_now()
 
             def create(cursor: Any) -> None:
-                for statement in statements:
-                    cursor.execute(statement)
-                self.dialect.upgrade_state(cursor, state, now)  # made by an earlier release
+                cursor.execute(create_table)
+                self.dialect.upgrade_state(cursor, state, now)
 
             self.shards.all_shards(create)
             self._states.add(state)
