@@ -68,3 +68,18 @@ def harness(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
         yield built
     finally:
         built.close()
+
+
+@pytest.fixture(params=["embedded", "services"])
+def shard_set(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
+    """Two fresh shards: SQLite files, or the test database on the two MariaDB servers."""
+    if request.param == "embedded":
+        from broker.storage.shards import SQLiteShards
+
+        shards = SQLiteShards(tmp_path / "shards", 2)
+        try:
+            yield shards
+        finally:
+            shards.close()
+        return
+    yield request.getfixturevalue("shards")

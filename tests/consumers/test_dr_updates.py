@@ -24,12 +24,12 @@ from prometheus_client import REGISTRY
 from broker.domain.sky import Chunker, angular_separation_deg
 from broker.exceptions import ServiceUnavailableError
 from broker.storage.refcat import (
+    ChunkedRefCatalogs,
     RefCatalogError,
-    ShardedRefCatalogs,
-    SQLiteRefCatalogs,
     state_table,
     table_names,
 )
+from broker.storage.shards import SQLiteShards
 from broker.streaming import lanner_schemas, wire
 from broker.streaming.queue import Message
 from consumers.dr_updates import (
@@ -76,13 +76,6 @@ class DRHarness:
         finally:
             stage.source.close()
 
-    def dump(self, name: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def state(self, name: str) -> dict[int, tuple[int, int]]:
-        """The catalog's row-level state: id -> (version, deleted)."""
-        raise NotImplementedError
-
     def tombstones(self, name: str = "dr_objects") -> set[int]:
         return {key for key, (_, deleted) in self.state(name).items() if deleted}
 
@@ -99,6 +92,33 @@ class DRHarness:
     def close(self) -> None:
         self.catalogs.close()
 
+    def dump(self, name: str) -> dict[str, Any]:
+        [entry] = [e for e in self.catalogs.list() if e["name"] == name]
+        tables = table_names(name, entry["version"])
+
+        def work(cursor: Any) -> dict[str, set]:
+            found = {}
+            for kind, table in zip(("main", "overlap", "director"), tables, strict=True):
+                cursor.execute(f"SELECT * FROM `{table}`")
+                found[kind] = set(cursor.fetchall())
+            return found
+
+        per_shard = self.catalogs.shards.all_shards(work, write=False)
+        return {"rows": entry["rows"], "shards": per_shard}
+
+    def state(self, name: str) -> dict[int, tuple[int, int]]:
+        """The catalog's row-level state: id -> (version, deleted)."""
+        [entry] = [e for e in self.catalogs.list() if e["name"] == name]
+        table = state_table(name, entry["version"])
+
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(f"SELECT id, version, deleted FROM `{table}`")
+            return list(cursor.fetchall())
+
+        per_shard = self.catalogs.shards.all_shards(work, write=False)
+        rows = [r for part in per_shard.values() for r in part]
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
 
 class EmbeddedDR(DRHarness):
     name = "embedded"
@@ -108,7 +128,8 @@ class EmbeddedDR(DRHarness):
 
         self.broker = MemoryBroker(partitions=3)
         self.topics = DRTopics()
-        self.catalogs = SQLiteRefCatalogs(tmp_path / "archive.sqlite3", CHUNKER)
+        self.files = SQLiteShards(tmp_path / "shards", 2)
+        self.catalogs = ChunkedRefCatalogs(self.files, CHUNKER)
 
     def produce(self, value: bytes, key: bytes | None = None) -> None:
         self.broker.produce(self.topics.updates, value, key=key)
@@ -127,21 +148,9 @@ class EmbeddedDR(DRHarness):
     def dlq(self) -> list[Message]:
         return self.broker.messages(self.topics.dlq)
 
-    def dump(self, name: str) -> dict[str, Any]:
-        [entry] = [e for e in self.catalogs.list() if e["name"] == name]
-        main, halo, _ = table_names(name, entry["version"])
-        connection = self.catalogs._conn()
-        return {
-            "rows": entry["rows"],
-            "main": set(connection.execute(f'SELECT * FROM "{main}"').fetchall()),
-            "overlap": set(connection.execute(f'SELECT * FROM "{halo}"').fetchall()),
-        }
-
-    def state(self, name: str) -> dict[int, tuple[int, int]]:
-        [entry] = [e for e in self.catalogs.list() if e["name"] == name]
-        rows = self.catalogs._conn().execute(
-            f'SELECT id, version, deleted FROM "{state_table(name, entry["version"])}"')
-        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+    def close(self) -> None:
+        super().close()
+        self.files.close()
 
 
 class ServicesDR(DRHarness):
@@ -153,7 +162,7 @@ class ServicesDR(DRHarness):
         self.stack = stack
         self.topics = DRTopics(updates=topic_factory("dr.updates", partitions=3),
                                dlq=topic_factory("alerts.dlq", partitions=1))
-        self.catalogs = ShardedRefCatalogs(shards, CHUNKER)
+        self.catalogs = ChunkedRefCatalogs(shards, CHUNKER)
         self._producer = KafkaPublisher(bootstrap=stack.kafka.bootstrap)
         self.group_suffix = uuid.uuid4().hex[:8]
 
@@ -179,31 +188,6 @@ class ServicesDR(DRHarness):
 
     def dlq(self) -> list[Message]:
         return read_topic(self.stack.kafka.bootstrap, self.topics.dlq)
-
-    def dump(self, name: str) -> dict[str, Any]:
-        [entry] = [e for e in self.catalogs.list() if e["name"] == name]
-        tables = table_names(name, entry["version"])
-
-        def work(cursor: Any) -> dict[str, set]:
-            found = {}
-            for kind, table in zip(("main", "overlap", "director"), tables, strict=True):
-                cursor.execute(f"SELECT * FROM `{table}`")
-                found[kind] = set(cursor.fetchall())
-            return found
-
-        per_shard = self.catalogs._all_shards(work)
-        return {"rows": entry["rows"], "shards": per_shard}
-
-    def state(self, name: str) -> dict[int, tuple[int, int]]:
-        [entry] = [e for e in self.catalogs.list() if e["name"] == name]
-        table = state_table(name, entry["version"])
-
-        def work(cursor: Any) -> list[tuple]:
-            cursor.execute(f"SELECT id, version, deleted FROM `{table}`")
-            return list(cursor.fetchall())
-
-        rows = [r for part in self.catalogs._all_shards(work).values() for r in part]
-        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
     def close(self) -> None:
         self._producer.close()
@@ -388,16 +372,11 @@ def test_stream_equals_fresh_load_of_final_state(dr: DRHarness) -> None:
     assert entries["dr_objects"]["rows"] == len(final)
     assert entries["dr_objects"]["columns"] == entries["dr_fresh"]["columns"]
     updated, fresh = dr.dump("dr_objects"), dr.dump("dr_fresh")
-    if "shards" in updated:
-        for shard in updated["shards"]:
-            for kind in ("main", "overlap", "director"):
-                assert updated["shards"][shard][kind] == fresh["shards"][shard][kind], (
-                    f"{kind} rows on shard {shard} differ")
-        assert sum(len(p["overlap"]) for p in updated["shards"].values()) > 0
-    else:
-        assert updated["main"] == fresh["main"]
-        assert updated["overlap"] == fresh["overlap"]
-        assert len(updated["overlap"]) > 0
+    for shard in updated["shards"]:
+        for kind in ("main", "overlap", "director"):
+            assert updated["shards"][shard][kind] == fresh["shards"][shard][kind], (
+                f"{kind} rows on shard {shard} differ")
+    assert sum(len(p["overlap"]) for p in updated["shards"].values()) > 0
     assert updated["rows"] == fresh["rows"] == len(final)
 
     # Cone searches around moved objects, near RA = 0 and the poles, equal brute force.
@@ -642,8 +621,8 @@ def test_the_factory_passes_the_tombstone_settings(tmp_path: Path) -> None:
     assert defaults.dr_tombstone_purge_interval_s == 3_600
 
 
-def test_apply_rejects_other_columns_and_repeated_ids(tmp_path: Path) -> None:
-    catalogs = SQLiteRefCatalogs(tmp_path / "a.sqlite3", CHUNKER)
+def test_apply_rejects_other_columns_and_repeated_ids(shard_set: Any) -> None:
+    catalogs = ChunkedRefCatalogs(shard_set, CHUNKER)
     try:
         table = pa.table({"sid": [1, 2], "ra": [1.0, 2.0], "dec": [0.0, 0.0], "version": [1, 1]})
         report = catalogs.apply("stars", table, [], id_col="sid", ra_col="ra", dec_col="dec")
@@ -671,13 +650,13 @@ def test_apply_rejects_other_columns_and_repeated_ids(tmp_path: Path) -> None:
         catalogs.close()
 
 
-def test_sharded_apply_recovers_from_a_failure_between_shards(shards: Any,
+def test_sharded_apply_recovers_from_a_failure_between_shards(shard_set: Any,
                                                               monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
     """Data shards written, director shards not: a newer change still cleans every place."""
-    import broker.storage.refcat as refcat
+    from broker.storage.refcat.changes import StateTables
 
-    catalogs = ShardedRefCatalogs(shards, CHUNKER)
+    catalogs = ChunkedRefCatalogs(shard_set, CHUNKER)
     try:
         schema = row_schema()
 
@@ -690,18 +669,16 @@ def test_sharded_apply_recovers_from_a_failure_between_shards(shards: Any,
 
         edge = _chunk_edges_near(150.0, 2.0)[0]
         apply([_record("insert", BASE_ID + i, 1, edge - 0.01 * i, 2.0) for i in range(1, 30)])
-        real = refcat._director_writer
-
         def dies(*args: Any) -> Any:
             def work(cursor: Any) -> None:
                 raise ServiceUnavailableError("shard died")
             return work
 
-        monkeypatch.setattr(refcat, "_director_writer", dies)
+        monkeypatch.setattr(StateTables, "director_writer", dies)
         # Moves across the edge (another chunk, another shard) whose last step never happens.
         with pytest.raises(ServiceUnavailableError):
             apply([_record("update", BASE_ID + i, 2, edge + 0.01 * i, 2.0) for i in range(1, 30)])
-        monkeypatch.setattr(refcat, "_director_writer", real)
+        monkeypatch.undo()
         # Redelivery brings newer changes: yet another place, and some deletes.
         final = [_record("update", BASE_ID + i, 3, edge + 1.5, 2.0 + 0.001 * i)
                  for i in range(1, 20)]
@@ -721,7 +698,7 @@ def test_sharded_apply_recovers_from_a_failure_between_shards(shards: Any,
                     found.append(set(cursor.fetchall()))
                 return found
 
-            dump[name] = (entry["rows"], catalogs._all_shards(work))
+            dump[name] = (entry["rows"], catalogs.shards.all_shards(work, write=False))
         assert dump["dr_objects"] == dump["dr_fresh"]
     finally:
         catalogs.close()

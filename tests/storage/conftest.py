@@ -129,19 +129,6 @@ def make_archive(request: pytest.FixtureRequest, archive: Archive,
             shards.close()
 
 
-@pytest.fixture(params=["embedded", "services"])
-def shard_set(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ShardSet]:
-    """Two fresh shards: SQLite files, or the test database on the two MariaDB servers."""
-    if request.param == "embedded":
-        shards: ShardSet = SQLiteShards(tmp_path / "shards", 2)
-        try:
-            yield shards
-        finally:
-            shards.close()
-        return
-    yield request.getfixturevalue("shards")
-
-
 def reopen(shards: ShardSet) -> ShardSet:
     """A second shard set on the same files or databases (as another process would open)."""
     if isinstance(shards, SQLiteShards):
