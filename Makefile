@@ -47,9 +47,10 @@ test: install  ## start the real services, run every test, stop the services (ev
 test-fast: python-packages  ## the tests that need no service
 	$(BIN)/pytest -m "not services"
 
-lint: python-packages  ## ruff over the whole tree, then mypy
+lint: python-packages  ## ruff over the whole tree, mypy, and felis over the table description
 	$(BIN)/ruff check .
 	$(BIN)/mypy broker consumers api
+	$(BIN)/felis validate schemas/felis/lanner.yaml
 
 typecheck: python-packages
 	$(BIN)/mypy broker consumers api

@@ -7,7 +7,7 @@ by ``bench/cone.py --keep`` is reused (``--reuse DATABASE``). For each count of 
 one keep-alive HTTP connection, send ``GET /api/v1/cone?ra=&dec=&radius=&catalog=bench`` (radii
 1"-10" at random positions, as bench/cone.py) after a warm-up of their own; each request is
 timed from sending to the parsed JSON answer. The ids answered are compared with the library
-call (`ShardedRefCatalogs.cone`) for every query (``agree``).
+call (`ChunkedRefCatalogs.cone`) for every query (``agree``).
 
     python bench/api_cone.py [--rows 1e6] [--reuse DATABASE] [--workers 1,2] [--clients 16]
                              [--queries 200]
@@ -44,8 +44,8 @@ from cone import CATALOG, Query, queries, synthetic  # noqa: E402
 
 from broker.config import Settings  # noqa: E402
 from broker.domain.sky import Chunker  # noqa: E402
-from broker.storage.mariadb import ShardSet  # noqa: E402
-from broker.storage.refcat import ShardedRefCatalogs  # noqa: E402
+from broker.storage.refcat import ChunkedRefCatalogs  # noqa: E402
+from broker.storage.shards import MariaDBShards  # noqa: E402
 
 ARCSEC = 1.0 / 3600.0
 
@@ -154,9 +154,9 @@ def main() -> dict[str, Any]:
     settings = Settings()
     chunker = Chunker(settings.chunk_stripes, settings.chunk_sub_stripes)
     database = args.reuse or f"bench_api_{secrets.token_hex(4)}"
-    shards = ShardSet(addresses=settings.shard_addresses, user=settings.mariadb_user,
+    shards = MariaDBShards(addresses=settings.shard_addresses, user=settings.mariadb_user,
                       password=settings.mariadb_password.get_secret_value(), database=database)
-    library = ShardedRefCatalogs(shards, chunker, 1.0 / 60.0)
+    library = ChunkedRefCatalogs(shards, chunker, 1.0 / 60.0)
     try:
         if args.reuse:
             rows = next(e["rows"] for e in library.list() if e["name"] == CATALOG)

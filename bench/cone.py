@@ -1,13 +1,13 @@
 """Cone-search latency of a chunked reference catalog on the MariaDB shards, with a flat baseline.
 
 A synthetic uniform all-sky catalog (id, ra, dec, mag) of ``--rows`` rows is generated as pyarrow
-batches and loaded through `ShardedRefCatalogs.load` (chunks, 1-arcmin overlap halos, director,
+batches and loaded through `ChunkedRefCatalogs.load` (chunks, 1-arcmin overlap halos, director,
 LOAD DATA per shard; ``load_rows_per_s``) into a fresh database ``bench_cone_<random>`` on the
 configured shards. The same rows are then loaded into ONE unchunked table on shard 0 with the
 same engine as the chunk tables (MyISAM) and a plain B-tree index on ``dec``: the baseline.
 
 Queries: centres uniform on the sphere, radius uniform in [1", 10"]. ``--clients`` client threads
-(each with its own `ShardedRefCatalogs`, i.e. its own connections and shard pool; ``--shared``
+(each with its own `ChunkedRefCatalogs`, i.e. its own connections and shard pool; ``--shared``
 gives all of them one instance, as one API process does) call ``cone(...)`` and time each call
 with ``time.perf_counter``; a warm-up of ``--warmup`` queries is not counted. Every call is the
 real read path: registry lookup on shard 0, then chunks -> merged HEALPix order-29 ranges -> one
@@ -54,10 +54,9 @@ import pyarrow.csv as pacsv
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broker.config import Settings
-from broker.domain.catalogs import nearest_rows
-from broker.domain.sky import Chunker
-from broker.storage.mariadb import ShardSet
-from broker.storage.refcat import ShardedRefCatalogs
+from broker.domain.sky import Chunker, nearest_first
+from broker.storage.refcat import ChunkedRefCatalogs
+from broker.storage.shards import MariaDBShards
 
 CATALOG = "bench"
 BASELINE = "baseline_flat"
@@ -92,7 +91,7 @@ def queries(n: int, rng: np.random.Generator) -> list[Query]:
     return list(zip(ra.tolist(), dec.tolist(), radius.tolist(), strict=True))
 
 
-def load_chunked(catalogs: ShardedRefCatalogs, rows: int, batch_rows: int,
+def load_chunked(catalogs: ChunkedRefCatalogs, rows: int, batch_rows: int,
                  seed: int) -> dict[str, Any]:
     report = catalogs.load(CATALOG, synthetic(rows, batch_rows, seed), "id", "ra", "dec")
     rate = report.rows / report.seconds
@@ -103,7 +102,7 @@ def load_chunked(catalogs: ShardedRefCatalogs, rows: int, batch_rows: int,
             "overlap_rows": report.overlap_rows}
 
 
-def load_baseline(shards: ShardSet, rows: int, batch_rows: int, seed: int) -> dict[str, Any]:
+def load_baseline(shards: MariaDBShards, rows: int, batch_rows: int, seed: int) -> dict[str, Any]:
     """The same rows in one MyISAM table on shard 0: PRIMARY KEY (id) and a plain KEY (dec)."""
     started = time.perf_counter()
     shards.ensure_database()
@@ -140,7 +139,7 @@ def load_baseline(shards: ShardSet, rows: int, batch_rows: int, seed: int) -> di
 class FlatCone:
     """The classic search: a dec band on a B-tree index, an RA window, exact distance after."""
 
-    def __init__(self, shards: ShardSet) -> None:
+    def __init__(self, shards: MariaDBShards) -> None:
         self.shards = shards
         self._local = threading.local()
         self._all: list[Any] = []
@@ -175,7 +174,7 @@ class FlatCone:
             cursor.execute(sql, args)
             found = cursor.fetchall()
         rows = [{"id": r[0], "ra": r[1], "dec": r[2], "mag": r[3]} for r in found]
-        return nearest_rows(rows, ra, dec, radius_deg, limit)
+        return nearest_first(rows, ra, dec, radius_deg, limit, key="id")
 
     def close(self) -> None:
         with self._lock:
@@ -243,14 +242,14 @@ class Target:
     limit: int
 
     def open(self) -> tuple[Callable[[Query], list[dict]], Callable[[], None]]:
-        shards = ShardSet(addresses=self.addresses, user=self.user, password=self.password,
+        shards = MariaDBShards(addresses=self.addresses, user=self.user, password=self.password,
                           database=self.database)
         if self.kind == "flat":
             flat = FlatCone(shards)
             return (lambda q: flat.cone(q[0], q[1], q[2], self.limit)), flat.close
-        chunked = ShardedRefCatalogs(shards, Chunker(self.stripes, self.sub_stripes),
+        chunked = ChunkedRefCatalogs(shards, Chunker(self.stripes, self.sub_stripes),
                                      self.overlap_deg)
-        return (lambda q: chunked.cone(CATALOG, q[0], q[1], q[2], self.limit)), chunked.close
+        return (lambda q: chunked.cone(CATALOG, q[0], q[1], q[2], self.limit)), shards.close
 
 
 def _client_process(target: Target, mine: list[Query], warmup: list[Query], barrier: Any,
@@ -320,16 +319,18 @@ def stats(label: str, ms: np.ndarray, wall: float, clients: int) -> dict[str, fl
 # ---- one size ------------------------------------------------------------------------------
 
 
-def _reused_rows(shards: ShardSet, chunker: Chunker, overlap: float) -> int:
+def _reused_rows(shards: MariaDBShards, chunker: Chunker, overlap: float) -> int:
     """The rows of a kept database, checked against its baseline table."""
-    probe = ShardedRefCatalogs(shards, chunker, overlap)
+    probe = ChunkedRefCatalogs(shards, chunker, overlap)
     try:
         entry = next(e for e in probe.list() if e["name"] == CATALOG)
     finally:
         probe.close()
-    with shards.connection(0) as connection, connection.cursor() as cursor:
+    def count(cursor: Any) -> int:
         cursor.execute(f"SELECT COUNT(*) FROM `{BASELINE}`")
-        flat = int(cursor.fetchone()[0])
+        return int(cursor.fetchone()[0])
+
+    flat = shards.run(0, count, write=False)
     if flat != entry["rows"]:
         msg = f"{shards.database}: catalog has {entry['rows']} rows, baseline {flat}"
         raise SystemExit(msg)
@@ -337,9 +338,9 @@ def _reused_rows(shards: ShardSet, chunker: Chunker, overlap: float) -> int:
     return flat
 
 
-def _load(shards: ShardSet, chunker: Chunker, overlap: float, rows: int,
+def _load(shards: MariaDBShards, chunker: Chunker, overlap: float, rows: int,
           args: argparse.Namespace) -> dict[str, Any]:
-    loader = ShardedRefCatalogs(shards, chunker, overlap)
+    loader = ChunkedRefCatalogs(shards, chunker, overlap)
     try:
         result = load_chunked(loader, rows, args.batch_rows, args.seed)
     finally:
@@ -352,7 +353,7 @@ def one_size(settings: Settings, chunker: Chunker, rows: int, args: argparse.Nam
              database: str | None) -> dict[str, Any]:
     reuse = database is not None
     database = database or f"bench_cone_{secrets.token_hex(4)}"
-    shards = ShardSet(addresses=settings.shard_addresses, user=settings.mariadb_user,
+    shards = MariaDBShards(addresses=settings.shard_addresses, user=settings.mariadb_user,
                       password=settings.mariadb_password.get_secret_value(), database=database)
     overlap = args.overlap_arcmin / 60.0
     result: dict[str, Any] = {}
@@ -368,20 +369,24 @@ def one_size(settings: Settings, chunker: Chunker, rows: int, args: argparse.Nam
         warmup = queries(args.warmup, rng)
         work = [queries(args.queries, rng) for _ in range(args.clients)]
         single = [queries(args.single_queries, rng)]
-        shared = ShardedRefCatalogs(shards, chunker, overlap) if args.shared else None
+        shared = ChunkedRefCatalogs(shards, chunker, overlap) if args.shared else None
 
-        def make_chunked() -> ShardedRefCatalogs:
-            return shared or ShardedRefCatalogs(shards, chunker, overlap)
+        def make_chunked() -> ChunkedRefCatalogs:
+            # Each client its own shard set (connections and pool), as its own process would.
+            return shared or ChunkedRefCatalogs(MariaDBShards(
+                addresses=settings.shard_addresses, user=settings.mariadb_user,
+                password=settings.mariadb_password.get_secret_value(), database=database),
+                chunker, overlap)
 
-        def chunked_call(c: ShardedRefCatalogs, q: Query) -> list[dict]:
+        def chunked_call(c: ChunkedRefCatalogs, q: Query) -> list[dict]:
             return c.cone(CATALOG, q[0], q[1], q[2], args.limit)
 
         def flat_call(c: FlatCone, q: Query) -> list[dict]:
             return c.cone(q[0], q[1], q[2], args.limit)
 
-        def close_chunked(c: ShardedRefCatalogs) -> None:
+        def close_chunked(c: ChunkedRefCatalogs) -> None:
             if c is not shared:
-                c.close()
+                c.shards.close()
 
         def target(kind: str) -> Target:
             return Target(kind, settings.shard_addresses, settings.mariadb_user,
@@ -449,7 +454,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--batch-rows", type=int, default=500_000)
     parser.add_argument("--overlap-arcmin", type=float, default=1.0)
     parser.add_argument("--shared", action="store_true",
-                        help="one ShardedRefCatalogs for all clients (as one API process)")
+                        help="one ChunkedRefCatalogs for all clients (as one API process)")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="do not drop the database(s)")
     parser.add_argument("--reuse", metavar="DATABASE",
@@ -462,7 +467,7 @@ def main() -> dict[str, Any]:
     settings = Settings()
     chunker = Chunker(settings.chunk_stripes, settings.chunk_sub_stripes)
     print(f"{args.clients} clients x {args.queries} queries, radius 1-10 arcsec, "
-          f"{'one shared' if args.shared else 'one'} ShardedRefCatalogs "
+          f"{'one shared' if args.shared else 'one'} ChunkedRefCatalogs "
           f"{'' if args.shared else 'per client'}; chunking {chunker.num_stripes}/"
           f"{chunker.num_sub_stripes}, {os.cpu_count()} cores", flush=True)
     trend = [one_size(settings, chunker, rows, args, args.reuse) for rows in sorted(sizes)]

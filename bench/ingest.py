@@ -38,7 +38,7 @@ from broker.config import Settings  # noqa: E402
 from broker.domain.simulator import AlertSimulator  # noqa: E402
 from broker.storage.cassandra import CassandraConnection  # noqa: E402
 from broker.storage.kafka import KafkaClients, produce_all  # noqa: E402
-from broker.storage.mariadb import ShardSet  # noqa: E402
+from broker.storage.shards import MariaDBShards  # noqa: E402
 from broker.streaming import lanner_schemas, wire  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def _cleanup(settings: Settings, env: dict[str, str]) -> None:
     connection.session().execute(f"DROP KEYSPACE IF EXISTS {env['LANNER_CASSANDRA_KEYSPACE']}",
                                  timeout=120)
     connection.close()
-    ShardSet(addresses=settings.shard_addresses, user=settings.mariadb_user,
+    MariaDBShards(addresses=settings.shard_addresses, user=settings.mariadb_user,
              password=settings.mariadb_password.get_secret_value(),
              database=env["LANNER_MARIADB_DATABASE"]).drop_database()
     admin = KafkaClients(bootstrap=settings.kafka_bootstrap).admin()

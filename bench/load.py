@@ -1,7 +1,7 @@
 """Bulk-load rate of a reference catalog into the MariaDB shards, overlap included.
 
 A synthetic uniform all-sky catalog (id, ra, dec, mag and two float columns) is generated as
-pyarrow batches and loaded through `ShardedRefCatalogs.load` (chunk and HEALPix indices, the
+pyarrow batches and loaded through `ChunkedRefCatalogs.load` (chunk and HEALPix indices, the
 1-arcmin overlap halos, the director index, LOAD DATA per shard) into a fresh database
 ``bench_load_<random>`` on the configured shards, dropped at the end. Generation is timed apart
 and not counted: the figure is what the loader sustains.
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broker.config import Settings
 from broker.domain.sky import Chunker
-from broker.storage.mariadb import ShardSet
-from broker.storage.refcat import ShardedRefCatalogs
+from broker.storage.refcat import ChunkedRefCatalogs
+from broker.storage.shards import MariaDBShards
 
 
 def synthetic(rows: int, batch_rows: int, seed: int) -> list[pa.RecordBatch]:
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings()
-    shards = ShardSet(addresses=settings.shard_addresses, user=settings.mariadb_user,
+    shards = MariaDBShards(addresses=settings.shard_addresses, user=settings.mariadb_user,
                       password=settings.mariadb_password.get_secret_value(),
                       database=f"bench_load_{secrets.token_hex(4)}")
     chunker = Chunker(settings.chunk_stripes, settings.chunk_sub_stripes)
@@ -67,7 +67,7 @@ def main() -> None:
     batches = synthetic(args.rows, args.batch_rows, args.seed)
     print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s "
           f"({len(batches)} batches of up to {args.batch_rows:,})")
-    catalogs = ShardedRefCatalogs(shards, chunker, args.overlap_arcmin / 60.0)
+    catalogs = ChunkedRefCatalogs(shards, chunker, args.overlap_arcmin / 60.0)
     done = 0
 
     def progress(n: int) -> None:

@@ -4,6 +4,7 @@ over the two real MariaDB shards."""
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import subprocess
 import sys
@@ -745,3 +746,16 @@ def test_halo_pairs_equal_overlap_chunks(stripes: int, sub_stripes: int,
     full = overlap_chunks(chunker, ra, dec, overlap)
     assert set(zip(*(a.tolist() for a in fast), strict=True)) == \
         set(zip(*(a.tolist() for a in full), strict=True))
+
+
+def test_cone_rejects_bad_input(catalogs: ChunkedRefCatalogs) -> None:
+    catalogs.load("swap", _version_batches(1, 500, 1), "oid", "ra", "dec")
+    for ra, dec, radius, limit in [(math.nan, 0.0, 1.0, 10), (0.0, math.inf, 1.0, 10),
+                                   (0.0, 91.0, 1.0, 10), (0.0, -90.5, 1.0, 10),
+                                   (0.0, 0.0, -1.0, 10), (0.0, 0.0, math.nan, 10),
+                                   (0.0, 0.0, 1.0, -1), (0.0, 0.0, 181.0, 10)]:
+        with pytest.raises(ValueError, match=r"cone|limit"):
+            catalogs.cone("swap", ra, dec, radius, limit)
+    assert catalogs.cone("swap", 15.0, 0.0, 8.0, 0) == []
+    with pytest.raises(UnknownCatalogError):
+        catalogs.cone("nope", 15.0, 0.0, 1.0, 10)
