@@ -203,15 +203,8 @@ def nearest_first(rows: list[dict], ra: float, dec: float, radius_deg: float, li
     return out
 
 
-#: Smallest radius of a cone's HEALPix cover (1 mas): cdshealpix cannot cover radii below a
-#: fraction of a milliarcsecond (it panics past order 29); a wider cover only adds candidates
-#: that the exact distance drops.
-MIN_COVER_RADIUS_DEG = 1e-3 / 3600.0
-
-
 def cone_cover(chunker: Chunker, ra: float, dec: float, radius_deg: float) -> ConeCover:
     """Chunks (via lsst-sphgeom) and merged order-29 ranges (via cdshealpix) covering a cone."""
-    radius_deg = max(radius_deg, MIN_COVER_RADIUS_DEG)
     import lsst.sphgeom as sg  # noqa: PLC0415 - imported where used: heavy, and only here
 
     centre = sg.UnitVector3d(sg.LonLat.fromDegrees(ra % 360.0, dec))
