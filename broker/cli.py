@@ -639,7 +639,7 @@ def _simulated(count: int, version: Any, seed: int | None, rate: float | None) -
 
     from rich.progress import Progress  # noqa: PLC0415
 
-    from broker.domain.simulator import AlertSimulator  # noqa: PLC0415
+    from broker.simulator import AlertSimulator  # noqa: PLC0415
 
     simulator = AlertSimulator(schema=version, seed=seed)
     started = time.monotonic()

@@ -19,7 +19,7 @@ A container that cannot be read, or whose writer schema is neither of those (or 
 key, for the same reason as an undecodable wire-format file.
 
 Keys are ASCII bytes (``b"ZTF20aabaesm"``, ``b"281323062375219201"``), so one object's alerts land
-on one partition as they do from `broker.domain.simulator.AlertSimulator.encoded`. Files are read
+on one partition as they do from `broker.simulator.AlertSimulator.encoded`. Files are read
 folder by folder, sub-folders recursively after a folder's own files, everything in sorted order
 (numeric names numerically, as `broker.streaming.files.read_alerts` does); hidden files (such as
 the ``.partial`` files of a writer at work) are skipped. This module imports no Kafka client: the

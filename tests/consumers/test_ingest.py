@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from broker.domain.alerts import from_rubin
-from broker.domain.simulator import AlertSimulator
 from broker.exceptions import ServiceUnavailableError
+from broker.simulator import AlertSimulator
 from broker.streaming import lanner_schemas, wire
 from broker.streaming.replay import iter_alert_files
 from tests.support.backends import Harness

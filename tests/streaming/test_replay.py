@@ -9,8 +9,8 @@ import fastavro
 import pytest
 from lsst.alert.packet import schema as lsst_schema
 
-from broker.domain.simulator import AlertSimulator
 from broker.domain.ztf import from_ztf
+from broker.simulator import AlertSimulator
 from broker.streaming import files, wire
 from broker.streaming.replay import (
     iter_alert_files,
