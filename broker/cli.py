@@ -474,6 +474,7 @@ def demo(
     from rich.progress import Progress  # noqa: PLC0415
 
     from broker.config import Backend  # noqa: PLC0415
+    from broker.data import ztf_alerts  # noqa: PLC0415
     from broker.factory import Factory  # noqa: PLC0415
     from broker.streaming.replay import iter_alert_files  # noqa: PLC0415
     from broker.streaming.schemas import latest_version  # noqa: PLC0415
@@ -488,12 +489,10 @@ def demo(
     for key, value in _simulated(count, version, seed, None):
         queue.produce(settings.topic_alerts_lsst, value, key=key)
         queued += 1
-    ztf = Path(__file__).resolve().parent.parent / "tests" / "data" / "ztf"
     ztf_count = 0
-    if ztf.is_dir():
-        for _, value, key in iter_alert_files(ztf):
-            queue.produce(settings.topic_alerts_ztf, value, key=key)
-            ztf_count += 1
+    for _, value, key in iter_alert_files(ztf_alerts()):
+        queue.produce(settings.topic_alerts_ztf, value, key=key)
+        ztf_count += 1
     stage = factory.ingest_stage(poll_timeout=0.05)
     with Progress(console=console) as progress:
         task = progress.add_task("ingesting into the embedded archive", total=queued + ztf_count)
@@ -568,35 +567,24 @@ def _print_demo_urls(base: str, example: dict | None, ztf_count: int, loaded: li
                       "ZTF object's Hipparcos neighbour", highlight=False)
 
 
-#: Real reference catalogs bundled with the repository, loaded by `lanner demo`:
-#: (name, file, id column, ra column, dec column).
-DEMO_CATALOGS = (
-    ("hipparcos", "hipparcos2.parquet", "hip", "ra", "dec"),
-    ("openngc", "openngc.csv", "id", "ra_deg", "dec_deg"),
-)
-
-
 def _demo_catalogs(factory: Any) -> list[str]:
     """Load the bundled reference catalogs into the embedded archive (once; names loaded)."""
+    from broker.data import CATALOGS  # noqa: PLC0415
     from broker.storage.refcat import open_catalog_file  # noqa: PLC0415
 
-    folder = Path(__file__).resolve().parent.parent / "tests" / "data" / "catalogs"
     present = {entry["name"] for entry in factory.refcats.list()}
     loaded = []
-    for name, filename, id_col, ra_col, dec_col in DEMO_CATALOGS:
-        path = folder / filename
-        if name in present:
-            loaded.append(name)
-            continue
-        if not path.is_file():
-            continue
-        source = open_catalog_file(path)
-        try:
-            with console.status(f"loading the {name} catalog"):
-                factory.refcats.load(name, source.batches, id_col, ra_col, dec_col)
-        finally:
-            source.close()
-        loaded.append(name)
+    for catalog in CATALOGS:
+        if catalog.name not in present:
+            with catalog.path() as path:
+                source = open_catalog_file(path)
+                try:
+                    with console.status(f"loading the {catalog.name} catalog"):
+                        factory.refcats.load(catalog.name, source.batches, catalog.id_col,
+                                             catalog.ra_col, catalog.dec_col)
+                finally:
+                    source.close()
+        loaded.append(catalog.name)
     return loaded
 
 

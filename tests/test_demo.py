@@ -10,6 +10,7 @@ from pathlib import Path
 from broker.domain.sky import Chunker
 from broker.storage.refcat import SQLiteRefCatalogs
 from broker.storage.sqlite import SQLiteArchive
+from tests.support.catalogs import HIPPARCOS
 from tests.support.data import REPO_ROOT
 
 
@@ -104,7 +105,7 @@ def test_serve_runs_several_worker_processes(tmp_path: Path) -> None:
     env = {**os.environ, "LANNER_STATE_DIR": str(tmp_path), "LANNER_BACKEND": "embedded"}
     loaded = subprocess.run(
         [sys.executable, "-m", "broker.cli", "catalog", "load", "hipparcos",
-         str(REPO_ROOT / "tests" / "data" / "catalogs" / "hipparcos2.parquet"),
+         str(HIPPARCOS),
          "--id-col", "hip", "--ra-col", "ra", "--dec-col", "dec"],
         capture_output=True, text=True, check=False, cwd=REPO_ROOT, env=env, timeout=300)
     assert loaded.returncode == 0, loaded.stderr

@@ -16,9 +16,7 @@ from broker.factory import Factory
 from broker.simulator import AlertSimulator
 from broker.streaming.replay import iter_alert_files
 from tests.support.backends import EmbeddedHarness
-from tests.support.data import REPO_ROOT
-
-ZTF_SAMPLES = REPO_ROOT / "tests" / "data" / "ztf"
+from tests.support.data import ZTF_SAMPLES
 
 
 @dataclass
