@@ -159,7 +159,7 @@ def test_the_workers_listener_gives_connections_tcp_nodelay() -> None:
     import asyncio
     import socket
 
-    from broker.cli import tcp_listener
+    from broker.cli.serve import tcp_listener
 
     listener = tcp_listener("127.0.0.1", 0)
     assert listener.proto == socket.IPPROTO_TCP
