@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from broker import demo
+from broker.config import Backend, Settings
 from broker.domain.sky import Chunker
+from broker.exceptions import LannerError
+from broker.factory import Factory
 from broker.storage.refcat import SQLiteRefCatalogs
 from broker.storage.sqlite import SQLiteArchive
+from broker.streaming.schemas import SchemaVersion
 from tests.support.catalogs import HIPPARCOS
 from tests.support.data import REPO_ROOT
 
@@ -48,6 +57,78 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
         assert [r["id"] for r in near] == [64192]
     finally:
         refcats.close()
+
+
+class _Recorded:
+    """A `broker.demo.Progress` that records each step and how far it was advanced."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, int | None, int]] = []
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        done = [0]
+
+        def advance(count: int) -> None:
+            done[0] += count
+
+        yield advance
+        self.steps.append((description, total, done[0]))
+
+
+def test_run_queues_ingests_and_loads_then_reports(tmp_path: Path) -> None:
+    settings = demo.embedded_settings(Settings(state_dir=tmp_path, backend=Backend.services))
+    factory = Factory(settings)
+    try:
+        progress = _Recorded()
+        report = demo.run(factory, count=20, seed=7, progress=progress)
+        assert progress.steps == [
+            ("simulating schema 11.1", 20, 20),
+            ("ingesting into the embedded archive", 73, 73),
+            ("loading the hipparcos catalog", None, 0),
+            ("loading the openngc catalog", None, 0),
+        ]
+        assert (report.simulated, report.ztf, report.archived) == (20, 53, 73)
+        assert report.archive == tmp_path / "embedded"
+        assert report.catalogs == ("hipparcos", "openngc")
+        assert report.example is not None
+        assert report.summary().startswith(
+            "archived 73 alerts (20 simulated Rubin 11.1, 53 real ZTF)")
+
+        # A second run loads no catalog again and archives only what is new.
+        again = _Recorded()
+        second = demo.run(factory, count=5, seed=8, progress=again)
+        assert [step[0] for step in again.steps] == [
+            "simulating schema 11.1", "ingesting into the embedded archive"]
+        assert second.catalogs == ("hipparcos", "openngc")
+        assert second.objects >= report.objects
+    finally:
+        factory.close()
+
+
+def test_run_needs_the_embedded_backend(tmp_path: Path) -> None:
+    factory = Factory(Settings(state_dir=tmp_path, backend=Backend.services))
+    with pytest.raises(LannerError, match="embedded backend"):
+        demo.run(factory, count=1, seed=1)
+
+
+def test_report_urls_follow_what_was_loaded() -> None:
+    bare = demo.DemoReport(version=SchemaVersion(11, 1), simulated=0, ztf=0, archived=0,
+                           archive=Path("x"), objects=0, detections=0, catalogs=(),
+                           example=None)
+    assert bare.urls("http://h:1") == [
+        "http://h:1/                      the landing page",
+        "http://h:1/docs                  the API documentation",
+    ]
+    full = demo.DemoReport(version=SchemaVersion(11, 1), simulated=1, ztf=53, archived=54,
+                           archive=Path("x"), objects=2, detections=3,
+                           catalogs=("hipparcos", "openngc"),
+                           example={"object_id": "42", "ra": 1.0, "dec": -2.0})
+    urls = full.urls("http://h:1")
+    assert "http://h:1/api/v1/objects/42/lightcurve" in urls
+    assert "http://h:1/api/v1/cone?ra=1.00000&dec=-2.00000&radius=60" in urls
+    assert "reference catalogs: hipparcos, openngc (see http://h:1/api/v1/catalogs)" in urls
+    assert any("ZTF20aabaesq/crossmatches" in url for url in urls)
 
 
 def test_demo_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
 - `broker.cli.alerts`: ``lanner simulate`` and ``lanner replay`` (alerts onto a topic).
 - `broker.cli.stages`: ``lanner ingest``, ``lanner dr-updates`` and ``lanner run``.
 - `broker.cli.serve`: ``lanner serve`` (the HTTP API).
-- `broker.cli.demo`: ``lanner demo``.
+- `broker.cli.demo`: ``lanner demo`` (over `broker.demo`).
 - `broker.cli.common`: the consoles, clean errors, signal handling, port checks.
 
 Errors end in one clear line on stderr and a non-zero exit code, never a traceback

@@ -35,7 +35,7 @@ def simulate(
 
     settings = get_settings()
     version = SchemaVersion.parse(schema) if schema else latest_version()
-    stream = simulated(count, version, seed, rate)
+    stream = _simulated(count, version, seed, rate)
     if to == "kafka":
         from broker.storage.kafka import KafkaClients, produce_all  # noqa: PLC0415
 
@@ -77,7 +77,7 @@ def replay(
     out.print(f"{sent} alerts from {folder} on topic {topic}", highlight=False)
 
 
-def simulated(count: int, version: Any, seed: int | None,
+def _simulated(count: int, version: Any, seed: int | None,
                rate: float | None) -> Iterator[tuple[bytes, bytes]]:
     """Yield (key, wire-format value) with a progress bar, paced to ``rate``."""
     import time  # noqa: PLC0415
