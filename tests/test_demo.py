@@ -13,11 +13,8 @@ import pytest
 
 from broker import demo
 from broker.config import Backend, Settings
-from broker.domain.sky import Chunker
 from broker.exceptions import LannerError
 from broker.factory import Factory
-from broker.storage.refcat import SQLiteRefCatalogs
-from broker.storage.sqlite import SQLiteArchive
 from broker.streaming.schemas import SchemaVersion
 from tests.support.catalogs import HIPPARCOS
 from tests.support.data import REPO_ROOT
@@ -35,28 +32,24 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
     assert "reference catalogs: hipparcos, openngc" in result.stdout
     assert "/api/v1/objects/ZTF20aabaesq/crossmatches?radius=300" in result.stdout
 
-    archive = SQLiteArchive(path=tmp_path / "embedded" / "archive.sqlite3",
-                            chunker=Chunker(85, 12))
+    # Read back through the stores the demo wrote, whatever files the embedded backend uses.
+    factory = Factory(Settings(state_dir=tmp_path, backend=Backend.embedded))
     try:
-        assert archive.lightcurves.counts()["packets"] == 203
-        ztf = archive.catalog.get_object("ZTF18abmmoot")
+        assert factory.lightcurves.counts()["packets"] == 203
+        ztf = factory.catalog.get_object("ZTF18abmmoot")
         assert ztf is not None
         assert ztf["survey"] == "ztf"
-        pointed = archive.catalog.get_object("ZTF20aabaesq")
+        pointed = factory.catalog.get_object("ZTF20aabaesq")
         assert pointed is not None
-    finally:
-        archive.close()
-    refcats = SQLiteRefCatalogs(tmp_path / "embedded" / "archive.sqlite3", Chunker(85, 12))
-    try:
-        rows = {entry["name"]: entry["rows"] for entry in refcats.list()}
+        rows = {entry["name"]: entry["rows"] for entry in factory.refcats.list()}
         assert rows == {"hipparcos": 117_955, "openngc": 14_026}
-        vega = refcats.cone("hipparcos", 279.23411, 38.78299, 0.01, 5)
+        vega = factory.refcats.cone("hipparcos", 279.23411, 38.78299, 0.01, 5)
         assert vega[0]["id"] == 91262
         # The neighbour the demo points at is there.
-        near = refcats.cone("hipparcos", pointed["ra"], pointed["dec"], 300 / 3600, 5)
+        near = factory.refcats.cone("hipparcos", pointed["ra"], pointed["dec"], 300 / 3600, 5)
         assert [r["id"] for r in near] == [64192]
     finally:
-        refcats.close()
+        factory.close()
 
 
 class _Recorded:
