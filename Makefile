@@ -67,7 +67,8 @@ services-down:
 lock: $(BIN)/python  ## refresh constraints.txt from a clean resolution of pyproject.toml
 	rm -rf $(VENV)/lock && $(PYTHON) -m venv $(VENV)/lock && \
 	$(VENV)/lock/bin/pip install -q --upgrade pip && $(VENV)/lock/bin/pip install -q '.[dev]' && \
-	$(VENV)/lock/bin/pip freeze --exclude-editable | grep -v '^lanner' > constraints.txt && \
+	$(VENV)/lock/bin/pip freeze --all --exclude-editable | grep -v -E '^(lanner|pip)==' \
+	  > constraints.txt && \
 	rm -rf $(VENV)/lock
 
 clean:

@@ -19,7 +19,7 @@ import statistics
 import time
 from typing import Any
 
-from broker.domain.simulator import AlertSimulator
+from broker.simulator import AlertSimulator
 from broker.streaming import wire
 from broker.streaming.schemas import SchemaVersion, latest_version
 

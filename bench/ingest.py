@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from confluent_kafka import Consumer  # noqa: E402
 
 from broker.config import Settings  # noqa: E402
-from broker.domain.simulator import AlertSimulator  # noqa: E402
+from broker.simulator import AlertSimulator  # noqa: E402
 from broker.storage.cassandra import CassandraConnection  # noqa: E402
 from broker.storage.kafka import KafkaClients, produce_all  # noqa: E402
 from broker.storage.shards import MariaDBShards  # noqa: E402

@@ -5,11 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from broker.domain.sky import Chunker
-from broker.storage.refcat import SQLiteRefCatalogs
-from broker.storage.sqlite import SQLiteArchive
+import pytest
+
+from broker import demo
+from broker.config import Backend, Settings
+from broker.exceptions import LannerError
+from broker.factory import Factory
+from broker.streaming.schemas import SchemaVersion
+from tests.support.catalogs import HIPPARCOS
 from tests.support.data import REPO_ROOT
 
 
@@ -25,28 +32,96 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
     assert "reference catalogs: hipparcos, openngc" in result.stdout
     assert "/api/v1/objects/ZTF20aabaesq/crossmatches?radius=300" in result.stdout
 
-    archive = SQLiteArchive(path=tmp_path / "embedded" / "archive.sqlite3",
-                            chunker=Chunker(85, 12))
+    # Read back through the stores the demo wrote, whatever files the embedded backend uses.
+    factory = Factory(Settings(state_dir=tmp_path, backend=Backend.embedded))
     try:
-        assert archive.lightcurves.counts()["packets"] == 203
-        ztf = archive.catalog.get_object("ZTF18abmmoot")
+        assert factory.lightcurves.counts()["packets"] == 203
+        ztf = factory.catalog.get_object("ZTF18abmmoot")
         assert ztf is not None
         assert ztf["survey"] == "ztf"
-        pointed = archive.catalog.get_object("ZTF20aabaesq")
+        pointed = factory.catalog.get_object("ZTF20aabaesq")
         assert pointed is not None
-    finally:
-        archive.close()
-    refcats = SQLiteRefCatalogs(tmp_path / "embedded" / "archive.sqlite3", Chunker(85, 12))
-    try:
-        rows = {entry["name"]: entry["rows"] for entry in refcats.list()}
+        rows = {entry["name"]: entry["rows"] for entry in factory.refcats.list()}
         assert rows == {"hipparcos": 117_955, "openngc": 14_026}
-        vega = refcats.cone("hipparcos", 279.23411, 38.78299, 0.01, 5)
+        vega = factory.refcats.cone("hipparcos", 279.23411, 38.78299, 0.01, 5)
         assert vega[0]["id"] == 91262
         # The neighbour the demo points at is there.
-        near = refcats.cone("hipparcos", pointed["ra"], pointed["dec"], 300 / 3600, 5)
+        near = factory.refcats.cone("hipparcos", pointed["ra"], pointed["dec"], 300 / 3600, 5)
         assert [r["id"] for r in near] == [64192]
     finally:
-        refcats.close()
+        factory.close()
+
+
+class _Recorded:
+    """A `broker.demo.Progress` that records each step and how far it was advanced."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, int | None, int]] = []
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        done = [0]
+
+        def advance(count: int) -> None:
+            done[0] += count
+
+        yield advance
+        self.steps.append((description, total, done[0]))
+
+
+def test_run_queues_ingests_and_loads_then_reports(tmp_path: Path) -> None:
+    settings = demo.embedded_settings(Settings(state_dir=tmp_path, backend=Backend.services))
+    factory = Factory(settings)
+    try:
+        progress = _Recorded()
+        report = demo.run(factory, count=20, seed=7, progress=progress)
+        assert progress.steps == [
+            ("simulating schema 11.1", 20, 20),
+            ("ingesting into the embedded archive", 73, 73),
+            ("loading the hipparcos catalog", None, 0),
+            ("loading the openngc catalog", None, 0),
+        ]
+        assert (report.simulated, report.ztf, report.archived) == (20, 53, 73)
+        assert report.archive == tmp_path / "embedded"
+        assert report.catalogs == ("hipparcos", "openngc")
+        assert report.example is not None
+        assert report.summary().startswith(
+            "archived 73 alerts (20 simulated Rubin 11.1, 53 real ZTF)")
+
+        # A second run loads no catalog again and archives only what is new.
+        again = _Recorded()
+        second = demo.run(factory, count=5, seed=8, progress=again)
+        assert [step[0] for step in again.steps] == [
+            "simulating schema 11.1", "ingesting into the embedded archive"]
+        assert second.catalogs == ("hipparcos", "openngc")
+        assert second.objects >= report.objects
+    finally:
+        factory.close()
+
+
+def test_run_needs_the_embedded_backend(tmp_path: Path) -> None:
+    factory = Factory(Settings(state_dir=tmp_path, backend=Backend.services))
+    with pytest.raises(LannerError, match="embedded backend"):
+        demo.run(factory, count=1, seed=1)
+
+
+def test_report_urls_follow_what_was_loaded() -> None:
+    bare = demo.DemoReport(version=SchemaVersion(11, 1), simulated=0, ztf=0, archived=0,
+                           archive=Path("x"), objects=0, detections=0, catalogs=(),
+                           example=None)
+    assert bare.urls("http://h:1") == [
+        "http://h:1/                      the landing page",
+        "http://h:1/docs                  the API documentation",
+    ]
+    full = demo.DemoReport(version=SchemaVersion(11, 1), simulated=1, ztf=53, archived=54,
+                           archive=Path("x"), objects=2, detections=3,
+                           catalogs=("hipparcos", "openngc"),
+                           example={"object_id": "42", "ra": 1.0, "dec": -2.0})
+    urls = full.urls("http://h:1")
+    assert "http://h:1/api/v1/objects/42/lightcurve" in urls
+    assert "http://h:1/api/v1/cone?ra=1.00000&dec=-2.00000&radius=60" in urls
+    assert "reference catalogs: hipparcos, openngc (see http://h:1/api/v1/catalogs)" in urls
+    assert any("ZTF20aabaesq/crossmatches" in url for url in urls)
 
 
 def test_demo_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:
@@ -104,7 +179,7 @@ def test_serve_runs_several_worker_processes(tmp_path: Path) -> None:
     env = {**os.environ, "LANNER_STATE_DIR": str(tmp_path), "LANNER_BACKEND": "embedded"}
     loaded = subprocess.run(
         [sys.executable, "-m", "broker.cli", "catalog", "load", "hipparcos",
-         str(REPO_ROOT / "tests" / "data" / "catalogs" / "hipparcos2.parquet"),
+         str(HIPPARCOS),
          "--id-col", "hip", "--ra-col", "ra", "--dec-col", "dec"],
         capture_output=True, text=True, check=False, cwd=REPO_ROOT, env=env, timeout=300)
     assert loaded.returncode == 0, loaded.stderr
@@ -158,7 +233,7 @@ def test_the_workers_listener_gives_connections_tcp_nodelay() -> None:
     import asyncio
     import socket
 
-    from broker.cli import tcp_listener
+    from broker.cli.serve import tcp_listener
 
     listener = tcp_listener("127.0.0.1", 0)
     assert listener.proto == socket.IPPROTO_TCP

@@ -19,18 +19,20 @@ A container that cannot be read, or whose writer schema is neither of those (or 
 key, for the same reason as an undecodable wire-format file.
 
 Keys are ASCII bytes (``b"ZTF20aabaesm"``, ``b"281323062375219201"``), so one object's alerts land
-on one partition as they do from `broker.domain.simulator.AlertSimulator.encoded`. Files are read
+on one partition as they do from `broker.simulator.AlertSimulator.encoded`. Files are read
 folder by folder, sub-folders recursively after a folder's own files, everything in sorted order
 (numeric names numerically, as `broker.streaming.files.read_alerts` does); hidden files (such as
-the ``.partial`` files of a writer at work) are skipped. This module imports no Kafka client: the
-caller passes a ``produce`` function.
+the ``.partial`` files of a writer at work) are skipped. A folder is a path or any
+``importlib.resources`` traversable, so alert files shipped inside a package replay as they are.
+This module imports no Kafka client: the caller passes a ``produce`` function.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from importlib.resources.abc import Traversable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from broker.exceptions import LannerError
@@ -71,13 +73,13 @@ def object_key(record: Mapping[str, Any]) -> bytes | None:
     return None
 
 
-def _order(path: Path) -> tuple[bool, int, str]:
+def _order(path: Traversable) -> tuple[bool, int, str]:
     # Same order as files.read_alerts: numeric stems (diaSourceId, candid) numerically first.
-    stem = path.stem
+    stem = PurePosixPath(path.name).stem
     return (not stem.isdigit(), int(stem) if stem.isdigit() else 0, path.name)
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Traversable) -> Iterator[Traversable]:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     files = [p for p in entries if p.is_file() and p.name.endswith(SUFFIX)]
     yield from sorted(files, key=_order)
@@ -114,18 +116,21 @@ def _messages(data: bytes) -> Iterator[tuple[bytes, bytes | None]]:
     yield from converted
 
 
-def iter_alert_files(folder: Path | str) -> Iterator[tuple[Path, bytes, bytes | None]]:
+def iter_alert_files(
+    folder: Path | str | Traversable,
+) -> Iterator[tuple[Traversable, bytes, bytes | None]]:
     """Yield ``(path, value, key)`` for every message the alert files under a folder hold.
 
     See the module docstring for the kinds of file and their conversion. A Rubin container
-    with several records yields several messages with the same path.
+    with several records yields several messages with the same path. The paths are of the
+    folder's kind: `pathlib.Path` for a path.
 
     Raises
     ------
     NotADirectoryError
         If ``folder`` is not a directory.
     """
-    root = Path(folder)
+    root = Path(folder) if isinstance(folder, str) else folder
     if not root.is_dir():
         msg = f"{root} is not a directory"
         raise NotADirectoryError(msg)
@@ -134,7 +139,9 @@ def iter_alert_files(folder: Path | str) -> Iterator[tuple[Path, bytes, bytes | 
             yield path, value, key
 
 
-def replay_folder(folder: Path | str, produce: Callable[[bytes | None, bytes], None]) -> int:
+def replay_folder(
+    folder: Path | str | Traversable, produce: Callable[[bytes | None, bytes], None]
+) -> int:
     """Call ``produce(key, value)`` for every message under a folder; return how many.
 
     Raises

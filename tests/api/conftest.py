@@ -12,13 +12,11 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from broker.config import Backend, Settings
-from broker.domain.simulator import AlertSimulator
 from broker.factory import Factory
+from broker.simulator import AlertSimulator
 from broker.streaming.replay import iter_alert_files
 from tests.support.backends import EmbeddedHarness
-from tests.support.data import REPO_ROOT
-
-ZTF_SAMPLES = REPO_ROOT / "tests" / "data" / "ztf"
+from tests.support.data import ZTF_SAMPLES
 
 
 @dataclass

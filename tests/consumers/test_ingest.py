@@ -8,14 +8,12 @@ import threading
 import pytest
 
 from broker.domain.alerts import from_rubin
-from broker.domain.simulator import AlertSimulator
 from broker.exceptions import ServiceUnavailableError
+from broker.simulator import AlertSimulator
 from broker.streaming import lanner_schemas, wire
 from broker.streaming.replay import iter_alert_files
 from tests.support.backends import Harness
-from tests.support.data import REPO_ROOT
-
-ZTF_SAMPLES = REPO_ROOT / "tests" / "data" / "ztf"
+from tests.support.data import ZTF_SAMPLES
 
 
 def _simulated(count: int, seed: int) -> list[tuple[bytes, bytes]]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from broker.domain.simulator import AlertSimulator
+from broker.simulator import AlertSimulator
 from broker.streaming import lanner_schemas, wire
 from tests.support.backends import ServicesHarness
 from tests.support.data import REPO_ROOT

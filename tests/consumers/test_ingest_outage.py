@@ -6,9 +6,9 @@ import threading
 import time
 
 from broker import metrics
-from broker.domain.simulator import AlertSimulator
 from broker.services import manager
 from broker.services.mariadb import MariaDBService
+from broker.simulator import AlertSimulator
 from consumers.stage import Backoff
 from tests.support.backends import ServicesHarness
 

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.domain.simulator import AlertSimulator
+from broker.simulator import AlertSimulator
 from broker.streaming import wire
 from tests.support.backends import ServicesHarness
 from tests.support.data import REPO_ROOT

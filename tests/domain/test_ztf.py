@@ -1,4 +1,4 @@
-"""ZTF packets into the internal model, on the 53 real ZTF public alerts in tests/data/ztf."""
+"""ZTF packets into the internal model, on the 53 real ZTF public alerts in broker/data/ztf."""
 
 from __future__ import annotations
 
@@ -35,13 +35,12 @@ from broker.streaming.ztf import (
     is_container,
     read_container,
 )
-from tests.support.data import REPO_ROOT, rubin_sample_alert
+from tests.support.data import ZTF_SAMPLES, rubin_sample_alert
 
-ZTF_DATA = REPO_ROOT / "tests" / "data" / "ztf"
-ALL_FILES = sorted(ZTF_DATA.glob("*/*.avro"))
-MOOT = ZTF_DATA / "single" / "1628364324215010017.avro"
-XXF = ZTF_DATA / "single" / "2019_01_10_739260766315010006.avro"
-JNNN = ZTF_DATA / "single" / "472263571115115000.avro"
+ALL_FILES = sorted(ZTF_SAMPLES.glob("*/*.avro"))
+MOOT = ZTF_SAMPLES / "single" / "1628364324215010017.avro"
+XXF = ZTF_SAMPLES / "single" / "2019_01_10_739260766315010006.avro"
+JNNN = ZTF_SAMPLES / "single" / "472263571115115000.avro"
 
 # The table of shared/data/README.md (sections 3b and 3c): candid -> objectId, ra, dec, magpsf.
 _TABLE = """
@@ -130,7 +129,7 @@ def _open_fits(stamp: bytes) -> fits.HDUList:
 
 def test_all_53_samples_are_present() -> None:
     assert len(ALL_FILES) == 53
-    assert len(list((ZTF_DATA / "exposure_20200101").glob("*.avro"))) == 50
+    assert len(list((ZTF_SAMPLES / "exposure_20200101").glob("*.avro"))) == 50
     assert {_candid_of(p) for p in ALL_FILES} == set(EXPECTED)
 
 

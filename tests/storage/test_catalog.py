@@ -18,9 +18,9 @@ import pytest
 
 from broker.domain.alerts import Alert, Detection, ForcedMeasurement, Survey, from_rubin
 from broker.domain.archive import BANDS, ArchiveBatch, Seen, plan
-from broker.domain.simulator import AlertSimulator
 from broker.domain.sky import Chunker, angular_separation_deg, hpx29
 from broker.exceptions import ServiceUnavailableError, TransientError
+from broker.simulator import AlertSimulator
 from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
 from broker.storage.catalog import ChunkedCatalog, LayoutMismatchError
 from broker.storage.shards import SQLiteShards

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.domain.alerts import from_rubin
-from broker.domain.simulator import AlertSimulator
+from broker.simulator import AlertSimulator
 from broker.streaming import packets, wire
 from broker.streaming.schemas import available_versions
 

@@ -9,8 +9,8 @@ import fastavro
 import pytest
 from lsst.alert.packet import schema as lsst_schema
 
-from broker.domain.simulator import AlertSimulator
 from broker.domain.ztf import from_ztf
+from broker.simulator import AlertSimulator
 from broker.streaming import files, wire
 from broker.streaming.replay import (
     iter_alert_files,
@@ -19,9 +19,7 @@ from broker.streaming.replay import (
     rubin_schema_id,
 )
 from broker.streaming.ztf import decode_container
-from tests.support.data import REPO_ROOT
-
-ZTF_DATA = REPO_ROOT / "tests" / "data" / "ztf"
+from tests.support.data import ZTF_SAMPLES
 
 
 def _fake_alert(tmp_path: Path, major: int = 11, minor: int = 1) -> Path:
@@ -39,7 +37,7 @@ def test_rubin_schema_id() -> None:
 
 
 def test_replay_of_the_ztf_samples() -> None:
-    messages = list(iter_alert_files(ZTF_DATA))
+    messages = list(iter_alert_files(ZTF_SAMPLES))
     assert len(messages) == 53
     # Sub-folders in sorted order, files by candid inside each.
     paths = [p for p, _, _ in messages]
@@ -63,10 +61,10 @@ def test_replay_of_the_ztf_samples() -> None:
 
 def test_replay_folder_calls_produce_for_each() -> None:
     produced: list[tuple[bytes | None, bytes]] = []
-    count = replay_folder(ZTF_DATA, lambda key, value: produced.append((key, value)))
+    count = replay_folder(ZTF_SAMPLES, lambda key, value: produced.append((key, value)))
     assert count == len(produced) == 53
     assert produced[-2][0] == b"ZTF18abmmoot"
-    assert produced[-2][1] == (ZTF_DATA / "single" / "1628364324215010017.avro").read_bytes()
+    assert produced[-2][1] == (ZTF_SAMPLES / "single" / "1628364324215010017.avro").read_bytes()
 
 
 @pytest.mark.parametrize(("major", "minor"), [(11, 1), (10, 0)])
@@ -102,7 +100,7 @@ def test_wire_format_folder_replays_byte_identically(tmp_path: Path) -> None:
 
 def test_mixed_folder(tmp_path: Path) -> None:
     (tmp_path / "ztf").mkdir()
-    shutil.copyfile(ZTF_DATA / "single" / "472263571115115000.avro",
+    shutil.copyfile(ZTF_SAMPLES / "single" / "472263571115115000.avro",
                     tmp_path / "ztf" / "472263571115115000.avro")
     _fake_alert(tmp_path)
     pairs = list(AlertSimulator(schema="11.0", seed=2).encoded(2))
@@ -139,4 +137,4 @@ def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         list(iter_alert_files(tmp_path / "missing"))
     with pytest.raises(NotADirectoryError):
-        replay_folder(ZTF_DATA / "README.md", lambda key, value: None)
+        replay_folder(ZTF_SAMPLES / "README.md", lambda key, value: None)

@@ -9,7 +9,6 @@ from typing import Any
 import fastavro
 import pytest
 
-from broker.domain.simulator import AlertSimulator
 from broker.exceptions import (
     BadMagicByteError,
     CorruptBodyError,
@@ -18,6 +17,7 @@ from broker.exceptions import (
     UnknownSchemaError,
     WireFormatError,
 )
+from broker.simulator import AlertSimulator
 from broker.streaming import files, wire
 from broker.streaming.schemas import SchemaVersion
 from tests.support.data import rubin_sample_alert

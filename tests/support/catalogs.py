@@ -1,10 +1,10 @@
-"""Real reference catalogues kept in the repository for tests (provenance in their README)."""
+"""Real reference catalogues shipped in the package for the demo (provenance in their README)."""
 
 from __future__ import annotations
 
-from tests.support.data import REPO_ROOT
+from tests.support.data import BUNDLED_DATA
 
-BUNDLED = REPO_ROOT / "tests" / "data" / "catalogs"
+BUNDLED = BUNDLED_DATA / "catalogs"
 HIPPARCOS = BUNDLED / "hipparcos2.parquet"
 OPENNGC = BUNDLED / "openngc.csv"
 

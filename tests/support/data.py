@@ -13,6 +13,10 @@ from lsst.alert.packet import schema as lsst_schema
 
 #: Root of the repository (this file is ``tests/support/data.py``).
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The data shipped in the package (`broker.data`): the tests read the demo's copy, not their own.
+BUNDLED_DATA = REPO_ROOT / "broker" / "data"
+#: The 53 real ZTF public alerts (provenance in the README there).
+ZTF_SAMPLES = BUNDLED_DATA / "ztf"
 
 
 def shared_data() -> Path:

@@ -19,7 +19,7 @@ from astropy.wcs import WCS
 from fastavro.validation import validate
 
 from broker.constants import MAX_PRV_SOURCES, NJY_AB_ZEROPOINT, RUBIN_BANDS
-from broker.domain.simulator import CUTOUT_SIZE, HISTORY_DAYS, AlertSimulator
+from broker.simulator import CUTOUT_SIZE, HISTORY_DAYS, AlertSimulator
 from broker.streaming import wire
 from broker.streaming.schemas import SchemaVersion, available_versions, parsed_schema
 from tests.support.data import REPO_ROOT
@@ -305,7 +305,7 @@ def test_different_seeds_give_different_packets() -> None:
 def test_bytes_do_not_depend_on_the_process() -> None:
     code = (
         "import hashlib\n"
-        "from broker.domain.simulator import AlertSimulator\n"
+        "from broker.simulator import AlertSimulator\n"
         "digest = hashlib.sha256()\n"
         "for key, value in AlertSimulator(schema='11.1', seed=42).encoded(15):\n"
         "    digest.update(key + value)\n"
@@ -474,7 +474,7 @@ def test_sky_is_uniform_over_the_southern_footprint() -> None:
 
 def test_simulator_imports_no_driver() -> None:
     code = (
-        "import sys, broker.domain.simulator\n"
+        "import sys, broker.simulator\n"
         "bad = [m for m in ('confluent_kafka', 'cassandra', 'pymysql') if m in sys.modules]\n"
         "print(','.join(bad))"
     )

@@ -1,0 +1,132 @@
+"""``lanner catalog``: reference catalogs in the chunked layout (load, list, drop, purge)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from broker.cli.common import clean_errors, console, out
+from broker.config import get_settings
+from broker.exceptions import LannerError
+
+app = typer.Typer(
+    help="Reference catalogs in the chunked layout (load, list, purge-tombstones).",
+    no_args_is_help=True)
+
+
+@app.command("load")
+@clean_errors
+def catalog_load(
+    name: Annotated[str, typer.Argument(help="Catalog name: lower-case letters, digits, _.")],
+    file: Annotated[Path, typer.Argument(help="Parquet (.parquet) or CSV (.csv, .csv.gz) file.")],
+    id_col: Annotated[str, typer.Option("--id-col", help="Column of the unique id.")] = "id",
+    ra_col: Annotated[str, typer.Option("--ra-col", help="Column of RA, degrees.")] = "ra",
+    dec_col: Annotated[str, typer.Option("--dec-col", help="Column of Dec, degrees.")] = "dec",
+    batch_rows: Annotated[int, typer.Option(
+        "--batch-rows", min=1000, max=5_000_000, help="Rows read and stored per batch.")] = 200_000,
+) -> None:
+    """Load (or reload, atomically) a reference catalog from a Parquet or CSV file.
+
+    Fails at once if another process is loading or changing the same catalog.
+    """
+    import pyarrow as pa  # noqa: PLC0415
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from broker.factory import Factory  # noqa: PLC0415
+    from broker.storage.refcat import open_catalog_file  # noqa: PLC0415
+
+    factory = Factory(get_settings())
+    source = open_catalog_file(file, batch_rows)
+    store = factory.refcats
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"loading {name} ({source.unit})", total=source.total)
+            report = store.load(name, source.batches, id_col, ra_col, dec_col,
+                                lambda _: progress.update(task, completed=source.position()))
+            progress.update(task, completed=source.total)
+    except ValueError as exc:
+        raise LannerError(str(exc)) from None
+    except pa.ArrowException as exc:
+        raise LannerError(f"cannot read {file}: {exc}") from None
+    finally:
+        source.close()
+        factory.close()
+    out.print(f"catalog {name} v{report.version}: {report.rows} rows, {report.skipped} skipped "
+              f"(no valid position or id), {report.overlap_rows} overlap rows, "
+              f"{report.seconds:.1f} s ({report.rows / max(report.seconds, 1e-9):,.0f} rows/s)",
+              highlight=False)
+
+
+@app.command("purge-tombstones")
+@clean_errors
+def catalog_purge_tombstones(
+    name: Annotated[str, typer.Argument(help="Catalog name.")],
+    older_than: Annotated[float | None, typer.Option(
+        "--older-than", min=0,
+        help="Remove tombstones of deletes applied more than this many seconds ago (default: "
+             "LANNER_DR_TOMBSTONE_GRACE_S). Keep it above the retention of dr.updates plus its "
+             "segment roll time, or an older change still in the topic can bring a deleted "
+             "row back.")] = None,
+) -> None:
+    """Remove old tombstones of deleted rows (left by `lanner dr-updates`); rows are unchanged."""
+    from broker.factory import Factory  # noqa: PLC0415
+
+    settings = get_settings()
+    grace = settings.dr_tombstone_grace_s if older_than is None else older_than
+    factory = Factory(settings)
+    store = factory.refcats
+    try:
+        removed = store.purge_tombstones(name, grace)
+    except ValueError as exc:
+        raise LannerError(str(exc)) from None
+    finally:
+        factory.close()
+    age = f"{grace:,.0f} s ({grace / 86_400:g} days)" if grace >= 86_400 else f"{grace:g} s"
+    out.print(f"catalog {name}: {removed} tombstones older than {age} removed", highlight=False)
+
+
+@app.command("drop")
+@clean_errors
+def catalog_drop(
+    name: Annotated[str, typer.Argument(help="Catalog name.")],
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Forget a reference catalog and drop its tables on every shard (waits for its lock)."""
+    from broker.exceptions import UnknownCatalogError  # noqa: PLC0415
+    from broker.factory import Factory  # noqa: PLC0415
+
+    factory = Factory(get_settings())
+    store = factory.refcats
+    try:
+        entry = next((e for e in store.list() if e["name"] == name), None)
+        if entry is None:
+            raise UnknownCatalogError(name)
+        if not yes and not typer.confirm(f"drop catalog {name} ({entry['rows']} rows)?"):
+            raise typer.Exit(1)
+        store.drop(name)
+    finally:
+        factory.close()
+    out.print(f"catalog {name} dropped ({entry['rows']} rows)", highlight=False)
+
+
+@app.command("list")
+@clean_errors
+def catalog_list() -> None:
+    """One line per loaded reference catalog: name, rows, version, load time, columns."""
+    from broker.factory import Factory  # noqa: PLC0415
+
+    factory = Factory(get_settings())
+    store = factory.refcats
+    try:
+        entries = store.list()
+    finally:
+        factory.close()
+    if not entries:
+        out.print("no reference catalogs loaded", highlight=False)
+    for entry in entries:
+        out.print(f"{entry['name']} {entry['rows']} rows v{entry['version']} "
+                  f"loaded {entry['loaded_at']} columns: "
+                  f"{','.join(c[0] for c in entry['columns'])}", highlight=False)

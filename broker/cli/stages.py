@@ -1,0 +1,122 @@
+"""``lanner ingest``, ``lanner dr-updates`` and ``lanner run``: the broker's stages as processes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from broker.cli.common import check_port, clean_errors, out, stop_on_signals
+from broker.config import get_settings
+from broker.exceptions import LannerError
+
+
+@clean_errors
+def ingest(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Drain what is on the topics, then exit.")] = False,
+    metrics_port: Annotated[int, typer.Option(
+        "--metrics-port", min=0, max=65535,
+        help="Serve Prometheus metrics of this process on 127.0.0.1:PORT (0: off).")] = 0,
+) -> None:
+    """Run the ingest stage: alert topics into the archive, bad packets to the dead-letter topic."""
+    from broker.factory import Factory  # noqa: PLC0415
+
+    stopping = stop_on_signals()
+
+    if metrics_port:
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        import broker.metrics  # noqa: F401, PLC0415 - register the metrics before serving them
+
+        check_port("127.0.0.1", metrics_port)
+        start_http_server(metrics_port, addr="127.0.0.1")
+    factory = Factory(get_settings())
+    try:
+        factory.ensure_topics()
+        stage = factory.ingest_stage()
+        stage.stopping = stopping
+        total = stage.run(once=once)
+        out.print(f"ingested {total.archived} alerts, {total.dead_lettered} to the dead-letter "
+                  f"topic, from {total.consumed} packets", highlight=False)
+    finally:
+        factory.close()
+
+
+@clean_errors
+def dr_updates(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Drain what is on the topic, then exit.")] = False,
+) -> None:
+    """Run the dr-updates stage: data-release changes (dr.updates) into the dr_objects catalog."""
+    from broker.config import Backend  # noqa: PLC0415
+    from broker.factory import Factory  # noqa: PLC0415
+
+    stopping = stop_on_signals()
+
+    settings = get_settings()
+    factory = Factory(settings)
+    try:
+        if settings.backend is not Backend.embedded:
+            from broker.storage.kafka import KafkaClients  # noqa: PLC0415
+
+            KafkaClients.from_settings(settings).ensure_topics(
+                [settings.topic_dr_updates, settings.topic_dlq])
+        stage = factory.dr_stage()
+        stage.stopping = stopping
+        total = stage.run(once=once)
+        out.print(f"{settings.dr_catalog}: {total.upserted} rows written, {total.deleted} "
+                  f"deleted, {total.ignored} changes not newer than stored, "
+                  f"{total.dead_lettered} to the dead-letter topic, from {total.consumed} "
+                  f"records; {total.purged} old tombstones purged", highlight=False)
+    finally:
+        factory.close()
+
+
+@clean_errors
+def run(
+    ingest_processes: Annotated[int, typer.Option(
+        "--ingest", min=1, max=64, help="Ingest processes (one consumer group).")] = 2,
+    dr_updates: Annotated[bool, typer.Option(
+        "--dr-updates/--no-dr-updates", help="Run the dr-updates stage.")] = True,
+    api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API too.")] = True,
+    port: Annotated[int, typer.Option(
+        "--port", "-p", min=1, max=65535, help="API port (with --serve).")] = 8000,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", min=1, max=64, help="API worker processes.")] = 1,
+    metrics_port: Annotated[int, typer.Option(
+        "--metrics-port", min=0, max=65535,
+        help="Ingest process i serves its metrics on 127.0.0.1:PORT+i (0: off).")] = 0,
+) -> None:
+    """Run the broker on the real services: every stage (and the API) as supervised processes.
+
+    A stage process that ends is restarted (back-off from 1 s to 60 s); SIGTERM or Ctrl-C stops
+    them all, each finishing or abandoning (uncommitted) the batch in hand.
+    """
+    import socket  # noqa: PLC0415
+
+    from broker.config import Backend  # noqa: PLC0415
+    from broker.supervisor import Supervisor, lanner_child  # noqa: PLC0415
+
+    stopping = stop_on_signals()
+    settings = get_settings()
+    if settings.backend is Backend.embedded:
+        msg = ("lanner run needs the real services (lanner services up, or LANNER_BACKEND="
+               "services); the embedded backend lives in one process: lanner demo runs it")
+        raise LannerError(msg)
+    base_id = settings.ingest_instance_id or f"{socket.gethostname()}-ingest"
+    children = [
+        lanner_child(f"ingest-{i}", "ingest",
+                     *(("--metrics-port", str(metrics_port + i)) if metrics_port else ()),
+                     env={"LANNER_INGEST_INSTANCE_ID": f"{base_id}-{i}"})
+        for i in range(ingest_processes)
+    ]
+    if dr_updates:
+        children.append(lanner_child("dr-updates", "dr-updates"))
+    if api:
+        check_port("127.0.0.1", port)
+        children.append(lanner_child("api", "serve", "--port", str(port),
+                                     "--workers", str(workers)))
+    supervisor = Supervisor(children, report=lambda line: out.print(line, highlight=False))
+    supervisor.stopping = stopping
+    raise typer.Exit(supervisor.run())
