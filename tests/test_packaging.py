@@ -84,11 +84,6 @@ def test_the_wheel_carries_the_demo_data(wheel: Path) -> None:
     assert shipped <= members, sorted(shipped - members)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="schemas/felis (broker/storage/schema.py) and schemas/avro "
-           "(broker/streaming/lanner_schemas.py) are read at run time from beside the package "
-           "and are not package data yet; with them copied there this test passes")
 def test_the_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     subprocess.run(

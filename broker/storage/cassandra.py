@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ class CassandraConnection:
         self._session = None
 
 
-_SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "cql" / "archive.cql"
+#: ``schemas/cql`` of the repository, carried by the package as ``broker/data/schemas``.
+_SCHEMA_FILE = Path(str(resources.files("broker") / "data" / "schemas" / "cql" / "archive.cql"))
 
 _INSERTS = {
     "detections": ("object_id", "mjd", "source_id", "survey", "chunk_id", "hpx29", "ra", "dec",

@@ -34,12 +34,9 @@ _KIND_TYPES: dict[str, TypeEngine] = {
 
 
 def felis_path() -> Path:
-    """Where the felis description is: the repository's schemas/felis, or the package's copy."""
-    source = Path(__file__).resolve().parents[2] / "schemas" / "felis" / FELIS_NAME
-    if source.is_file():
-        return source
-    packaged = resources.files("broker") / "data" / "felis" / FELIS_NAME
-    return Path(str(packaged))
+    """The felis description: ``schemas/felis`` of the repository, which the package carries
+    as ``broker/data/schemas`` (a link in the source tree, files in a wheel)."""
+    return Path(str(resources.files("broker") / "data" / "schemas" / "felis" / FELIS_NAME))
 
 
 @cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import fastavro
 from broker.exceptions import UnknownSchemaError
 from broker.streaming import wire
 
-SCHEMA_ROOT = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+#: ``schemas/avro`` of the repository, carried by the package as ``broker/data/schemas``.
+SCHEMA_ROOT = Path(str(resources.files("broker") / "data" / "schemas" / "avro"))
 
 
 @cache
