@@ -1,3 +1,4 @@
+# Over 500 lines: one scenario base for the dr-updates stage, its two harnesses and its fault cases.
 """The dr-updates stage over the embedded backend and over the real Kafka and MariaDB shards.
 
 The main scenario: a stream of inserts, moves (an arcsecond across a chunk edge, a chunk over,

@@ -1,3 +1,4 @@
+# Over 500 lines: the object-catalog and light-curve contract is one suite, run over both backends.
 """The contract of the archive stores, run unchanged over each backend (embedded SQLite files,
 and MariaDB with two shards plus Cassandra): idempotent writes, exact object rows, placement,
 cone search against brute force, bad input."""

@@ -1,3 +1,4 @@
+# Over 500 lines: the reference-catalog contract (load, reload, changes, locks, CLI) as one suite.
 """Reference catalogs in the chunked layout: one store, run unchanged over two SQLite files and
 over the two real MariaDB shards."""
 

@@ -1,5 +1,9 @@
 """`ChunkedRefCatalogs`: reference catalogs over a shard set (MariaDB servers or SQLite files).
 
+Longer than 500 lines because it is the one class of the store, whose public methods (registry,
+bulk load, reads, apply, purge) share its version cache and lock; the change protocol and the
+file input are already their own modules.
+
 See the package docstring for the versioned tables, the bulk load and the lock; the row-level
 change protocol is in `broker.storage.refcat.changes`.
 """
