@@ -4,6 +4,11 @@ The real services are started once per test session through the same code as
 ``lanner services up`` (so a developer who already ran it pays nothing) and state is reset per
 test: fresh Kafka topics, truncated Cassandra tables, recreated MariaDB databases. A service that
 cannot be started fails every test that needs it; nothing is skipped.
+
+Every test that needs the services is marked ``services`` here, at collection, so that
+``pytest -m "not services"`` (``make test-fast``) runs with no server: a test needs them if the
+`stack` fixture is in its fixture closure, or if it takes a fixture parametrised over `BACKENDS`
+(such as `harness`) in its ``services`` case, which asks for the stack only at set-up.
 """
 
 from __future__ import annotations
@@ -14,6 +19,30 @@ import pytest
 
 from broker.config import Settings
 from tests.support.stack import ServiceStack
+
+#: The parameters of a fixture that runs a scenario over each backend; "services" needs the stack.
+BACKENDS = ("embedded", "services")
+
+
+def _needs_services(item: pytest.Item) -> bool:
+    if "stack" in getattr(item, "fixturenames", ()):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    definitions = item._fixtureinfo.name2fixturedefs  # type: ignore[attr-defined]
+    for name, value in callspec.params.items():
+        defined = definitions.get(name)
+        if value == "services" and defined and tuple(defined[-1].params or ()) == BACKENDS:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``services`` every test that uses the real services (see the module docstring)."""
+    for item in items:
+        if _needs_services(item):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +83,7 @@ def shards(stack: ServiceStack) -> object:
     return stack.fresh_shards()
 
 
-@pytest.fixture(params=["embedded", "services"])
+@pytest.fixture(params=BACKENDS)
 def harness(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
     """The same scenario over the embedded backend and over the real services."""
     from tests.support.backends import EmbeddedHarness, ServicesHarness
