@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from api.services import ArchiveService
 from broker.factory import Factory
-from broker.storage.stores import LightCurveArchive, ObjectCatalog
+from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 
 
 class LazyStores:
@@ -37,9 +37,8 @@ class LazyStores:
         with self._catalog_lock:
             return self.factory.catalog
 
-
     @property
-    def refcats(self) -> Any:
+    def refcats(self) -> ReferenceCatalogs:
         with self._refcats_lock:
             return self.factory.refcats
 
