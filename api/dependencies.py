@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.services import ArchiveService
 from broker.factory import Factory
+from broker.queries import ArchiveQueries
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 
 
@@ -54,9 +54,9 @@ async def get_stores(request: Request) -> LazyStores:
     return stores
 
 
-async def get_archive(stores: Annotated[LazyStores, Depends(get_stores)]) -> ArchiveService:
-    """The archive service over the app's stores."""
-    return ArchiveService(stores=stores)
+async def get_archive(stores: Annotated[LazyStores, Depends(get_stores)]) -> ArchiveQueries:
+    """The archive's queries over the app's stores."""
+    return ArchiveQueries(stores=stores)
 
 
 async def get_backend_name(stores: Annotated[LazyStores, Depends(get_stores)]) -> str:
@@ -64,5 +64,5 @@ async def get_backend_name(stores: Annotated[LazyStores, Depends(get_stores)]) -
     return str(stores.factory.settings.backend.value)
 
 
-Archive = Annotated[ArchiveService, Depends(get_archive)]
+Archive = Annotated[ArchiveQueries, Depends(get_archive)]
 BackendName = Annotated[str, Depends(get_backend_name)]

@@ -20,13 +20,13 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.models import ConeRow, DetectionOut, ObjectFields, ObjectOut
-from api.services import CutoutKind
 from broker.config import Backend, Settings
 from broker.domain.alerts import CUTOUT_KINDS
 from broker.domain.archive import BANDS
 from broker.domain.sky import angular_separation_deg
 from broker.exceptions import ServiceUnavailableError
 from broker.factory import Factory
+from broker.queries import CutoutKind
 from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
 from broker.streaming.replay import iter_alert_files
 from tests.api.conftest import ZTF_SAMPLES, Loaded, make_factory
