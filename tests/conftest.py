@@ -18,10 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from broker.config import Settings
+from tests.support.backends import BACKENDS, EmbeddedHarness, Harness, ServicesHarness
 from tests.support.stack import ServiceStack
-
-#: The parameters of a fixture that runs a scenario over each backend; "services" needs the stack.
-BACKENDS = ("embedded", "services")
 
 
 def _needs_services(item: pytest.Item) -> bool:
@@ -84,10 +82,9 @@ def shards(stack: ServiceStack) -> object:
 
 
 @pytest.fixture(params=BACKENDS)
-def harness(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
+def harness(request: pytest.FixtureRequest, tmp_path) -> Iterator[Harness]:
     """The same scenario over the embedded backend and over the real services."""
-    from tests.support.backends import EmbeddedHarness, ServicesHarness
-
+    built: Harness
     if request.param == "embedded":
         built = EmbeddedHarness(tmp_path)
     else:
@@ -99,7 +96,7 @@ def harness(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
         built.close()
 
 
-@pytest.fixture(params=["embedded", "services"])
+@pytest.fixture(params=BACKENDS)
 def shard_set(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
     """Two fresh shards: SQLite files, or the test database on the two MariaDB servers."""
     if request.param == "embedded":
