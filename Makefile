@@ -44,6 +44,8 @@ test: install  ## start the real services, run every test, stop the services (ev
 	$(BIN)/lanner services down || true; \
 	exit $$status
 
+# tests/conftest.py marks `services` every test that needs a server; pytest says how many it left
+# out ("collected N items / M deselected / K selected", and "M deselected" in the last line).
 test-fast: python-packages  ## the tests that need no service
 	$(BIN)/pytest -m "not services"
 

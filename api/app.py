@@ -26,7 +26,7 @@ from api import errors
 from api.dependencies import LazyStores
 from api.middleware import ObservedApp
 from api.routers import cone, home, objects, scs, status
-from api.services import lanner_version
+from broker import lanner_version
 from broker.config import get_settings
 from broker.factory import Factory
 

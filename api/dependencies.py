@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.services import ArchiveService
 from broker.factory import Factory
-from broker.storage.stores import LightCurveArchive, ObjectCatalog
+from broker.queries import ArchiveQueries
+from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 
 
 class LazyStores:
@@ -37,9 +37,8 @@ class LazyStores:
         with self._catalog_lock:
             return self.factory.catalog
 
-
     @property
-    def refcats(self) -> Any:
+    def refcats(self) -> ReferenceCatalogs:
         with self._refcats_lock:
             return self.factory.refcats
 
@@ -55,9 +54,9 @@ async def get_stores(request: Request) -> LazyStores:
     return stores
 
 
-async def get_archive(stores: Annotated[LazyStores, Depends(get_stores)]) -> ArchiveService:
-    """The archive service over the app's stores."""
-    return ArchiveService(stores=stores)
+async def get_archive(stores: Annotated[LazyStores, Depends(get_stores)]) -> ArchiveQueries:
+    """The archive's queries over the app's stores."""
+    return ArchiveQueries(stores=stores)
 
 
 async def get_backend_name(stores: Annotated[LazyStores, Depends(get_stores)]) -> str:
@@ -65,5 +64,5 @@ async def get_backend_name(stores: Annotated[LazyStores, Depends(get_stores)]) -
     return str(stores.factory.settings.backend.value)
 
 
-Archive = Annotated[ArchiveService, Depends(get_archive)]
+Archive = Annotated[ArchiveQueries, Depends(get_archive)]
 BackendName = Annotated[str, Depends(get_backend_name)]

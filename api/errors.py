@@ -1,6 +1,6 @@
 """How failures become HTTP answers: always ``{"detail": "<one line>"}``, never a traceback.
 
-- `NotFoundError` (an unknown object, catalog, source or cutout) → 404.
+- `broker.exceptions.NotFoundError` (an unknown object, catalog, source or cutout) → 404.
 - A request that fails validation → 422, ``detail`` naming each bad parameter and ``errors``
   listing them as FastAPI reports them.
 - `TransientError` (`ServiceUnavailableError`: a store does not answer) → 503 with the store's
@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.models import ErrorOut
-from broker.exceptions import TransientError
+from broker.exceptions import NotFoundError, TransientError
 
 #: Seconds a client is asked to wait before retrying after a 503.
 RETRY_AFTER_S = 5
@@ -35,14 +35,6 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorOut, "description": "A store of the archive does not answer."}}
 
 logger = structlog.get_logger("api")
-
-
-class NotFoundError(Exception):
-    """Something a request names does not exist (answered with 404)."""
-
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(detail)
 
 
 def _describe(errors: Sequence[Any]) -> str:
@@ -61,7 +53,7 @@ def _describe(errors: Sequence[Any]) -> str:
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, NotFoundError)
-    return JSONResponse({"detail": exc.detail}, status_code=404)
+    return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:

@@ -13,7 +13,9 @@
 
 Running it again adds nothing twice: every write is keyed by source ids. Serving the API is the
 caller's part (``lanner demo`` runs uvicorn over the same factory), since ``broker/`` does not
-import ``api/``. The caller shows progress through a `Progress` of its own; nothing here prints.
+import ``api/``; so is building the ingest stage (``lanner demo`` passes
+``consumers.ingest.build``), since ``broker/`` does not import ``consumers/`` either. The caller
+shows progress through a `Progress` of its own; nothing here prints.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from broker.streaming.schemas import SchemaVersion, latest_version
 if TYPE_CHECKING:
     from broker.factory import Factory
 
-__all__ = ["DemoReport", "Progress", "Silent", "embedded_settings", "load_catalogs", "run"]
+__all__ = ["BuildIngest", "DemoReport", "Ingest", "IngestReport", "Progress", "Silent",
+           "embedded_settings", "load_catalogs", "run"]
 
 
 class Progress(Protocol):
@@ -47,6 +50,28 @@ class Progress(Protocol):
     ) -> AbstractContextManager[Callable[[int], None]]:
         """A step of ``total`` items (``None``: one indivisible step); yields its advance."""
         ...
+
+
+class IngestReport(Protocol):
+    """What the demo reads of an ingest report (`consumers.ingest.BatchReport`)."""
+
+    consumed: int
+    archived: int
+
+
+class Ingest(Protocol):
+    """The ingest stage as the demo runs it (`consumers.ingest.IngestStage`)."""
+
+    def run(self, *, once: bool = ..., idle_polls: int = ...,
+            on_batch: Callable[[IngestReport], None] | None = ...) -> IngestReport:
+        """Process batches; with ``once``, until the input is drained."""
+        ...
+
+
+class BuildIngest(Protocol):
+    """Builds the ingest stage from a factory (`consumers.ingest.build`)."""
+
+    def __call__(self, factory: Factory, *, poll_timeout: float | None = ...) -> Ingest: ...
 
 
 class Silent:
@@ -111,7 +136,7 @@ def embedded_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"backend": Backend.embedded})
 
 
-def run(factory: Factory, *, count: int, seed: int,
+def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
         progress: Progress | None = None) -> DemoReport:
     """Queue, ingest and load everything the demo shows (see the module docstring).
 
@@ -138,7 +163,8 @@ def run(factory: Factory, *, count: int, seed: int,
     for _, packet, object_id in iter_alert_files(ztf_alerts()):
         queue.produce(settings.topic_alerts_ztf, packet, key=object_id)
         ztf += 1
-    stage = factory.ingest_stage(poll_timeout=0.05)
+    # The in-process queue answers at once: a short poll ends the run soon after the last batch.
+    stage = build_ingest(factory, poll_timeout=0.05)
     with steps.task("ingesting into the embedded archive", simulated + ztf) as advance:
         total = stage.run(once=True, idle_polls=2,
                           on_batch=lambda report: advance(report.consumed))

@@ -3,6 +3,8 @@
 Two families: `TransientError` (a store or a service is unavailable for now; retry with back-off,
 commit nothing) and `PermanentError` (the input itself is bad; dead-letter it with the reason and
 move on). Each carries a short machine-readable ``reason`` used in dead-letter records and metrics.
+Outside both, `NotFoundError` answers a read of something the archive does not hold (the API
+answers 404).
 """
 
 from __future__ import annotations
@@ -77,6 +79,16 @@ class ServiceUnavailableError(TransientError):
     """A configured service does not answer."""
 
     reason = "service_unavailable"
+
+
+class NotFoundError(LannerError):
+    """Something a query names does not exist: an object, a source of it, a cutout or a catalog.
+
+    The message says what is missing (and, for a catalog, which ones there are), in words fit
+    for a client.
+    """
+
+    reason = "not_found"
 
 
 class ArchiveIntegrityError(LannerError):

@@ -1,29 +1,41 @@
 """Builds each process's collaborators from the settings: one place that knows the backends.
 
 Entry points (the CLI, the stages in ``consumers/``, the API) ask the factory for what they
-need and never construct a driver themselves.
+need and never construct a driver themselves. The factory gives stores and queue clients, typed
+by their interfaces (`broker.storage.stores`, `broker.streaming.queue`); it knows no stage:
+each stage module in ``consumers/`` has a ``build(factory)`` that assembles its stage from
+these parts, so that ``broker/`` (the library) never imports ``consumers/`` (the processes).
 """
 
 from __future__ import annotations
 
 import uuid
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from broker.config import Backend, Settings
 from broker.domain.sky import Chunker
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
+from broker.streaming.queue import MessageSource, Publisher
 
 if TYPE_CHECKING:
     from broker.storage.shards import ShardSet
+    from broker.streaming.memory import MemoryBroker
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
 
 
 class Factory:
-    """Per-process context owning the store connections of one backend."""
+    """Per-process context owning the store connections and queue clients of one backend.
+
+    Everything it builds is closed by `close`, newest first.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._closers: list[Any] = []
+        self._closers: list[_Closeable] = []
 
     @cached_property
     def chunker(self) -> Chunker:
@@ -86,30 +98,41 @@ class Factory:
     # -- queues
 
     @cached_property
-    def memory_broker(self) -> Any:
+    def memory_broker(self) -> MemoryBroker:
         from broker.streaming.memory import MemoryBroker  # noqa: PLC0415
 
         return MemoryBroker()
 
-    def source(self, *, group: str, topics: list[str], instance_id: str | None = None) -> Any:
+    def source(self, *, group: str, topics: list[str],
+               instance_id: str | None = None) -> MessageSource:
+        """A new member of consumer group ``group`` on ``topics`` (closed with the factory)."""
+        source: MessageSource
         if self.settings.backend is Backend.embedded:
             from broker.streaming.memory import MemorySource  # noqa: PLC0415
 
-            return MemorySource(self.memory_broker, group=group, topics=topics)
-        from broker.storage.kafka import KafkaSource  # noqa: PLC0415
+            source = MemorySource(self.memory_broker, group=group, topics=topics)
+        else:
+            from broker.storage.kafka import KafkaSource  # noqa: PLC0415
 
-        return KafkaSource(bootstrap=self.settings.kafka_bootstrap, group=group, topics=topics,
-                           instance_id=instance_id,
-                           **{"client.id": f"{group}-{uuid.uuid4().hex[:8]}"})
+            source = KafkaSource(bootstrap=self.settings.kafka_bootstrap, group=group,
+                                 topics=topics, instance_id=instance_id,
+                                 **{"client.id": f"{group}-{uuid.uuid4().hex[:8]}"})
+        self._closers.append(source)
+        return source
 
-    def publisher(self) -> Any:
+    def publisher(self) -> Publisher:
+        """A new producer (flushed and closed with the factory)."""
+        publisher: Publisher
         if self.settings.backend is Backend.embedded:
             from broker.streaming.memory import MemoryPublisher  # noqa: PLC0415
 
-            return MemoryPublisher(self.memory_broker)
-        from broker.storage.kafka import KafkaPublisher  # noqa: PLC0415
+            publisher = MemoryPublisher(self.memory_broker)
+        else:
+            from broker.storage.kafka import KafkaPublisher  # noqa: PLC0415
 
-        return KafkaPublisher(bootstrap=self.settings.kafka_bootstrap)
+            publisher = KafkaPublisher(bootstrap=self.settings.kafka_bootstrap)
+        self._closers.append(publisher)
+        return publisher
 
     def ensure_topics(self) -> None:
         """Create the topics of the pipeline (Kafka only; the memory broker needs none)."""
@@ -120,58 +143,6 @@ class Factory:
         s = self.settings
         KafkaClients.from_settings(s).ensure_topics(
             [s.topic_alerts_lsst, s.topic_alerts_ztf, s.topic_ingested, s.topic_dlq])
-
-    # -- stages
-
-    def ingest_stage(self, **overrides: Any) -> Any:
-        from consumers.ingest import IngestStage, IngestTopics  # noqa: PLC0415
-
-        s = self.settings
-        topics = IngestTopics(lsst=s.topic_alerts_lsst, ztf=s.topic_alerts_ztf,
-                              ingested=s.topic_ingested, dlq=s.topic_dlq)
-        arguments: dict[str, Any] = {
-            "source": None, "publisher": None, "lightcurves": None, "catalog": None,
-            "chunker": self.chunker, "topics": topics, "batch_size": s.ingest_batch_size,
-            "poll_timeout": s.ingest_poll_timeout_s,
-        }
-        arguments.update(overrides)
-        if arguments["source"] is None:
-            arguments["source"] = self.source(group=s.ingest_group, topics=topics.inputs,
-                                              instance_id=s.ingest_instance_id)
-            self._closers.append(arguments["source"])
-        if arguments["publisher"] is None:
-            arguments["publisher"] = self.publisher()
-            self._closers.append(arguments["publisher"])
-        if arguments["lightcurves"] is None:
-            arguments["lightcurves"] = self.lightcurves
-        if arguments["catalog"] is None:
-            arguments["catalog"] = self.catalog
-        return IngestStage(**arguments)
-
-    def dr_stage(self, **overrides: Any) -> Any:
-        """The dr-updates stage: ``dr.updates`` into the ``dr_objects`` reference catalog."""
-        from consumers.dr_updates import DRTopics, DRUpdateStage  # noqa: PLC0415
-
-        s = self.settings
-        arguments: dict[str, Any] = {
-            "source": None, "publisher": None, "catalogs": None,
-            "topics": DRTopics(updates=s.topic_dr_updates, dlq=s.topic_dlq),
-            "catalog": s.dr_catalog, "batch_size": s.ingest_batch_size,
-            "poll_timeout": s.ingest_poll_timeout_s,
-            "tombstone_grace_s": s.dr_tombstone_grace_s,
-            "purge_interval_s": s.dr_tombstone_purge_interval_s,
-        }
-        arguments.update(overrides)
-        topics = arguments["topics"]
-        if arguments["source"] is None:
-            arguments["source"] = self.source(group=s.dr_group, topics=[topics.updates])
-            self._closers.append(arguments["source"])
-        if arguments["publisher"] is None:
-            arguments["publisher"] = self.publisher()
-            self._closers.append(arguments["publisher"])
-        if arguments["catalogs"] is None:
-            arguments["catalogs"] = self.refcats
-        return DRUpdateStage(**arguments)
 
     def close(self) -> None:
         for closer in reversed(self._closers):

@@ -40,6 +40,8 @@ from broker.exceptions import (
     PermanentError,
     UnknownCatalogError,
 )
+from broker.factory import Factory
+from broker.storage.stores import ReferenceCatalogs
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
 from consumers.stage import Backoff, Stage, unexpected
@@ -163,6 +165,33 @@ def as_table(changes: Sequence[DRChange]) -> pa.Table:
     return pa.Table.from_pylist([c.record for c in changes if not c.is_delete], schema=schema)
 
 
+def build(factory: Factory, *, source: MessageSource | None = None,
+          publisher: Publisher | None = None, catalogs: ReferenceCatalogs | None = None,
+          batch_size: int | None = None, poll_timeout: float | None = None,
+          backoff: Backoff | None = None) -> DRUpdateStage:
+    """The dr-updates stage of ``lanner dr-updates``: topics, group, catalog, batch size, poll
+    timeout and tombstone timing from the factory's settings, the queue clients and reference
+    catalogs from the factory (which closes them).
+
+    A keyword argument given replaces what the factory would give.
+    """
+    s = factory.settings
+    topics = DRTopics(updates=s.topic_dr_updates, dlq=s.topic_dlq)
+    if source is None:
+        source = factory.source(group=s.dr_group, topics=[topics.updates])
+    return DRUpdateStage(
+        source=source,
+        publisher=factory.publisher() if publisher is None else publisher,
+        catalogs=factory.refcats if catalogs is None else catalogs,
+        topics=topics, catalog=s.dr_catalog,
+        batch_size=s.ingest_batch_size if batch_size is None else batch_size,
+        poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
+        backoff=backoff,
+        tombstone_grace_s=s.dr_tombstone_grace_s,
+        purge_interval_s=s.dr_tombstone_purge_interval_s,
+    )
+
+
 class DRUpdateStage(Stage[DRBatchReport]):
     """Applies batches of ``lanner.dr_update`` records to a reference catalog."""
 
@@ -173,7 +202,7 @@ class DRUpdateStage(Stage[DRBatchReport]):
         *,
         source: MessageSource,
         publisher: Publisher,
-        catalogs: Any,
+        catalogs: ReferenceCatalogs,
         topics: DRTopics | None = None,
         catalog: str = "dr_objects",
         batch_size: int = 500,

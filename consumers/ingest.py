@@ -24,6 +24,7 @@ from broker.domain.archive import ArchiveBatch, ObjectUpdate, Seen, plan
 from broker.domain.sky import Chunker
 from broker.domain.ztf import from_ztf
 from broker.exceptions import PermanentError
+from broker.factory import Factory
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, Origin
 from broker.streaming import lanner_schemas, wire
 from broker.streaming.queue import Message, MessageSource, Publisher
@@ -64,6 +65,32 @@ class BatchReport:
         self.dead_lettered += other.dead_lettered
         for reason, n in other.reasons.items():
             self.reasons[reason] = self.reasons.get(reason, 0) + n
+
+
+def build(factory: Factory, *, source: MessageSource | None = None,
+          publisher: Publisher | None = None, batch_size: int | None = None,
+          poll_timeout: float | None = None, backoff: Backoff | None = None) -> IngestStage:
+    """The ingest stage of ``lanner ingest``: topics, group, batch size and poll timeout from the
+    factory's settings, the queue clients and stores from the factory (which closes them).
+
+    A keyword argument given replaces what the factory would give (``lanner demo`` polls its
+    in-process queue with a shorter timeout).
+    """
+    s = factory.settings
+    topics = IngestTopics(lsst=s.topic_alerts_lsst, ztf=s.topic_alerts_ztf,
+                          ingested=s.topic_ingested, dlq=s.topic_dlq)
+    if source is None:
+        source = factory.source(group=s.ingest_group, topics=topics.inputs,
+                                instance_id=s.ingest_instance_id)
+    return IngestStage(
+        source=source,
+        publisher=factory.publisher() if publisher is None else publisher,
+        lightcurves=factory.lightcurves, catalog=factory.catalog, chunker=factory.chunker,
+        topics=topics,
+        batch_size=s.ingest_batch_size if batch_size is None else batch_size,
+        poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
+        backoff=backoff,
+    )
 
 
 class IngestStage(Stage[BatchReport]):

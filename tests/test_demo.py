@@ -16,6 +16,7 @@ from broker.config import Backend, Settings
 from broker.exceptions import LannerError
 from broker.factory import Factory
 from broker.streaming.schemas import SchemaVersion
+from consumers import ingest
 from tests.support.catalogs import HIPPARCOS
 from tests.support.data import REPO_ROOT
 
@@ -74,7 +75,7 @@ def test_run_queues_ingests_and_loads_then_reports(tmp_path: Path) -> None:
     factory = Factory(settings)
     try:
         progress = _Recorded()
-        report = demo.run(factory, count=20, seed=7, progress=progress)
+        report = demo.run(factory, build_ingest=ingest.build, count=20, seed=7, progress=progress)
         assert progress.steps == [
             ("simulating schema 11.1", 20, 20),
             ("ingesting into the embedded archive", 73, 73),
@@ -90,7 +91,7 @@ def test_run_queues_ingests_and_loads_then_reports(tmp_path: Path) -> None:
 
         # A second run loads no catalog again and archives only what is new.
         again = _Recorded()
-        second = demo.run(factory, count=5, seed=8, progress=again)
+        second = demo.run(factory, build_ingest=ingest.build, count=5, seed=8, progress=again)
         assert [step[0] for step in again.steps] == [
             "simulating schema 11.1", "ingesting into the embedded archive"]
         assert second.catalogs == ("hipparcos", "openngc")
@@ -102,7 +103,7 @@ def test_run_queues_ingests_and_loads_then_reports(tmp_path: Path) -> None:
 def test_run_needs_the_embedded_backend(tmp_path: Path) -> None:
     factory = Factory(Settings(state_dir=tmp_path, backend=Backend.services))
     with pytest.raises(LannerError, match="embedded backend"):
-        demo.run(factory, count=1, seed=1)
+        demo.run(factory, build_ingest=ingest.build, count=1, seed=1)
 
 
 def test_report_urls_follow_what_was_loaded() -> None:

@@ -1,1 +1,1 @@
-"""Thin routers, one per feature: parse the request, call `api.services`, shape the answer."""
+"""Thin routers, one per feature: parse the request, call `broker.queries`, shape the answer."""

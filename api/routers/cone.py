@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from api.dependencies import Archive
 from api.errors import INVALID, NOT_FOUND, UNAVAILABLE
 from api.models import CatalogConeRow, CatalogOut, CatalogsOut, ConeOut, ConeRow
-from api.services import OBJECTS
+from broker.queries import OBJECTS
 
 router = APIRouter(prefix="/api/v1", tags=["cone search"])
 

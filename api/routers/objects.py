@@ -18,7 +18,7 @@ from api.models import (
     ObjectLinks,
     ObjectOut,
 )
-from api.services import CutoutKind
+from broker.queries import CutoutKind
 
 router = APIRouter(prefix="/api/v1/objects", tags=["objects"])
 
@@ -82,7 +82,7 @@ def get_cutout(
     source_id: Annotated[int | None, Query(
         ge=1, description="The alert (source id) of the object; default: its latest.")] = None,
 ) -> Response:
-    cutout = archive.cutout(object_id, kind.value, source_id)
+    cutout = archive.cutout(object_id, kind, source_id)
     return Response(
         content=cutout.data, media_type=cutout.media_type,
         headers={"Content-Disposition": f'inline; filename="{cutout.filename}"',

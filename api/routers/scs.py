@@ -20,10 +20,9 @@ from fastapi.responses import Response
 
 from api import votable
 from api.dependencies import Archive
-from api.errors import NotFoundError
-from api.services import OBJECTS
 from broker.domain.archive import BANDS
-from broker.exceptions import TransientError
+from broker.exceptions import NotFoundError, TransientError
+from broker.queries import OBJECTS
 
 router = APIRouter(tags=["IVOA"])
 

@@ -9,7 +9,7 @@ import broker.metrics  # noqa: F401 - registers the stages' lanner_* metrics for
 from api.dependencies import Archive, BackendName
 from api.errors import UNAVAILABLE
 from api.models import StatusOut
-from api.services import lanner_version
+from broker import lanner_version
 
 router = APIRouter(tags=["operations"])
 

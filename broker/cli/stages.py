@@ -21,6 +21,7 @@ def ingest(
 ) -> None:
     """Run the ingest stage: alert topics into the archive, bad packets to the dead-letter topic."""
     from broker.factory import Factory  # noqa: PLC0415
+    from consumers import ingest as ingest_stage  # noqa: PLC0415
 
     stopping = stop_on_signals()
 
@@ -34,7 +35,7 @@ def ingest(
     factory = Factory(get_settings())
     try:
         factory.ensure_topics()
-        stage = factory.ingest_stage()
+        stage = ingest_stage.build(factory)
         stage.stopping = stopping
         total = stage.run(once=once)
         out.print(f"ingested {total.archived} alerts, {total.dead_lettered} to the dead-letter "
@@ -51,6 +52,7 @@ def dr_updates(
     """Run the dr-updates stage: data-release changes (dr.updates) into the dr_objects catalog."""
     from broker.config import Backend  # noqa: PLC0415
     from broker.factory import Factory  # noqa: PLC0415
+    from consumers import dr_updates as dr_stage  # noqa: PLC0415
 
     stopping = stop_on_signals()
 
@@ -62,7 +64,7 @@ def dr_updates(
 
             KafkaClients.from_settings(settings).ensure_topics(
                 [settings.topic_dr_updates, settings.topic_dlq])
-        stage = factory.dr_stage()
+        stage = dr_stage.build(factory)
         stage.stopping = stopping
         total = stage.run(once=once)
         out.print(f"{settings.dr_catalog}: {total.upserted} rows written, {total.deleted} "

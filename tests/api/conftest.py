@@ -1,4 +1,10 @@
-"""Fixtures of the API tests: an embedded archive filled by the real ingest stage."""
+"""Fixtures of the API tests: an archive filled by the real ingest stage, once per module and
+backend.
+
+`loaded` is parametrised over the backends: every API test that uses it runs with the same
+assertions over the embedded archive (in-process queue, SQLite) and over the real services
+(Kafka, Cassandra, two MariaDB shards). The alerts are ingested once per module per backend.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +17,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from broker.config import Backend, Settings
 from broker.factory import Factory
 from broker.simulator import AlertSimulator
 from broker.streaming.replay import iter_alert_files
-from tests.support.backends import EmbeddedHarness
+from tests.support.backends import BACKENDS, EmbeddedHarness, Harness, ServicesHarness
 from tests.support.data import ZTF_SAMPLES
 
 
 @dataclass
 class Loaded:
-    harness: EmbeddedHarness
+    harness: Harness
     rubin_ids: list[str]
     ztf_ids: list[str]
 
@@ -35,16 +40,26 @@ class Loaded:
         return rows  # type: ignore[return-value]
 
 
-def make_factory(tmp_path: Path, **stores: Any) -> Factory:
-    """A real embedded `Factory` whose stores are pre-set (cached properties) to ``stores``."""
-    factory = Factory(Settings(backend=Backend.embedded, embedded_dir=tmp_path / "unused"))
+def make_factory(loaded: Loaded, tmp_path: Path, **stores: Any) -> Factory:
+    """A real `Factory` of the module's backend over the loaded archive, with reference
+    catalogs of its own (empty at first); ``stores`` replace some of its stores (one that is
+    down, one that breaks)."""
+    factory = loaded.harness.factory(tmp_path)
     factory.__dict__.update(stores)
     return factory
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
-    harness = EmbeddedHarness(tmp_path_factory.mktemp("api-archive"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def loaded(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    harness: Harness
+    topics = None
+    if request.param == "embedded":
+        harness = EmbeddedHarness(tmp_path_factory.mktemp("api-archive"))
+    else:
+        stack = request.getfixturevalue("stack")
+        topics = stack.topic_factory()  # the kafka_topics fixture is per test; this is per module
+        harness = ServicesHarness(stack, topics)
     try:
         simulated = list(AlertSimulator(schema="11.1", seed=4242).encoded(400))
         for key, value in simulated:
@@ -62,13 +77,12 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
         )
     finally:
         harness.close()
+        if topics is not None:
+            topics.cleanup()
 
 
 @pytest.fixture(scope="module")
 def client(loaded: Loaded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    factory = make_factory(tmp_path_factory.mktemp("api-factory"),
-                       lightcurves=loaded.harness.lightcurves, catalog=loaded.harness.catalog)
+    factory = make_factory(loaded, tmp_path_factory.mktemp("api-factory"))
     with TestClient(create_app(factory)) as test_client:
         yield test_client
-
-

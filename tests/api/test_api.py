@@ -1,7 +1,8 @@
-"""The HTTP API over the embedded archive, filled by the real ingest stage.
+"""The HTTP API over an archive filled by the real ingest stage, on each backend.
 
 The archive holds simulated Rubin alerts (schema 11.1) and the 53 real ZTF alerts of
-``tests/data/ztf``, ingested through the in-process queue exactly as ``lanner ingest`` does.
+``tests/data/ztf``, ingested exactly as ``lanner ingest`` does: through the in-process queue
+into SQLite, and through Kafka into Cassandra and two MariaDB shards (`loaded`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.models import ConeRow, DetectionOut, ObjectFields, ObjectOut
-from api.services import CutoutKind
 from broker.config import Backend, Settings
 from broker.domain.alerts import CUTOUT_KINDS
 from broker.domain.archive import BANDS
 from broker.domain.sky import angular_separation_deg
 from broker.exceptions import ServiceUnavailableError
 from broker.factory import Factory
+from broker.queries import CutoutKind
 from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
 from broker.streaming.replay import iter_alert_files
 from tests.api.conftest import ZTF_SAMPLES, Loaded, make_factory
@@ -320,8 +321,7 @@ class _Broken:
 
 def test_store_down_is_503_naming_the_store(loaded: Loaded, tmp_path: Path) -> None:
     message = "MariaDB shard 127.0.0.1:13306 does not answer: connection refused"
-    factory = make_factory(tmp_path, lightcurves=loaded.harness.lightcurves,
-                       catalog=_Down(message))
+    factory = make_factory(loaded, tmp_path, catalog=_Down(message))
     with TestClient(create_app(factory)) as test_client:
         for path in (f"/api/v1/objects/{ZTF_OBJECT}",
                      "/api/v1/cone?ra=197.6&dec=7.3&radius=60",
@@ -362,7 +362,7 @@ def test_store_that_cannot_connect_is_503_and_other_routes_still_work(
 
 
 def test_unexpected_error_is_a_generic_500(loaded: Loaded, tmp_path: Path) -> None:
-    factory = make_factory(tmp_path, lightcurves=loaded.harness.lightcurves, catalog=_Broken())
+    factory = make_factory(loaded, tmp_path, catalog=_Broken())
     with TestClient(create_app(factory)) as test_client:
         response = test_client.get(f"/api/v1/objects/{ZTF_OBJECT}")
         detail = _assert_error(response, 500, "internal server error")
@@ -370,7 +370,7 @@ def test_unexpected_error_is_a_generic_500(loaded: Loaded, tmp_path: Path) -> No
         assert "RuntimeError" not in detail
 
 
-def test_factory_is_closed_on_shutdown(loaded: Loaded, tmp_path: Path) -> None:
+def test_factory_is_closed_on_shutdown(tmp_path: Path) -> None:
     closed = []
 
     class Recording(Factory):
@@ -392,7 +392,7 @@ def test_factory_is_closed_on_shutdown(loaded: Loaded, tmp_path: Path) -> None:
 
 def test_status_reports_backend_and_counts(client: TestClient, loaded: Loaded) -> None:
     body = client.get("/api/v1/status").json()
-    assert body["backend"] == "embedded"
+    assert body["backend"] == loaded.harness.name
     assert body["catalog"] == dict(loaded.harness.catalog.counts())
     assert body["lightcurves"] == dict(loaded.harness.lightcurves.counts())
     assert body["catalog"]["objects"] == len(loaded.object_ids)

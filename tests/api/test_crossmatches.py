@@ -28,8 +28,7 @@ def planted(loaded: Loaded, tmp_path_factory: pytest.TempPathFactory
     objects = loaded.objects()
     chosen = [o for o in objects if o["survey"] == "ztf"][:3] + [
         o for o in objects if o["survey"] == "lsst"][:3]
-    factory = make_factory(tmp_path_factory.mktemp("xm-factory"),
-                           lightcurves=loaded.harness.lightcurves, catalog=loaded.harness.catalog)
+    factory = make_factory(loaded, tmp_path_factory.mktemp("xm-factory"))
     rng = np.random.default_rng(8)
     rows: dict[str, list[dict[str, Any]]] = {}
     for name, offsets in OFFSETS.items():
@@ -125,8 +124,7 @@ def test_bad_requests_get_a_clear_4xx(planted: Any, path: str | None, params: di
 
 
 def test_no_reference_catalog_gives_no_matches(loaded: Loaded, tmp_path: Path) -> None:
-    factory = make_factory(tmp_path, lightcurves=loaded.harness.lightcurves,
-                           catalog=loaded.harness.catalog)
+    factory = make_factory(loaded, tmp_path)
     with TestClient(create_app(factory)) as client:
         body = client.get(f"/api/v1/objects/{loaded.object_ids[0]}/crossmatches").json()
     assert body["matches"] == []

@@ -88,8 +88,7 @@ def test_unknown_catalog_answers_a_votable_error(client) -> None:
 @pytest.fixture(scope="module")
 def server(loaded: Loaded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app on a real port, for clients that speak HTTP themselves (pyvo, STILTS)."""
-    factory = make_factory(tmp_path_factory.mktemp("scs-factory"),
-                       lightcurves=loaded.harness.lightcurves, catalog=loaded.harness.catalog)
+    factory = make_factory(loaded, tmp_path_factory.mktemp("scs-factory"))
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     config = uvicorn.Config(create_app(factory), host="127.0.0.1", port=port, log_level="error")
@@ -144,8 +143,7 @@ def test_reference_catalog_cone_json_and_scs(loaded: Loaded, tmp_path) -> None:
     from broker.storage.refcat import open_catalog_file
     from tests.support.catalogs import HIPPARCOS, VEGA
 
-    factory = make_factory(tmp_path, lightcurves=loaded.harness.lightcurves,
-                           catalog=loaded.harness.catalog)
+    factory = make_factory(loaded, tmp_path)
     source = open_catalog_file(HIPPARCOS)
     try:
         factory.refcats.load("hipparcos", source.batches, "hip", "ra", "dec")

@@ -605,15 +605,16 @@ def test_a_busy_catalog_is_retried_not_dead_lettered(dr: DRHarness) -> None:
     assert dr.run_once().consumed == 0
 
 
-def test_the_factory_passes_the_tombstone_settings(tmp_path: Path) -> None:
+def test_the_built_stage_has_the_tombstone_settings(tmp_path: Path) -> None:
     from broker.config import Backend, Settings
     from broker.factory import Factory
+    from consumers import dr_updates
 
     settings = Settings(backend=Backend.embedded, state_dir=tmp_path,
                         dr_tombstone_grace_s=5.0, dr_tombstone_purge_interval_s=7.0)
     factory = Factory(settings)
     try:
-        stage = factory.dr_stage()
+        stage = dr_updates.build(factory)
         assert (stage.tombstone_grace_s, stage.purge_interval_s) == (5.0, 7.0)
     finally:
         factory.close()

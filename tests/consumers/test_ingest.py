@@ -297,3 +297,25 @@ def test_an_older_packet_after_a_newer_one_changes_nothing(harness: Harness) -> 
     assert after_all == after_newest
     newest = wire.decode(packets[-1][1])[1]
     assert after_all["n_detections"] == 1 + len(newest["prvDiaSources"] or ())
+
+
+def test_the_built_stage_reads_the_settings(tmp_path) -> None:
+    """`consumers.ingest.build` gives ``lanner ingest`` its topics, batch and stores from the
+    factory, and an argument given replaces the setting."""
+    from broker.config import Backend, Settings
+    from broker.factory import Factory
+    from consumers import ingest
+
+    settings = Settings(backend=Backend.embedded, state_dir=tmp_path, topic_alerts_lsst="in.a",
+                        topic_alerts_ztf="in.b", topic_ingested="out", topic_dlq="dead",
+                        ingest_batch_size=7, ingest_poll_timeout_s=0.3)
+    factory = Factory(settings)
+    try:
+        stage = ingest.build(factory)
+        assert (stage.topics.inputs, stage.topics.ingested, stage.topics.dlq) == (
+            ["in.a", "in.b"], "out", "dead")
+        assert (stage.batch_size, stage.poll_timeout) == (7, 0.3)
+        assert (stage.lightcurves, stage.catalog) == (factory.lightcurves, factory.catalog)
+        assert ingest.build(factory, poll_timeout=0.05).poll_timeout == 0.05
+    finally:
+        factory.close()

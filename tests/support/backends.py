@@ -16,12 +16,18 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from broker.config import Backend, Settings
 from broker.domain.sky import Chunker
+from broker.factory import Factory
 from broker.storage.stores import LightCurveArchive, ObjectCatalog
 from broker.streaming.queue import Message
 from consumers.ingest import IngestStage, IngestTopics
 
 CHUNKER = Chunker(85, 12)
+
+#: The parameters of a fixture that runs a scenario over each backend (tests/conftest.py marks
+#: the "services" case as needing the services).
+BACKENDS = ("embedded", "services")
 
 
 class Harness:
@@ -42,6 +48,14 @@ class Harness:
         raise NotImplementedError
 
     def outputs(self, topic: str) -> list[Message]:
+        raise NotImplementedError
+
+    def factory(self, tmp_path: Path) -> Factory:
+        """A real `Factory` of this backend whose light curves and catalog are this harness's
+        (owned by the harness, not closed with the factory) and whose reference catalogs are
+        its own, empty at first: in ``tmp_path``, or in a fresh database on the shards dropped
+        with the harness. Tests that load catalogs into their factories do not see each other's.
+        """
         raise NotImplementedError
 
     def ingest_once(self, **overrides: Any) -> Any:
@@ -94,6 +108,11 @@ class EmbeddedHarness(Harness):
     def outputs(self, topic: str) -> list[Message]:
         return self.broker.messages(topic)
 
+    def factory(self, tmp_path: Path) -> Factory:
+        factory = Factory(Settings(backend=Backend.embedded, embedded_dir=tmp_path))
+        factory.__dict__.update(lightcurves=self.lightcurves, catalog=self.catalog)
+        return factory
+
     def close(self) -> None:
         self.files.close()
         self.shards.close()
@@ -132,6 +151,7 @@ class ServicesHarness(Harness):
         self._producer = KafkaPublisher(bootstrap=stack.kafka.bootstrap)
         self._publishers: list[Any] = []
         self._sources: list[Any] = []
+        self._refcat_settings: list[Settings] = []
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         self._producer.publish(topic, value, key=key)
@@ -177,7 +197,21 @@ class ServicesHarness(Harness):
     def outputs(self, topic: str) -> list[Message]:
         return read_topic(self.stack.kafka.bootstrap, topic)
 
+    def factory(self, tmp_path: Path) -> Factory:
+        settings = self.stack.settings.model_copy(update={
+            "backend": Backend.services, "embedded_dir": tmp_path,
+            "cassandra_keyspace": self.keyspace,
+            "mariadb_database": f"{self.database}_r{len(self._refcat_settings)}",
+            "chunk_stripes": CHUNKER.num_stripes, "chunk_sub_stripes": CHUNKER.num_sub_stripes,
+        })
+        self._refcat_settings.append(settings)
+        factory = Factory(settings)
+        factory.__dict__.update(lightcurves=self.lightcurves, catalog=self.catalog)
+        return factory
+
     def close(self) -> None:
+        from broker.storage.shards import MariaDBShards
+
         for source in self._sources:
             with contextlib.suppress(RuntimeError):
                 source.close()
@@ -186,6 +220,10 @@ class ServicesHarness(Harness):
         self.catalog.close()
         self.shards.drop_database()
         self.shards.close()
+        for settings in self._refcat_settings:
+            refcat_shards = MariaDBShards.from_settings(settings)
+            refcat_shards.drop_database()
+            refcat_shards.close()
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Message]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -13,8 +15,15 @@ from broker.storage.cassandra import CassandraConnection
 from broker.storage.kafka import KafkaClients
 from broker.storage.shards import MariaDBShards
 
-TEST_KEYSPACE = "lanner_test"
-TEST_DATABASE = "lanner_test"
+#: Appended to the fixed test keyspace and database names. Two pytest sessions on the same services
+#: would otherwise recreate each other's database mid-test: give each its own, e.g.
+#: ``LANNER_TEST_SUFFIX=_$USER pytest`` (letters, digits and underscores only).
+TEST_SUFFIX = os.environ.get("LANNER_TEST_SUFFIX", "").lower()
+if not re.fullmatch(r"[a-z0-9_]{0,30}", TEST_SUFFIX):
+    msg = f"LANNER_TEST_SUFFIX={TEST_SUFFIX!r}: at most 30 letters, digits or underscores"
+    raise ValueError(msg)
+TEST_KEYSPACE = f"lanner_test{TEST_SUFFIX}"
+TEST_DATABASE = f"lanner_test{TEST_SUFFIX}"
 
 
 @dataclass

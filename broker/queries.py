@@ -1,9 +1,11 @@
-"""What the routes do, over the two archive roles; the routers only translate HTTP.
+"""Reads of the archive: objects, light curves, cutouts, cone searches, cross-matches, catalogs.
 
-`ArchiveService` reads through `LightCurveArchive` and `ObjectCatalog` (the protocols of
-`broker.storage.archive`), so it answers the same over SQLite and over Cassandra + MariaDB. It
-raises `NotFoundError` for anything unknown and lets the stores' `TransientError` through (the
-app answers 503).
+`ArchiveQueries` is the one place that knows what these reads mean (which catalog a name
+designates, which alert a cutout comes from, what "unknown" is); the API's routers only
+translate HTTP around it, and a stage can use it the same way over its `broker.factory.Factory`.
+It reads through the store interfaces of `broker.storage.stores`, so it answers the same over
+SQLite and over Cassandra + MariaDB. It raises `NotFoundError` for anything unknown and lets
+the stores' `TransientError` through (the API answers 503, a stage retries).
 """
 
 from __future__ import annotations
@@ -13,12 +15,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
-from typing import Any, Protocol
+from typing import Protocol
 
-from api.errors import NotFoundError
-from broker.exceptions import UnknownCatalogError
-from broker.storage.stores import LightCurveArchive, ObjectCatalog, Row
+from broker.exceptions import NotFoundError, UnknownCatalogError
+from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs, Row
 
 #: The archive's own catalog; reference catalogs (`lanner catalog load`) are read by name.
 OBJECTS = "objects"
@@ -28,25 +28,18 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 
 class CutoutKind(enum.StrEnum):
-    """The three cutouts of an alert (`broker.domain.alerts.CUTOUT_KINDS`)."""
+    """The three cutouts of an alert (the values of `broker.domain.alerts.CUTOUT_KINDS`)."""
 
     science = "science"
     template = "template"
     difference = "difference"
 
 
-def lanner_version() -> str:
-    """The installed version of Lanner ("unknown" when run from a source tree)."""
-    try:
-        return metadata.version("lanner")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class Stores(Protocol):
-    """Where the archive roles come from (a `Factory`, or `api.dependencies.LazyStores`).
+    """Where the stores come from: a `broker.factory.Factory`, or the API's
+    `api.dependencies.LazyStores`.
 
-    Read per call, so that a route needing one store does not wait for the other to connect.
+    Read per call, so that a query needing one store does not wait for another to connect.
     """
 
     @property
@@ -56,7 +49,7 @@ class Stores(Protocol):
     def catalog(self) -> ObjectCatalog: ...
 
     @property
-    def refcats(self) -> Any: ...
+    def refcats(self) -> ReferenceCatalogs: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +75,21 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:100] or "object"
 
 
-class ArchiveService:
-    """Objects, light curves, cutouts and cone searches of the archive.
+def _finite(rows: list[Row]) -> list[Row]:
+    """``rows`` with every NaN or infinite float as None (a reference catalog's missing value;
+    JSON has no NaN)."""
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in row.items()} for row in rows]
+
+
+class ArchiveQueries:
+    """Objects, light curves, cutouts, cone searches and cross-matches of the archive.
 
     Parameters
     ----------
     stores
-        Gives the light-curve archive (detections, forced photometry, cutouts) and the object
-        catalog (objects, cone search), each connected on first use.
+        Gives the light-curve archive (detections, forced photometry, cutouts), the object
+        catalog (objects, cone search) and the reference catalogs, each connected on first use.
     """
 
     def __init__(self, *, stores: Stores) -> None:
@@ -102,6 +102,10 @@ class ArchiveService:
     @property
     def catalog(self) -> ObjectCatalog:
         return self._stores.catalog
+
+    @property
+    def refcats(self) -> ReferenceCatalogs:
+        return self._stores.refcats
 
     def get_object(self, object_id: str) -> Row:
         """The stored row of an object.
@@ -132,7 +136,7 @@ class ArchiveService:
         return LightCurve(detections=detections,
                           forced=self.lightcurves.forced_photometry(object_id))
 
-    def cutout(self, object_id: str, kind: str, source_id: int | None = None) -> Cutout:
+    def cutout(self, object_id: str, kind: CutoutKind, source_id: int | None = None) -> Cutout:
         """A cutout of one of the object's alerts, by default its latest one (largest MJD).
 
         Raises
@@ -150,11 +154,11 @@ class ArchiveService:
             source_id = int(latest["source_id"])
         elif not any(int(row["source_id"]) == source_id for row in detections):
             raise NotFoundError(f"source {source_id} is not a detection of object {object_id}")
-        data = self.lightcurves.cutout(source_id, kind)
+        data = self.lightcurves.cutout(source_id, kind.value)
         if data is None:
-            raise NotFoundError(f"no {kind} cutout stored for source {source_id} "
+            raise NotFoundError(f"no {kind.value} cutout stored for source {source_id} "
                                 f"of object {object_id}")
-        stem = f"{_safe_name(object_id)}_{source_id}_{kind}"
+        stem = f"{_safe_name(object_id)}_{source_id}_{kind.value}"
         if data[:2] == GZIP_MAGIC:
             return Cutout(data=data, source_id=source_id, media_type="application/gzip",
                           filename=f"{stem}.fits.gz")
@@ -166,7 +170,8 @@ class ArchiveService:
         """Rows of a catalog within ``radius_arcsec`` of (ra, dec), nearest first.
 
         ``catalog`` is ``objects`` (the alert archive's objects) or a loaded reference catalog.
-        The parameters are validated by the route (finite, in range).
+        The stores reject a bad centre, radius or limit with ValueError; the API checks them
+        first, to answer which parameter is wrong.
 
         Raises
         ------
@@ -176,13 +181,11 @@ class ArchiveService:
         if catalog == OBJECTS:
             return self.catalog.cone(ra, dec, radius_arcsec / 3600.0, limit)
         try:
-            rows = self._stores.refcats.cone(catalog, ra, dec, radius_arcsec / 3600.0, limit)
+            rows = self.refcats.cone(catalog, ra, dec, radius_arcsec / 3600.0, limit)
         except (UnknownCatalogError, ValueError):
             self.describe_catalog(catalog)  # NotFoundError, naming the catalogs there are
             raise
-        # JSON has no NaN: a missing float of a reference catalog is null.
-        return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in row.items()} for row in rows]
+        return _finite(rows)
 
     def crossmatches(self, object_id: str, *, radius_arcsec: float, catalogs: list[str],
                      limit: int) -> tuple[Row, list[tuple[str, list[Row]]]]:
@@ -200,7 +203,7 @@ class ArchiveService:
             If the object, or one of ``catalogs``, is unknown.
         """
         row = self.get_object(object_id)
-        loaded = [entry["name"] for entry in self._stores.refcats.list()]
+        loaded = [entry["name"] for entry in self.refcats.list()]
         for name in catalogs:
             if name not in loaded:
                 raise NotFoundError(f"unknown reference catalog {name} "
@@ -208,24 +211,23 @@ class ArchiveService:
         wanted = list(dict.fromkeys(catalogs)) or loaded
         found = []
         for name in wanted:
-            rows = self._stores.refcats.cone(name, float(row["ra"]), float(row["dec"]),
-                                             radius_arcsec / 3600.0, limit + 1)
-            found.append((name, [{k: (None if isinstance(v, float) and not math.isfinite(v)
-                                      else v) for k, v in r.items()} for r in rows]))
+            rows = self.refcats.cone(name, float(row["ra"]), float(row["dec"]),
+                                     radius_arcsec / 3600.0, limit + 1)
+            found.append((name, _finite(rows)))
         return row, found
 
-    def catalogs(self) -> list[dict[str, Any]]:
+    def catalogs(self) -> list[Row]:
         """Every catalog a cone search can read, the archive's objects first."""
         return [{"name": OBJECTS, "rows": self.catalog.counts().get("objects"),
                  "kind": "alert archive objects"},
-                *({**entry, "kind": "reference catalog"} for entry in self._stores.refcats.list())]
+                *({**entry, "kind": "reference catalog"} for entry in self.refcats.list())]
 
     def check_catalog(self, catalog: str) -> None:
         """Raise NotFoundError unless a cone search can read ``catalog``."""
         if catalog != OBJECTS:
             self.describe_catalog(catalog)
 
-    def describe_catalog(self, catalog: str) -> dict[str, Any]:
+    def describe_catalog(self, catalog: str) -> Row:
         """The registry entry of a reference catalog (columns, rows, version), cached by the
         store, so that checking a name costs no round trip per request.
 
@@ -235,9 +237,9 @@ class ArchiveService:
             If no reference catalog of that name is loaded (the message lists those that are).
         """
         try:
-            return self._stores.refcats.describe(catalog)
+            return self.refcats.describe(catalog)
         except (UnknownCatalogError, ValueError):
-            names = [entry["name"] for entry in self._stores.refcats.list()]
+            names = [entry["name"] for entry in self.refcats.list()]
             known = ", ".join([OBJECTS, *names])
             raise NotFoundError(f"unknown catalog {catalog} (known: {known})") from None
 
