@@ -96,19 +96,29 @@ class Dialect(ABC):
 
     # -- writes
 
-    @abstractmethod
+    #: The verb of an insert that skips rows whose key exists.
+    insert_ignore_verb: str
+
     def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
         """INSERT of one row per parameter tuple that skips rows whose key exists."""
+        return (f"{self.insert_ignore_verb} INTO {q(table)} ({column_list(columns)}) "
+                f"VALUES ({marks(len(columns))})")
 
     @abstractmethod
     def new(self, column: str) -> str:
         """The value an upsert proposes for ``column`` (in its update assignments)."""
 
     @abstractmethod
+    def on_conflict(self, key: Sequence[str], sets: str) -> str:
+        """The clause of an upsert that applies the assignments ``sets`` on a key conflict."""
+
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str],
                updates: Sequence[tuple[str, str]]) -> str:
         """INSERT of one row per parameter tuple; on a key conflict, the ``(column, expr)``
         assignments instead (expressions use `new` for the proposed values)."""
+        sets = ", ".join(f"{q(c)} = {e}" for c, e in updates)
+        return (f"INSERT INTO {q(table)} ({column_list(columns)}) VALUES "
+                f"({marks(len(columns))}) {self.on_conflict(key, sets)}")
 
     def newer(self, column: str) -> str:
         """``column`` := the proposed value when it is not null and greater (or the old one
@@ -151,6 +161,7 @@ class Dialect(ABC):
 
 class MariaDBDialect(Dialect):
     name = "mariadb"
+    insert_ignore_verb = "INSERT IGNORE"
     sqlalchemy = sa_mysql.dialect()
     for_update = " FOR UPDATE"
 
@@ -173,18 +184,11 @@ class MariaDBDialect(Dialect):
         return (isinstance(exc, pymysql.err.ProgrammingError) and bool(exc.args)
                 and exc.args[0] == _NO_SUCH_TABLE)
 
-    def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
-        return (f"INSERT IGNORE INTO {q(table)} ({column_list(columns)}) "
-                f"VALUES ({marks(len(columns))})")
-
     def new(self, column: str) -> str:
         return f"VALUES({q(column)})"
 
-    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str],
-               updates: Sequence[tuple[str, str]]) -> str:
-        sets = ", ".join(f"{q(c)} = {e}" for c, e in updates)
-        return (f"INSERT INTO {q(table)} ({column_list(columns)}) VALUES "
-                f"({marks(len(columns))}) ON DUPLICATE KEY UPDATE {sets}")
+    def on_conflict(self, key: Sequence[str], sets: str) -> str:
+        return f"ON DUPLICATE KEY UPDATE {sets}"
 
     def bulk_insert(self, cursor: Any, table: str, columns: Sequence[str],
                     rows: pa.Table, folder: str) -> int:
@@ -261,6 +265,7 @@ def _named_lock(shards: Any, name: str, wait_s: float) -> Iterator[None]:
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
+    insert_ignore_verb = "INSERT OR IGNORE"
     sqlalchemy = sa_sqlite.dialect()
     for_update = ""
 
@@ -276,18 +281,11 @@ class SQLiteDialect(Dialect):
     def is_missing_table(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("no such table")
 
-    def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
-        return (f"INSERT OR IGNORE INTO {q(table)} ({column_list(columns)}) "
-                f"VALUES ({marks(len(columns))})")
-
     def new(self, column: str) -> str:
         return f"excluded.{q(column)}"
 
-    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str],
-               updates: Sequence[tuple[str, str]]) -> str:
-        sets = ", ".join(f"{q(c)} = {e}" for c, e in updates)
-        return (f"INSERT INTO {q(table)} ({column_list(columns)}) VALUES "
-                f"({marks(len(columns))}) ON CONFLICT ({column_list(key)}) DO UPDATE SET {sets}")
+    def on_conflict(self, key: Sequence[str], sets: str) -> str:
+        return f"ON CONFLICT ({column_list(key)}) DO UPDATE SET {sets}"
 
     def bulk_insert(self, cursor: Any, table: str, columns: Sequence[str],
                     rows: pa.Table, folder: str) -> int:
