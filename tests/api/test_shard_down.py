@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 from fastapi.testclient import TestClient
@@ -40,3 +42,31 @@ def test_cone_with_a_shard_down_is_a_503_naming_it(stack, shards) -> None:
     finally:
         if shard.pid() is None:
             manager.up(stack.settings)
+
+
+def test_cone_with_an_embedded_shard_file_gone_is_a_503_naming_it(tmp_path) -> None:
+    """The same over the embedded shard files: one that cannot be opened is named, and no
+    cone answers from the other alone."""
+    from broker.config import Backend, Settings
+
+    settings = Settings(backend=Backend.embedded, embedded_dir=tmp_path / "embedded")
+    factory = Factory(settings)
+    rng = np.random.default_rng(5)
+    n = 20_000
+    factory.refcats.load("stars", [pa.record_batch({
+        "sid": np.arange(n, dtype=np.int64), "ra": rng.uniform(0, 360, n),
+        "dec": np.degrees(np.arcsin(rng.uniform(-1, 1, n)))})], "sid", "ra", "dec")
+    factory.catalog.counts()
+    factory.close()
+    gone = settings.embedded_path / "catalog-1.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{gone}{suffix}").unlink(missing_ok=True)
+    gone.mkdir()  # a folder where shard 1's file was: SQLite cannot open it
+    params = {"ra": 120.0, "dec": 10.0, "radius": 3600, "catalog": "stars", "limit": 10000}
+    with TestClient(create_app(Factory(settings))) as http:
+        for catalog in ("stars", "objects"):
+            down = http.get("/api/v1/cone", params={**params, "catalog": catalog})
+            assert down.status_code == 503, down.text
+            detail = down.json()["detail"]
+            assert "shard 1" in detail, detail
+            assert "catalog-1.sqlite3" in detail, detail
