@@ -1,13 +1,10 @@
 """Wire models of the HTTP API: what clients get, kept apart from the storage rows.
 
 The storage layer answers with plain dicts named by ``OBJECT_COLUMNS``, ``DETECTION_COLUMNS`` and
-``FORCED_COLUMNS`` (`broker.storage.archive`); the models here copy those columns one to one and
-add the conveniences a client should not have to compute (AB magnitudes, links). Non-finite
-floats become ``null``: JSON has no NaN.
-
-The per-band columns of an object (``{band}_n``, ``{band}_last_mjd``, ``{band}_last_flux``,
-``{band}_last_flux_err`` and the derived ``{band}_last_mag``, ``{band}_last_mag_err``) are
-generated from `broker.domain.archive.BANDS`, so the wire model follows the stored columns.
+``FORCED_COLUMNS`` (`broker.storage.archive`); the models here are generated from the same
+columns of the felis schema (types, nullability, descriptions and units), so there is no second
+description of a table, and add the conveniences a client should not have to compute (AB
+magnitudes per band, links). Non-finite floats become ``null``: JSON has no NaN.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from broker.domain.alerts import flux_to_mag
 from broker.domain.archive import BANDS
+from broker.storage import schema
 from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
 
 
@@ -50,33 +48,24 @@ class ErrorOut(BaseModel):
         None, description="Validation errors one by one (only for 422 answers).")
 
 
-class _ObjectCore(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _described(table: str, columns: tuple[str, ...], *,
+               nullable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Pydantic fields of stored columns, typed and described by the felis schema."""
+    docs = schema.column_docs(table)
+    fields: dict[str, Any] = {}
+    for name in columns:
+        doc = docs[name]
+        kind: Any = doc.python_type
+        if doc.nullable or name in nullable:
+            kind = kind | None
+        unit = f" Unit: {doc.unit}." if doc.unit else ""
+        fields[name] = (kind, Field(description=f"{doc.description}{unit}"))
+    return fields
 
-    object_id: str = Field(description="Object id (Rubin diaObjectId as text, ZTF objectId).")
-    survey: str = Field(description="Survey of the object's alerts: 'lsst' or 'ztf'.")
-    chunk_id: int | None = Field(description="Qserv-style sky chunk holding the object.")
-    hpx29: int | None = Field(description="HEALPix nested order-29 index of the position.")
-    ra: float = Field(description="Right ascension (ICRS), degrees: the mean of the newest alert.")
-    dec: float = Field(description="Declination (ICRS), degrees.")
-    first_mjd: float | None = Field(description="MJD (TAI) of the first stored detection.")
-    last_mjd: float | None = Field(description="MJD (TAI) of the newest stored detection.")
-    n_detections: int | None = Field(description="Stored detections of the object.")
-    last_forced_mjd: float | None = Field(
-        description="MJD (TAI) of the newest forced measurement, if any.")
 
-
-def _band_fields() -> dict[str, Any]:
+def _magnitude_fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for band in BANDS:
-        fields[f"{band}_n"] = (int | None, Field(description=f"Detections in band {band}."))
-        fields[f"{band}_last_mjd"] = (
-            float | None, Field(description=f"MJD of the newest {band}-band detection."))
-        fields[f"{band}_last_flux"] = (
-            float | None,
-            Field(description=f"Difference PSF flux (nJy) of the newest {band}-band detection."))
-        fields[f"{band}_last_flux_err"] = (
-            float | None, Field(description=f"Error of {band}_last_flux, nJy."))
         fields[f"{band}_last_mag"] = (
             float | None,
             Field(description=f"AB magnitude of |{band}_last_flux| (zero point 31.4 for nJy)."))
@@ -85,12 +74,17 @@ def _band_fields() -> dict[str, Any]:
     return fields
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 if TYPE_CHECKING:
     # Type checkers cannot follow create_model; the generated fields are checked by the tests.
-    ObjectFields = _ObjectCore
+    ObjectFields = _Strict
 else:
     ObjectFields = create_model(
-        "ObjectFields", __base__=_ObjectCore, __module__=__name__, **_band_fields())
+        "ObjectFields", __base__=_Strict, __module__=__name__,
+        **_described("objects", OBJECT_COLUMNS), **_magnitude_fields())
     ObjectFields.__doc__ = "The stored columns of an object, plus its latest magnitude per band."
 
 
@@ -124,24 +118,22 @@ class ObjectOut(ObjectFields):
         return cls.model_validate({**object_fields(row), "links": links})
 
 
-class DetectionOut(BaseModel):
+if TYPE_CHECKING:
+    _DetectionFields = BaseModel
+    _ForcedFields = BaseModel
+else:
+    # chunk_id and hpx29 are null where the light-curve store does not keep them (Cassandra).
+    _DetectionFields = create_model(
+        "_DetectionFields", __module__=__name__,
+        **_described("alert_rows", DETECTION_COLUMNS, nullable=("chunk_id", "hpx29")))
+    _ForcedFields = create_model(
+        "_ForcedFields", __module__=__name__,
+        **_described("embedded_forced_photometry", FORCED_COLUMNS))
+
+
+class DetectionOut(_DetectionFields):
     """One detection (difference-image source) with its AB magnitude."""
 
-    source_id: int = Field(description="Source id (Rubin diaSourceId, ZTF candid).")
-    object_id: str
-    survey: str
-    chunk_id: int | None = Field(description="Chunk of the object (null on some backends).")
-    hpx29: int | None = Field(description="HEALPix order-29 index (null on some backends).")
-    mjd: float = Field(description="Mid-exposure MJD (TAI).")
-    ra: float = Field(description="Right ascension, degrees.")
-    dec: float = Field(description="Declination, degrees.")
-    band: str = Field(description="Band letter (u g r i z y; ZTF g r i).")
-    psf_flux: float | None = Field(description="Difference-image PSF flux, nJy (signed).")
-    psf_flux_err: float | None = Field(description="Error of psf_flux, nJy.")
-    science_flux: float | None = Field(description="Flux on the science image, nJy.")
-    science_flux_err: float | None = Field(description="Error of science_flux, nJy.")
-    snr: float | None = Field(description="Signal-to-noise ratio of the detection.")
-    reliability: float | None = Field(description="Real/bogus score in [0, 1].")
     mag: float | None = Field(description="AB magnitude of |psf_flux| (zero point 31.4).")
     mag_err: float | None = Field(description="Error of mag (first order).")
 
@@ -152,17 +144,8 @@ class DetectionOut(BaseModel):
                    mag_err=mag_err(values["psf_flux"], values["psf_flux_err"]))
 
 
-class ForcedOut(BaseModel):
+class ForcedOut(_ForcedFields):
     """One forced measurement at the object's position."""
-
-    forced_id: int = Field(description="Forced measurement id (Rubin diaForcedSourceId).")
-    object_id: str
-    mjd: float = Field(description="Mid-exposure MJD (TAI).")
-    band: str
-    psf_flux: float | None = Field(description="Difference-image forced PSF flux, nJy.")
-    psf_flux_err: float | None
-    science_flux: float | None = Field(description="Forced flux on the science image, nJy.")
-    science_flux_err: float | None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ForcedOut:

@@ -20,9 +20,10 @@ from fastapi.responses import Response
 
 from api import votable
 from api.dependencies import Archive
-from broker.domain.archive import BANDS
 from broker.exceptions import NotFoundError, TransientError
 from broker.queries import OBJECTS
+from broker.storage import schema
+from broker.storage.archive import OBJECT_COLUMNS as STORED_OBJECT_COLUMNS
 
 router = APIRouter(tags=["IVOA"])
 
@@ -39,28 +40,21 @@ POSITION_COLUMNS = (
     votable.Column("dec", "double", "POS_EQ_DEC_MAIN", "deg", "Declination (ICRS)."),
 )
 DISTANCE = votable.Column("distance", "double", None, "deg", "Distance from the cone centre.")
-OBJECT_COLUMNS = (
-    *POSITION_COLUMNS,
-    DISTANCE,
-    votable.Column("survey", "char", None, None, "lsst or ztf."),
-    votable.Column("first_mjd", "double", None, "d", "Time of the first detection (MJD)."),
-    votable.Column("last_mjd", "double", None, "d", "Time of the last detection (MJD)."),
-    votable.Column("n_detections", "int", None, None, "Detections archived."),
-)
+
+
+def _felis_columns(names: tuple[str, ...]) -> tuple[votable.Column, ...]:
+    """VOTable fields of object columns, as the felis schema describes them."""
+    docs = schema.column_docs("objects")
+    return tuple(votable.Column(n, docs[n].votable_datatype, docs[n].ucd, docs[n].unit,
+                                docs[n].description) for n in names)
+
+
+#: ``VERB=2`` on objects: the position, the distance and a summary of the object.
+_SUMMARY = ("survey", "first_mjd", "last_mjd", "n_detections")
+OBJECT_COLUMNS = (*POSITION_COLUMNS, DISTANCE, *_felis_columns(_SUMMARY))
 #: ``VERB=3`` on objects: every column of the object row as well.
-OBJECT_ALL_COLUMNS = (
-    *OBJECT_COLUMNS,
-    votable.Column("chunk_id", "int", None, None, "Sky chunk (Qserv stripes/sub-stripes)."),
-    votable.Column("hpx29", "long", None, None, "HEALPix order-29 nested index."),
-    votable.Column("last_forced_mjd", "double", None, "d", "Time of the last forced measurement."),
-    *(votable.Column(f"{band}_{what}", datatype, None, unit, text)
-      for band in BANDS
-      for what, datatype, unit, text in (
-          ("n", "int", None, f"Detections in band {band}."),
-          ("last_mjd", "double", "d", f"Time of the last detection in band {band} (MJD)."),
-          ("last_flux", "double", "nJy", f"Latest PSF flux in band {band}."),
-          ("last_flux_err", "double", "nJy", f"Error of the latest PSF flux in band {band}."))),
-)
+OBJECT_ALL_COLUMNS = (*OBJECT_COLUMNS, *_felis_columns(tuple(
+    c for c in STORED_OBJECT_COLUMNS if c not in ("object_id", "ra", "dec", *_SUMMARY))))
 
 
 def _answer(body: bytes) -> Response:

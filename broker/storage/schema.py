@@ -14,9 +14,12 @@ or text and the catalog's data columns appended.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, MetaData, String, Table, Text
 from sqlalchemy.engine import Dialect
@@ -40,13 +43,61 @@ def felis_path() -> Path:
 
 
 @cache
+def described() -> Any:
+    """The felis schema itself (`felis.datamodel.Schema`, validated: ids, UCDs, units)."""
+    from felis.datamodel import Schema  # noqa: PLC0415 - heavy; only where it is needed
+
+    return Schema.from_uri(str(felis_path()), context={"id_generation": True})
+
+
+@cache
 def metadata() -> MetaData:
-    """SQLAlchemy metadata of every table of the felis schema (validated by felis)."""
-    from felis.datamodel import Schema  # noqa: PLC0415 - heavy; only where DDL is needed
+    """SQLAlchemy metadata of every table of the felis schema."""
     from felis.metadata import MetaDataBuilder  # noqa: PLC0415
 
-    schema = Schema.from_uri(str(felis_path()), context={"id_generation": True})
-    return MetaDataBuilder(schema, apply_schema_to_metadata=False).build()
+    return MetaDataBuilder(described(), apply_schema_to_metadata=False).build()
+
+
+#: Python and VOTable types of felis datatypes.
+_PYTHON_TYPES: dict[str, type] = {
+    "boolean": bool, "byte": int, "short": int, "int": int, "long": int, "float": float,
+    "double": float, "char": str, "string": str, "unicode": str, "text": str,
+    "binary": bytes, "timestamp": datetime,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnDoc:
+    """What felis says of one column, for the API's models and VOTable fields."""
+
+    name: str
+    datatype: str
+    votable_datatype: str
+    python_type: type
+    nullable: bool
+    unit: str | None
+    ucd: str | None
+    description: str
+
+
+@cache
+def column_docs(name: str) -> dict[str, ColumnDoc]:
+    """The columns of a felis table, by name, in order."""
+    [found] = [t for t in described().tables if t.name == name] or [None]
+    if found is None:
+        table(name)  # the KeyError naming the known tables
+    docs = {}
+    for column in found.columns:
+        datatype = str(column.datatype.value if hasattr(column.datatype, "value")
+                       else column.datatype)
+        votable = column.votable_datatype or {
+            "string": "char", "text": "char", "timestamp": "char", "binary": "unsignedByte",
+        }.get(datatype, datatype)
+        docs[column.name] = ColumnDoc(
+            name=column.name, datatype=datatype, votable_datatype=str(votable),
+            python_type=_PYTHON_TYPES[datatype], nullable=bool(column.nullable),
+            unit=column.fits_tunit, ucd=column.ivoa_ucd, description=column.description or "")
+    return docs
 
 
 def table(name: str) -> Table:

@@ -104,3 +104,28 @@ def test_refcat_templates_index_names_are_per_table(template: str) -> None:
     assert not names_one & names_two  # SQLite's index names are global to a file
     assert str(two.c.id.type).startswith("VARCHAR")
     assert not str(one.c.id.type).startswith("VARCHAR")
+
+
+def test_the_api_describes_objects_as_felis_does() -> None:
+    """The API's models and the SCS fields are generated from the felis columns, not written
+    again: every stored column is there, typed and described as felis says."""
+    from api.models import DetectionOut, ForcedOut, ObjectFields
+    from api.routers.scs import OBJECT_ALL_COLUMNS
+
+    for model, table, columns in ((ObjectFields, "objects", OBJECT_COLUMNS),
+                                  (DetectionOut, "alert_rows", DETECTION_COLUMNS),
+                                  (ForcedOut, "embedded_forced_photometry", FORCED_COLUMNS)):
+        docs = schema.column_docs(table)
+        for name in columns:
+            field = model.model_fields[name]
+            assert field.description is not None
+            assert field.description.startswith(docs[name].description), (table, name)
+            if docs[name].unit:
+                assert field.description.endswith(f"Unit: {docs[name].unit}."), (table, name)
+    fields = {c.name: c for c in OBJECT_ALL_COLUMNS}
+    docs = schema.column_docs("objects")
+    for name in OBJECT_COLUMNS:
+        shown = "id" if name == "object_id" else name
+        assert shown in fields, name
+        if name not in ("object_id", "ra", "dec"):  # SCS 1.03's own three UCDs
+            assert (fields[name].ucd, fields[name].unit) == (docs[name].ucd, docs[name].unit)
