@@ -15,14 +15,18 @@ from broker.services.mariadb import MariaDBService
 from tests.support.stack import TEST_DATABASE
 
 
-def test_cone_with_a_shard_down_is_a_503_naming_it(stack, shards) -> None:
-    settings = stack.settings.model_copy(update={"mariadb_database": TEST_DATABASE})
-    factory = Factory(settings)
+def _load_stars(factory: Factory, n: int = 20_000) -> None:
+    """A uniform all-sky catalog "stars", so that a wide cone touches chunks on every shard."""
     rng = np.random.default_rng(5)
-    n = 20_000
     factory.refcats.load("stars", [pa.record_batch({
         "sid": np.arange(n, dtype=np.int64), "ra": rng.uniform(0, 360, n),
         "dec": np.degrees(np.arcsin(rng.uniform(-1, 1, n)))})], "sid", "ra", "dec")
+
+
+def test_cone_with_a_shard_down_is_a_503_naming_it(stack, shards) -> None:
+    settings = stack.settings.model_copy(update={"mariadb_database": TEST_DATABASE})
+    factory = Factory(settings)
+    _load_stars(factory)
     shard = next(s for s in manager.build(stack.settings)
                  if isinstance(s, MariaDBService) and s.index == 1)
     # A cone wide enough to touch chunks on both shards.
@@ -51,11 +55,7 @@ def test_cone_with_an_embedded_shard_file_gone_is_a_503_naming_it(tmp_path) -> N
 
     settings = Settings(backend=Backend.embedded, embedded_dir=tmp_path / "embedded")
     factory = Factory(settings)
-    rng = np.random.default_rng(5)
-    n = 20_000
-    factory.refcats.load("stars", [pa.record_batch({
-        "sid": np.arange(n, dtype=np.int64), "ra": rng.uniform(0, 360, n),
-        "dec": np.degrees(np.arcsin(rng.uniform(-1, 1, n)))})], "sid", "ra", "dec")
+    _load_stars(factory)
     factory.catalog.counts()
     factory.close()
     gone = settings.embedded_path / "catalog-1.sqlite3"

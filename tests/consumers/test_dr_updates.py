@@ -44,6 +44,7 @@ from consumers.dr_updates import (
 )
 from consumers.stage import Backoff
 from tests.support.backends import read_topic
+from tests.support.catalogs import version_rows
 
 CHUNKER = Chunker(85, 12)
 BASE_ID = 609_000_000_000_000  # DP1-like object ids
@@ -95,17 +96,7 @@ class DRHarness:
 
     def dump(self, name: str) -> dict[str, Any]:
         [entry] = [e for e in self.catalogs.list() if e["name"] == name]
-        tables = table_names(name, entry["version"])
-
-        def work(cursor: Any) -> dict[str, set]:
-            found = {}
-            for kind, table in zip(("main", "overlap", "director"), tables, strict=True):
-                cursor.execute(f"SELECT * FROM `{table}`")
-                found[kind] = set(cursor.fetchall())
-            return found
-
-        per_shard = self.catalogs.shards.all_shards(work, write=False)
-        return {"rows": entry["rows"], "shards": per_shard}
+        return {"rows": entry["rows"], "shards": version_rows(self.catalogs, name)}
 
     def state(self, name: str) -> dict[int, tuple[int, int]]:
         """The catalog's row-level state: id -> (version, deleted)."""

@@ -37,7 +37,7 @@ from broker.storage.refcat import (
 )
 from broker.storage.shards import MariaDBShards, ShardSet, SQLiteShards
 from tests.storage.conftest import reopen
-from tests.support.catalogs import HIPPARCOS, OPENNGC, SIRIUS, VEGA
+from tests.support.catalogs import HIPPARCOS, OPENNGC, SIRIUS, VEGA, version_rows
 from tests.support.data import REPO_ROOT
 
 CHUNKER = Chunker(85, 12)
@@ -259,17 +259,7 @@ def _snapshot(catalogs: Any, name: str) -> tuple[dict, dict[int, tuple[int, int]
     """What readers see (the row count; every main, halo and director row, per shard) and the
     row-level state (id -> (version, deleted))."""
     [entry] = [e for e in catalogs.list() if e["name"] == name]
-    tables = table_names(name, entry["version"])
-    state = state_table(name, entry["version"])
-    def work(cursor: Any) -> tuple[dict, list]:
-        found = {}
-        for kind, table in zip(("main", "overlap", "director"), tables, strict=True):
-            cursor.execute(f"SELECT * FROM `{table}`")
-            found[kind] = set(cursor.fetchall())
-        cursor.execute(f"SELECT id, version, deleted FROM `{state}`")
-        return found, list(cursor.fetchall())
-
-    per_shard = catalogs.shards.all_shards(work, write=False)
+    per_shard = version_rows(catalogs, name, state=True)
     view: dict = {shard: found for shard, (found, _) in per_shard.items()}
     rows = [r for _, part in per_shard.values() for r in part]
     view["rows"] = entry["rows"]
