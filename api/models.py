@@ -226,6 +226,13 @@ class CatalogOut(BaseModel):
     version: int | None = Field(None, description="Load version (reference catalogs).")
     loaded_at: str | None = None
     columns: list[list[str]] | None = Field(None, description="[name, type] pairs.")
+    holds: str | None = Field(
+        None, description="What a reference catalog holds: star, galaxy, qso or generic "
+                          "(decides how an alert near one of its rows is read).")
+    shape: dict[str, str | None] | None = Field(
+        None, description="Where each row's ellipse is: stored columns of the major and minor "
+                          "axes and the position angle (degrees east of north), their unit, "
+                          "and whether they are diameters or radii; null without shapes.")
 
 
 class CatalogsOut(BaseModel):

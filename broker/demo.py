@@ -194,7 +194,8 @@ def load_catalogs(factory: Factory, progress: Progress | None = None) -> tuple[s
             source = open_catalog_file(path)
             try:
                 factory.refcats.load(catalog.name, source.batches, catalog.id_col,
-                                     catalog.ra_col, catalog.dec_col)
+                                     catalog.ra_col, catalog.dec_col, kind=catalog.kind,
+                                     shape=catalog.shape)
             finally:
                 source.close()
     return tuple(catalog.name for catalog in CATALOGS)

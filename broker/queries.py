@@ -220,7 +220,8 @@ class ArchiveQueries:
         """Every catalog a cone search can read, the archive's objects first."""
         return [{"name": OBJECTS, "rows": self.catalog.counts().get("objects"),
                  "kind": "alert archive objects"},
-                *({**entry, "kind": "reference catalog"} for entry in self.refcats.list())]
+                *({**entry, "kind": "reference catalog", "holds": entry.get("kind", "generic")}
+                  for entry in self.refcats.list())]
 
     def check_catalog(self, catalog: str) -> None:
         """Raise NotFoundError unless a cone search can read ``catalog``."""

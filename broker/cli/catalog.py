@@ -26,11 +26,33 @@ def catalog_load(
     dec_col: Annotated[str, typer.Option("--dec-col", help="Column of Dec, degrees.")] = "dec",
     batch_rows: Annotated[int, typer.Option(
         "--batch-rows", min=1000, max=5_000_000, help="Rows read and stored per batch.")] = 200_000,
+    kind: Annotated[str, typer.Option(
+        "--kind", help="What the catalog holds: star, galaxy, qso or generic (decides how an "
+                       "alert near one of its rows is read). A galaxy catalog needs "
+                       "--major-col.")] = "generic",
+    major_col: Annotated[str | None, typer.Option(
+        "--major-col", help="Column of the major axis (a diameter in arcmin by default, as "
+                            "OpenNGC's).")] = None,
+    minor_col: Annotated[str | None, typer.Option(
+        "--minor-col", help="Column of the minor axis (same unit; missing: a circle).")] = None,
+    pa_col: Annotated[str | None, typer.Option(
+        "--pa-col", help="Column of the position angle, degrees east of north.")] = None,
+    axis_unit: Annotated[str, typer.Option(
+        "--axis-unit", help="Unit of the axis columns: arcmin, arcsec or deg.")] = "arcmin",
+    axes: Annotated[str, typer.Option(
+        "--axes", help="Whether the axis columns are diameters or radii (semi-axes).")
+    ] = "diameter",
 ) -> None:
     """Load (or reload, atomically) a reference catalog from a Parquet or CSV file.
 
     Fails at once if another process is loading or changing the same catalog.
     """
+    from broker.domain.catalogs import ShapeSpec  # noqa: PLC0415
+
+    if major_col is None and (minor_col or pa_col):
+        raise LannerError("--minor-col and --pa-col need --major-col")
+    shape = None if major_col is None else ShapeSpec(major_col, minor_col, pa_col, axis_unit,
+                                                     axes)
     import pyarrow as pa  # noqa: PLC0415
     from rich.progress import Progress  # noqa: PLC0415
 
@@ -44,7 +66,8 @@ def catalog_load(
         with Progress(console=console) as progress:
             task = progress.add_task(f"loading {name} ({source.unit})", total=source.total)
             report = store.load(name, source.batches, id_col, ra_col, dec_col,
-                                lambda _: progress.update(task, completed=source.position()))
+                                lambda _: progress.update(task, completed=source.position()),
+                                kind=kind, shape=shape)
             progress.update(task, completed=source.total)
     except ValueError as exc:
         raise LannerError(str(exc)) from None
@@ -127,6 +150,9 @@ def catalog_list() -> None:
     if not entries:
         out.print("no reference catalogs loaded", highlight=False)
     for entry in entries:
+        shape = entry.get("shape")
+        shaped = (f" shape: {shape['major']},{shape['minor'] or '-'},{shape['pa'] or '-'} "
+                  f"({shape['axes']}s in {shape['unit']})") if shape else ""
         out.print(f"{entry['name']} {entry['rows']} rows v{entry['version']} "
-                  f"loaded {entry['loaded_at']} columns: "
+                  f"{entry.get('kind', 'generic')} loaded {entry['loaded_at']}{shaped} columns: "
                   f"{','.join(c[0] for c in entry['columns'])}", highlight=False)

@@ -18,6 +18,8 @@ from importlib.resources import as_file, files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from broker.domain.catalogs import ShapeSpec
+
 __all__ = ["CATALOGS", "BundledCatalog", "ztf_alerts"]
 
 
@@ -30,6 +32,8 @@ class BundledCatalog:
     id_col: str
     ra_col: str
     dec_col: str
+    kind: str = "generic"
+    shape: ShapeSpec | None = None
 
     def resource(self) -> Traversable:
         """The file, as an `importlib.resources` traversable."""
@@ -47,8 +51,9 @@ class BundledCatalog:
 
 #: The reference catalogs `lanner demo` loads, in loading order.
 CATALOGS = (
-    BundledCatalog("hipparcos", "hipparcos2.parquet", "hip", "ra", "dec"),
-    BundledCatalog("openngc", "openngc.csv", "id", "ra_deg", "dec_deg"),
+    BundledCatalog("hipparcos", "hipparcos2.parquet", "hip", "ra", "dec", "star"),
+    BundledCatalog("openngc", "openngc.csv", "id", "ra_deg", "dec_deg", "galaxy",
+                   ShapeSpec("majax_arcmin", "minax_arcmin", "pa_deg")),
 )
 
 

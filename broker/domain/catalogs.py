@@ -87,6 +87,113 @@ class CatalogColumns:
                 *((c.name, c.kind) for c in self.data)]
 
 
+#: What a reference catalog holds, which decides how an alert near one of its rows is read
+#: (docs/context.md): stars, galaxies (with a shape), quasars, or anything else.
+CatalogKind = Literal["star", "galaxy", "qso", "generic"]
+CATALOG_KINDS: tuple[CatalogKind, ...] = ("star", "galaxy", "qso", "generic")
+
+#: Arcseconds per unit of a shape column's axes.
+AXIS_UNITS = {"arcmin": 60.0, "arcsec": 1.0, "deg": 3600.0}
+#: Whether the axis columns give diameters (OpenNGC's MajAx, MinAx) or semi-axes.
+AXIS_KINDS = ("diameter", "radius")
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeSpec:
+    """The shape columns of an input file, as the loader is told them (input column names).
+
+    Defaults are OpenNGC's units: major and minor axis diameters in arcmin, position angle in
+    degrees east of north.
+    """
+
+    major_col: str
+    minor_col: str | None = None
+    pa_col: str | None = None
+    unit: str = "arcmin"
+    axes: str = "diameter"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogShape:
+    """Where a stored catalog keeps each row's ellipse: stored column names and their units.
+
+    A row whose minor axis is missing is a circle of its major axis; a missing position angle
+    is 0 (north) and matters only for ellipses.
+    """
+
+    major: str
+    minor: str | None
+    pa: str | None
+    unit: str
+    axes: str
+
+    def semi_axes_arcsec(self, major: float | None,
+                         minor: float | None) -> tuple[float | None, float | None]:
+        """The semi-major and semi-minor axes in arcsec of one row's stored values."""
+        if major is None or not np.isfinite(major) or major <= 0:
+            return None, None
+        scale = AXIS_UNITS[self.unit] * (0.5 if self.axes == "diameter" else 1.0)
+        semi_major = float(major) * scale
+        if minor is None or not np.isfinite(minor) or minor <= 0:
+            return semi_major, semi_major
+        return semi_major, min(float(minor) * scale, semi_major)
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"major": self.major, "minor": self.minor, "pa": self.pa, "unit": self.unit,
+                "axes": self.axes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str | None] | None) -> CatalogShape | None:
+        if not data:
+            return None
+        return cls(major=str(data["major"]), minor=data.get("minor"), pa=data.get("pa"),
+                   unit=str(data.get("unit") or "arcmin"),
+                   axes=str(data.get("axes") or "diameter"))
+
+
+def plan_profile(kind: str, shape: ShapeSpec | None,
+                 columns: CatalogColumns) -> tuple[CatalogKind, CatalogShape | None]:
+    """Check a catalog's kind and shape columns against its planned columns.
+
+    A galaxy catalog needs at least its major-axis column; every shape column must be a
+    numeric column of the input. Raises ValueError naming what is missing or wrong.
+    """
+    if kind not in CATALOG_KINDS:
+        msg = f"catalog kind {kind!r} is not one of {', '.join(CATALOG_KINDS)}"
+        raise ValueError(msg)
+    if shape is None:
+        if kind == "galaxy":
+            msg = ("a galaxy catalog needs its shape columns: give --major-col (the major "
+                   "axis; --minor-col and --pa-col for an ellipse)")
+            raise ValueError(msg)
+        return kind, None
+    if shape.unit not in AXIS_UNITS:
+        msg = f"shape unit {shape.unit!r} is not one of {', '.join(AXIS_UNITS)}"
+        raise ValueError(msg)
+    if shape.axes not in AXIS_KINDS:
+        msg = f"shape axes {shape.axes!r} is not one of {', '.join(AXIS_KINDS)}"
+        raise ValueError(msg)
+    stored = {c.source: c for c in columns.data}
+    named = {"major": shape.major_col, "minor": shape.minor_col, "pa": shape.pa_col}
+    missing = [f"{role} {col!r}" for role, col in named.items()
+               if col is not None and col not in stored]
+    if missing:
+        shown = ", ".join(c.source for c in columns.data[:20])
+        msg = (f"the shape columns {', '.join(missing)} are not data columns of the input "
+               f"(its data columns: {shown})")
+        raise ValueError(msg)
+    not_numeric = [f"{role} {col!r}" for role, col in named.items()
+                   if col is not None and stored[col].kind not in ("int64", "float64")]
+    if not_numeric:
+        msg = f"the shape columns {', '.join(not_numeric)} are not numeric"
+        raise ValueError(msg)
+    return kind, CatalogShape(
+        major=stored[shape.major_col].name,
+        minor=stored[shape.minor_col].name if shape.minor_col else None,
+        pa=stored[shape.pa_col].name if shape.pa_col else None,
+        unit=shape.unit, axes=shape.axes)
+
+
 def plan_columns(schema: pa.Schema, id_col: str, ra_col: str, dec_col: str) -> CatalogColumns:
     """Map an input schema to stored columns; raise ValueError naming a missing column."""
     names = list(schema.names)

@@ -148,6 +148,8 @@ class ChunkedCatalog:
             def work(cursor: Any) -> str | None:
                 for statement in statements:
                     cursor.execute(statement)
+                for table in TABLES:  # columns the description gained since the tables were made
+                    self.shards.dialect.add_missing_columns(cursor, schema.table(table))
                 # The first setup records the layout on every shard; later ones must match it,
                 # or rows would be looked for on the wrong shard or in the wrong chunk.
                 wanted = {**layout, "shard": str(shard)}

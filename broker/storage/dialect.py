@@ -40,6 +40,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import mysql as sa_mysql
 from sqlalchemy.dialects import sqlite as sa_sqlite
 from sqlalchemy.engine import Dialect as SADialect
+from sqlalchemy.schema import CreateColumn
 
 from broker.domain.catalogs import validate_name
 from broker.exceptions import CatalogBusyError
@@ -81,6 +82,20 @@ class Dialect(ABC):
     def create_statements(self, table: Table) -> list[str]:
         """CREATE TABLE / INDEX IF NOT EXISTS of a felis table (or a refcat instance)."""
         return schema.create_statements(table, self.sqlalchemy)
+
+    def add_missing_columns(self, cursor: Any, table: Table) -> list[str]:
+        """Add to an existing table the columns the felis description has gained since it was
+        made (with their defaults); the names added. Both backends accept
+        ``ALTER TABLE ... ADD COLUMN`` of one compiled column."""
+        cursor.execute(f"SELECT * FROM {q(table.name)} WHERE 1 = 0")
+        present = {d[0] for d in cursor.description}
+        added = []
+        for column in table.columns:
+            if column.name not in present:
+                spec = str(CreateColumn(column).compile(dialect=self.sqlalchemy)).strip()
+                cursor.execute(f"ALTER TABLE {q(table.name)} ADD COLUMN {spec}")
+                added.append(column.name)
+        return added
 
     @abstractmethod
     def drop_tables(self, cursor: Any, tables: Sequence[str]) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from broker.domain.archive import ArchiveBatch, Seen
+from broker.domain.catalogs import ShapeSpec
 
 Row = dict[str, Any]
 
@@ -133,14 +134,17 @@ class ReferenceCatalogs(Protocol):
         """Create the registry if it does not exist."""
 
     def list(self) -> list[Row]:
-        """Every loaded catalog: name, rows, version, loaded_at, columns, overlap_deg."""
+        """Every loaded catalog: name, rows, version, loaded_at, columns, overlap_deg, kind,
+        shape."""
 
     def describe(self, name: str) -> Row:
         """The registry entry of one catalog (`UnknownCatalogError` if there is none)."""
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
-             dec_col: str, progress: Progress | None = None) -> LoadReport:
-        """Load a catalog, replacing any loaded version atomically."""
+             dec_col: str, progress: Progress | None = None, *, kind: str = "generic",
+             shape: ShapeSpec | None = None) -> LoadReport:
+        """Load a catalog of a kind (star, galaxy, qso, generic; a galaxy catalog with its
+        shape columns), replacing any loaded version atomically."""
 
     def apply(self, name: str, upserts: pa.Table, deletes: Iterable[tuple[Any, int]] = (), *,
               id_col: str, ra_col: str, dec_col: str,

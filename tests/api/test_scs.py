@@ -146,7 +146,7 @@ def test_reference_catalog_cone_json_and_scs(loaded: Loaded, tmp_path) -> None:
     factory = make_factory(loaded, tmp_path)
     source = open_catalog_file(HIPPARCOS)
     try:
-        factory.refcats.load("hipparcos", source.batches, "hip", "ra", "dec")
+        factory.refcats.load("hipparcos", source.batches, "hip", "ra", "dec", kind="star")
     finally:
         source.close()
     vega_ra, vega_dec = VEGA[1], VEGA[2]
@@ -154,6 +154,8 @@ def test_reference_catalog_cone_json_and_scs(loaded: Loaded, tmp_path) -> None:
     with TestClient(create_app(factory)) as http:
         listed = http.get("/api/v1/catalogs").json()["catalogs"]
         assert [c["name"] for c in listed] == ["objects", "hipparcos"]
+        assert [(c["kind"], c["holds"], c["shape"]) for c in listed] == [
+            ("alert archive objects", None, None), ("reference catalog", "star", None)]
         body = http.get("/api/v1/cone", params={"ra": vega_ra, "dec": vega_dec, "radius": 3600,
                                                 "catalog": "hipparcos", "limit": 10000}).json()
         assert [r["id"] for r in body["rows"]] == [str(r["id"]) for r in every]

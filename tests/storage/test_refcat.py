@@ -750,3 +750,113 @@ def test_cone_rejects_bad_input(catalogs: ChunkedRefCatalogs) -> None:
     assert catalogs.cone("swap", 15.0, 0.0, 8.0, 0) == []
     with pytest.raises(UnknownCatalogError):
         catalogs.cone("nope", 15.0, 0.0, 1.0, 10)
+
+
+# ---- kinds and shapes ---------------------------------------------------------------------------
+
+
+def test_kind_and_shape_are_kept_in_the_registry(catalogs: ChunkedRefCatalogs) -> None:
+    from broker.domain.catalogs import CatalogShape, ShapeSpec
+
+    source = open_catalog_file(OPENNGC, 4_000)
+    try:
+        catalogs.load("openngc", source.batches, "id", "ra_deg", "dec_deg", kind="galaxy",
+                      shape=ShapeSpec("majax_arcmin", "minax_arcmin", "pa_deg"))
+    finally:
+        source.close()
+    catalogs.load("hip", [pa.record_batch({"hip": [1, 2], "ra": [1.0, 2.0], "dec": [0.0, 0.0]})],
+                  "hip", "ra", "dec", kind="star")
+    entries = {e["name"]: e for e in catalogs.list()}
+    assert entries["hip"]["kind"] == "star"
+    assert entries["hip"]["shape"] is None
+    assert entries["openngc"]["kind"] == "galaxy"
+    assert entries["openngc"]["shape"] == {"major": "majax_arcmin", "minor": "minax_arcmin",
+                                           "pa": "pa_deg", "unit": "arcmin", "axes": "diameter"}
+    assert catalogs.describe("openngc")["shape"] == entries["openngc"]["shape"]
+    # M31: 177.8' x 69.7' diameters in OpenNGC, so semi-axes of 88.9' and 34.85'.
+    m31 = catalogs.get("openngc", "NGC0224")
+    shape = CatalogShape.from_json(entries["openngc"]["shape"])
+    assert shape is not None
+    major, minor = shape.semi_axes_arcsec(m31["majax_arcmin"], m31["minax_arcmin"])
+    assert (major, minor) == pytest.approx((m31["majax_arcmin"] * 30, m31["minax_arcmin"] * 30))
+    # A reload may change the kind; a catalog made by row-level changes is generic.
+    catalogs.load("hip", [pa.record_batch({"hip": [1], "ra": [1.0], "dec": [0.0]})],
+                  "hip", "ra", "dec", kind="qso")
+    assert catalogs.describe("hip")["kind"] == "qso"
+    _apply(catalogs, "changed", [(1, 10.0, 0.0, 1)])
+    assert catalogs.describe("changed")["kind"] == "generic"
+
+
+def test_a_catalog_without_the_shape_its_kind_needs_is_refused(
+        catalogs: ChunkedRefCatalogs) -> None:
+    from broker.domain.catalogs import ShapeSpec
+
+    batch = pa.record_batch({"gid": [1], "ra": [1.0], "dec": [0.0], "d25": [1.5],
+                             "name": ["x"]})
+    for kind, shape, message in (
+            ("galaxy", None, "galaxy catalog needs its shape columns: give --major-col"),
+            ("galaxy", ShapeSpec("size"), "shape columns major 'size' are not data columns"),
+            ("galaxy", ShapeSpec("d25", "b25", "pa"), "minor 'b25', pa 'pa'"),
+            ("galaxy", ShapeSpec("name"), "major 'name' are not numeric"),
+            ("galaxy", ShapeSpec("d25", unit="parsec"), "shape unit 'parsec'"),
+            ("nebula", None, "catalog kind 'nebula' is not one of"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            catalogs.load("gals", [batch], "gid", "ra", "dec", kind=kind, shape=shape)
+    assert "gals" not in {e["name"] for e in catalogs.list()}
+    assert not [t for t in catalogs.tables() if t.startswith("rc_gals")]  # nothing written
+    catalogs.load("gals", [batch], "gid", "ra", "dec", kind="galaxy", shape=ShapeSpec("d25"))
+    assert catalogs.describe("gals")["shape"]["minor"] is None
+
+
+def test_a_registry_of_an_earlier_release_gains_the_new_columns(
+        catalogs: ChunkedRefCatalogs) -> None:
+    """The registry made before kinds existed is brought up to date by setup: old catalogs
+    read as generic, with no shape."""
+    catalogs.load("old", [pa.record_batch({"i": [1], "ra": [1.0], "dec": [0.0]})],
+                  "i", "ra", "dec", kind="star")
+
+    def legacy(cursor: Any) -> None:
+        if isinstance(catalogs.shards, SQLiteShards):
+            cursor.execute("ALTER TABLE refcat_registry DROP COLUMN kind")
+            cursor.execute("ALTER TABLE refcat_registry DROP COLUMN shape")
+        else:
+            cursor.execute("ALTER TABLE refcat_registry DROP COLUMN kind, DROP COLUMN shape")
+
+    catalogs.shards.run(0, legacy)
+    fresh = _another(catalogs)
+    try:
+        [entry] = fresh.list()
+        assert (entry["name"], entry["kind"], entry["shape"]) == ("old", "generic", None)
+    finally:
+        fresh.shards.close()
+
+
+def test_cli_load_with_kind_and_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+    from broker.config import get_settings
+
+    monkeypatch.setenv("LANNER_BACKEND", "embedded")
+    monkeypatch.setenv("LANNER_STATE_DIR", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        args = ["catalog", "load", "ngc", str(OPENNGC), "--id-col", "id", "--ra-col", "ra_deg",
+                "--dec-col", "dec_deg", "--kind", "galaxy"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert "galaxy catalog needs its shape columns" in result.output
+        assert "Traceback" not in result.output
+        result = runner.invoke(app, [*args, "--major-col", "majax_arcmin", "--minor-col",
+                                     "minax_arcmin", "--pa-col", "pa_deg"])
+        assert result.exit_code == 0, result.output
+        listed = runner.invoke(app, ["catalog", "list"]).output
+        assert "ngc 14026 rows v1 galaxy" in listed
+        assert "shape: majax_arcmin,minax_arcmin,pa_deg (diameters in arcmin)" in listed
+        result = runner.invoke(app, ["catalog", "load", "x", str(OPENNGC), "--pa-col", "pa_deg"])
+        assert result.exit_code == 1
+        assert "--minor-col and --pa-col need --major-col" in result.output
+    finally:
+        get_settings.cache_clear()

@@ -29,8 +29,11 @@ import pyarrow as pa
 from broker.domain.catalogs import (
     DEFAULT_OVERLAP_DEG,
     CatalogColumns,
+    CatalogShape,
     PreparedBatch,
+    ShapeSpec,
     plan_columns,
+    plan_profile,
     prepare_batch,
     validate_name,
 )
@@ -177,8 +180,15 @@ class ChunkedRefCatalogs:
         if self._ready:
             return
         self.shards.ensure_database()
-        statements = self.dialect.create_statements(schema.table("refcat_registry"))
-        self.shards.run(0, lambda cursor: [cursor.execute(s) for s in statements])
+        registry = schema.table("refcat_registry")
+        statements = self.dialect.create_statements(registry)
+
+        def work(cursor: Any) -> None:
+            for statement in statements:
+                cursor.execute(statement)
+            self.dialect.add_missing_columns(cursor, registry)  # made by an earlier release
+
+        self.shards.run(0, work)
         self._ready = True
 
     def _exclusive(self, name: str, wait_s: float) -> contextlib.AbstractContextManager[None]:
@@ -189,7 +199,7 @@ class ChunkedRefCatalogs:
 
     def _registry(self, name: str) -> dict[str, Any] | None:
         def work(cursor: Any) -> tuple | None:
-            cursor.execute("SELECT version, `rows`, `columns`, overlap_deg, loaded_at "
+            cursor.execute("SELECT version, `rows`, `columns`, overlap_deg, loaded_at, kind, shape "
                            "FROM refcat_registry WHERE name = %s AND status = 'ready'", [name])
             return cursor.fetchone()
 
@@ -202,7 +212,8 @@ class ChunkedRefCatalogs:
         if row is None:
             return None
         return {"version": int(row[0]), "rows": int(row[1]), "columns": json.loads(row[2]),
-                "overlap_deg": float(row[3]), "loaded_at": row[4]}
+                "overlap_deg": float(row[3]), "loaded_at": row[4], "kind": row[5],
+                "shape": json.loads(row[6]) if row[6] else None}
 
     def _current(self, name: str, *, fresh: bool = False) -> dict[str, Any]:
         """The registry entry of a catalog, cached for `_REGISTRY_TTL_S` unless ``fresh``."""
@@ -239,14 +250,15 @@ class ChunkedRefCatalogs:
     def list(self) -> list[dict[str, Any]]:
         """Every loaded catalog: name, rows, version, loaded_at, columns, overlap_deg."""
         def work(cursor: Any) -> list[tuple]:
-            cursor.execute("SELECT name, `rows`, version, loaded_at, `columns`, overlap_deg "
-                           "FROM refcat_registry WHERE status = 'ready' ORDER BY name")
+            cursor.execute("SELECT name, `rows`, version, loaded_at, `columns`, overlap_deg, kind, "
+                           "shape FROM refcat_registry WHERE status = 'ready' ORDER BY name")
             return list(cursor.fetchall())
 
         self.setup()
         rows = self.shards.run(0, work, write=False)
         return [{"name": r[0], "rows": int(r[1]), "version": int(r[2]), "loaded_at": r[3],
-                 "columns": json.loads(r[4]), "overlap_deg": float(r[5])} for r in rows]
+                 "columns": json.loads(r[4]), "overlap_deg": float(r[5]), "kind": r[6],
+                 "shape": json.loads(r[7]) if r[7] else None} for r in rows]
 
     def describe(self, name: str) -> dict[str, Any]:
         """The registry entry of one catalog (version, rows, columns, ...), from the same
@@ -257,9 +269,11 @@ class ChunkedRefCatalogs:
         return dict(self._current(name))
 
     def _write_registry(self, name: str, version: int, rows: int, columns: CatalogColumns, *,
-                        replace: bool) -> None:
+                        replace: bool, kind: str = "generic",
+                        shape: CatalogShape | None = None) -> None:
         values = [name, version, rows, json.dumps(_columns_of(columns)), self.overlap_deg,
-                  self.dialect.time_value(changes.utc_now()), "ready"]
+                  self.dialect.time_value(changes.utc_now()), "ready", kind,
+                  json.dumps(shape.to_json()) if shape else None]
         if replace:
             sql = self.dialect.upsert("refcat_registry", _REGISTRY_COLUMNS, ["name"],
                                       [(c, self.dialect.new(c)) for c in _REGISTRY_COLUMNS[1:]])
@@ -274,8 +288,12 @@ class ChunkedRefCatalogs:
         self.shards.all_shards(lambda cursor: self.dialect.drop_tables(cursor, names))
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
-             dec_col: str, progress: Progress | None = None) -> LoadReport:
+             dec_col: str, progress: Progress | None = None, *, kind: str = "generic",
+             shape: ShapeSpec | None = None) -> LoadReport:
         """Load a catalog from record batches, replacing any loaded version atomically.
+
+        ``kind`` and ``shape`` (the input's shape columns) are checked against the input's
+        columns before anything is written (`plan_profile`) and kept in the registry.
 
         The catalog's lock is held throughout; if another process holds it (a load, or a
         change being applied), `CatalogBusyError` is raised at once and nothing is written.
@@ -283,12 +301,14 @@ class ChunkedRefCatalogs:
         validate_name(name)
         self.setup()
         with self._exclusive(name, 0):
-            return self._load(name, batches, id_col, ra_col, dec_col, progress)
+            return self._load(name, batches, id_col, ra_col, dec_col, progress, kind, shape)
 
     def _load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
-              dec_col: str, progress: Progress | None) -> LoadReport:
+              dec_col: str, progress: Progress | None, kind: str,
+              shape_spec: ShapeSpec | None) -> LoadReport:
         started = time.perf_counter()
         first, rest, columns = _plan_input(name, batches, id_col, ra_col, dec_col)
+        kind, shape = plan_profile(kind, shape_spec, columns)
         current = self._registry(name)
         version = (current["version"] if current else 0) + 1
         tables = table_names(name, version)
@@ -303,7 +323,8 @@ class ChunkedRefCatalogs:
                     self.dialect.enable_keys(cursor, table)
 
             self.shards.all_shards(enable)
-            self._write_registry(name, version, rows, columns, replace=True)
+            self._write_registry(name, version, rows, columns, replace=True, kind=kind,
+                                 shape=shape)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._drop_tables(tables)
