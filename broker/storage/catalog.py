@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from broker.domain.archive import BANDS, ArchiveBatch, ObjectUpdate, PlacedDetection, Seen
+from broker.domain.enrichment import ObjectEnrichment, newest_per_object
 from broker.domain.sky import (
     Chunker,
     ChunkPlacement,
@@ -52,7 +53,11 @@ ALERT_ROW_COLUMNS = DETECTION_COLUMNS
 DIRECTOR_COLUMNS = schema.columns("director")
 
 #: The tables of the catalog, in creation order.
-TABLES = ("objects", "alert_rows", "director", "layout")
+TABLES = ("objects", "alert_rows", "director", "layout", "object_context", "object_matches")
+
+#: Columns of the enrich stage's results (from the felis schema).
+CONTEXT_COLUMNS = schema.columns("object_context")
+MATCH_COLUMNS = schema.columns("object_matches")
 
 #: Ids per ``IN (...)`` list.
 _ID_BATCH = 500
@@ -283,6 +288,68 @@ class ChunkedCatalog:
                 summaries.setdefault(object_id, {})[band] = (int(n), first, mjd, flux, flux_err)
         return summaries
 
+    # -- enrichment
+
+    def write_enrichment(self, results: Iterable[ObjectEnrichment]) -> int:
+        """Store the context and counterparts of objects, each on the shard of its chunk; the
+        number of objects whose rows were (re)written.
+
+        Only the newest alert's result per object is kept: in each shard's transaction the
+        stored ``(alert_mjd, alert_id)`` of the objects are read (locked on MariaDB), and an
+        object whose stored result is newer is left alone; the others get their context row
+        replaced and their matches deleted and written again. So a redelivered or late batch
+        changes nothing.
+        """
+        newest = newest_per_object(results)
+        by_shard: dict[int, list[ObjectEnrichment]] = {}
+        for result in sorted(newest, key=lambda r: r.object_id):
+            by_shard.setdefault(self.placement.shard_of(result.chunk_id), []).append(result)
+        dialect = self.shards.dialect
+        upsert = dialect.upsert("object_context", CONTEXT_COLUMNS, ["object_id"],
+                                [(c, dialect.new(c)) for c in CONTEXT_COLUMNS[1:]])
+        insert = dialect.insert_ignore("object_matches", MATCH_COLUMNS)
+
+        def work(results: list[ObjectEnrichment]) -> Callable[[Any], int]:
+            def run(cursor: Any) -> int:
+                stored: dict[str, tuple[float, int]] = {}
+                ids = [r.object_id for r in results]
+                for part in _batches(ids):
+                    cursor.execute(
+                        f"SELECT object_id, alert_mjd, alert_id FROM object_context WHERE "
+                        f"object_id IN ({marks(len(part))}){dialect.for_update}", list(part))
+                    stored.update({r[0]: (float(r[1]), int(r[2])) for r in cursor.fetchall()})
+                fresh = [r for r in results if r.object_id not in stored
+                         or r.epoch >= stored[r.object_id]]
+                if not fresh:
+                    return 0
+                for part in _batches([r.object_id for r in fresh]):
+                    cursor.execute(f"DELETE FROM object_matches WHERE object_id IN "
+                                   f"({marks(len(part))})", list(part))
+                cursor.executemany(upsert, [_context_values(r) for r in fresh])
+                matches = [(r.object_id, m.catalog, m.source_id, r.chunk_id, r.hpx29, m.rank,
+                            m.separation_arcsec) for r in fresh for m in r.matches]
+                if matches:
+                    cursor.executemany(insert, matches)
+                return len(fresh)
+            return run
+
+        written = self.shards.on_shards({s: work(rs) for s, rs in by_shard.items()})
+        return sum(written.values())
+
+    def context(self, object_id: str) -> Row | None:
+        """The stored context of an object (`CONTEXT_COLUMNS`), or None."""
+        rows = self._on_object_shard(
+            object_id, f"SELECT {column_list(CONTEXT_COLUMNS)} FROM object_context "
+                       "WHERE object_id = %s")
+        return dict(zip(CONTEXT_COLUMNS, rows[0], strict=True)) if rows else None
+
+    def matches(self, object_id: str) -> list[Row]:
+        """The stored counterparts of an object, by catalog, nearest first."""
+        rows = self._on_object_shard(
+            object_id, f"SELECT {column_list(MATCH_COLUMNS)} FROM object_matches "
+                       "WHERE object_id = %s ORDER BY catalog, `rank`")
+        return [dict(zip(MATCH_COLUMNS, r, strict=True)) for r in rows]
+
     # -- reads
 
     def locate_object(self, object_id: str) -> int | None:
@@ -374,6 +441,16 @@ def cover_rows(shards: ShardSet, placement: ChunkPlacement, cover: Any, table: s
                               for s, chunks in placement.by_shard(cover.chunks).items()},
                              write=False)
     return [row for part in found.values() for row in part]
+
+
+def _context_values(result: ObjectEnrichment) -> tuple:
+    values = {"object_id": result.object_id, "chunk_id": result.chunk_id,
+              "hpx29": result.hpx29, "ra": result.ra, "dec": result.dec,
+              "context": result.context, "catalog": result.catalog,
+              "source_id": result.source_id, "separation_arcsec": result.separation_arcsec,
+              "offset_semimajor": result.offset_semimajor, "reason": result.reason[:64],
+              "alert_id": result.alert_id, "alert_mjd": result.alert_mjd}
+    return tuple(values[c] for c in CONTEXT_COLUMNS)
 
 
 def _object_values(update: ObjectUpdate, bands: Mapping[str, tuple],

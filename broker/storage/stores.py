@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from broker.domain.archive import ArchiveBatch, Seen
 from broker.domain.catalogs import ShapeSpec
+from broker.domain.enrichment import ObjectEnrichment
 
 Row = dict[str, Any]
 
@@ -119,6 +120,15 @@ class ObjectCatalog(Protocol):
     def cone(self, ra: float, dec: float, radius_deg: float, limit: int) -> list[Row]:
         """Objects within ``radius_deg`` of (ra, dec), nearest first, each with
         ``distance_arcsec`` (ValueError for a bad centre, radius or limit)."""
+
+    def write_enrichment(self, results: Iterable[ObjectEnrichment]) -> int:
+        """Store objects' contexts and counterparts, keeping each object's newest alert's."""
+
+    def context(self, object_id: str) -> Row | None:
+        """The stored context of an object."""
+
+    def matches(self, object_id: str) -> list[Row]:
+        """The stored counterparts of an object, by catalog, nearest first."""
 
     def counts(self) -> Mapping[str, int]:
         """Rows per table."""

@@ -647,3 +647,53 @@ def test_seen_reads_the_director(archive: Archive, stream: list[Alert]) -> None:
         [row["last_mjd"] - 1.0, object_id]))
     # The object row is unchanged; seen answers what the director says.
     assert archive.catalog.seen([object_id])[object_id].last_detection_mjd == row["last_mjd"] - 1
+
+
+# ---- enrichment results ---------------------------------------------------------------------
+
+
+def _enrichment(object_id: str, chunk_id: int, alert_id: int, mjd: float, context: str,
+                matches: Sequence[tuple[str, str, float]] = ()) -> Any:
+    from broker.domain.enrichment import Match, ObjectEnrichment
+
+    nearest = matches[0] if matches else None
+    return ObjectEnrichment(
+        object_id=object_id, chunk_id=chunk_id, hpx29=123, ra=10.0, dec=-5.0,
+        alert_id=alert_id, alert_mjd=mjd, context=context,
+        catalog=nearest[0] if nearest else None, source_id=nearest[1] if nearest else None,
+        separation_arcsec=nearest[2] if nearest else None, reason=f"rule {context}",
+        matches=tuple(Match(c, s, d, rank) for rank, (c, s, d) in enumerate(matches, 1)))
+
+
+def test_enrichment_results_keep_the_newest_alert(archive: Archive, stream: list[Alert]) -> None:
+    _ingest(archive, stream[:100])
+    ids = sorted({a.object_id for a in stream[:100]})[:3]
+    chunks = {i: archive.catalog.get_object(i)["chunk_id"] for i in ids}  # type: ignore[index]
+    first = [_enrichment(i, chunks[i], 10, 60000.0, "variable_star",
+                         [("hip", "42", 0.4), ("hip", "43", 2.5)]) for i in ids]
+    assert archive.catalog.write_enrichment(first) == 3
+    assert archive.catalog.write_enrichment(first) == 3  # the same again: same rows
+    snapshot = (archive.rows("object_context"), archive.rows("object_matches"))
+    assert len(snapshot[0]) == 3
+    assert len(snapshot[1]) == 6
+    older = [_enrichment(ids[0], chunks[ids[0]], 9, 59999.0, "orphan")]
+    assert archive.catalog.write_enrichment(older) == 0  # late: ignored
+    assert (archive.rows("object_context"), archive.rows("object_matches")) == snapshot
+    newer = [_enrichment(ids[0], chunks[ids[0]], 11, 60001.0, "supernova_like",
+                         [("ngc", "NGC0224", 30.0)]),
+             _enrichment(ids[0], chunks[ids[0]], 8, 59990.0, "orphan")]  # same batch, older
+    assert archive.catalog.write_enrichment(newer) == 1
+    context = archive.catalog.context(ids[0])
+    assert context is not None
+    assert (context["context"], context["catalog"], context["source_id"],
+            context["alert_id"]) == ("supernova_like", "ngc", "NGC0224", 11)
+    assert [(m["catalog"], m["source_id"], m["rank"]) for m in
+            archive.catalog.matches(ids[0])] == [("ngc", "NGC0224", 1)]
+    assert [(m["source_id"], m["rank"]) for m in archive.catalog.matches(ids[1])] == [
+        ("42", 1), ("43", 2)]
+    assert archive.catalog.context("never-seen") is None
+    assert archive.catalog.matches("never-seen") == []
+    # Rows live on the shard of the object's chunk.
+    placement = archive.catalog.placement
+    for row in archive.rows("object_context"):
+        assert placement.shard_of(row[2]) == row[0]
