@@ -127,3 +127,16 @@ class CatalogBusyError(RefCatalogError, TransientError):
         self.holder = holder
         by = f" ({holder})" if holder else ""
         super().__init__(f"catalog {name} is being loaded or changed by another process{by}")
+
+
+class CatalogReloadedError(RefCatalogError):
+    """A reader asked for a version of a catalog that a reload has replaced: resolve again."""
+
+    reason = "catalog_reloaded"
+
+    def __init__(self, name: str, version: int, current: int | None) -> None:
+        self.name = name
+        self.version = version
+        self.current = current
+        now = f"version {current} is current" if current is not None else "it is being replaced"
+        super().__init__(f"catalog {name} version {version} is gone: {now}")

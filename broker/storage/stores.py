@@ -171,8 +171,14 @@ class ReferenceCatalogs(Protocol):
              limit: int = 1000) -> builtins.list[Row]:
         """Rows within ``radius_deg`` of (ra, dec), nearest first, with ``distance_arcsec``."""
 
-    def chunk_rows(self, name: str, chunk_ids: Iterable[int]) -> ChunkRows:
-        """Ids and positions of the rows of each chunk and of its halo."""
+    def chunk_rows(self, name: str, chunk_ids: Iterable[int], *,
+                   version: int | None = None) -> ChunkRows:
+        """Ids and positions of the rows of each chunk and of its halo, from the current
+        version or from ``version`` exactly (`CatalogReloadedError` once it is gone)."""
+
+    def rows(self, name: str, ids: Iterable[Any], *,
+             version: int | None = None) -> dict[Any, Row]:
+        """Rows by id, many at once (unknown ids left out)."""
 
     def get(self, name: str, object_id: Any) -> Row | None:
         """One row by id."""

@@ -860,3 +860,34 @@ def test_cli_load_with_kind_and_shape(tmp_path: Path, monkeypatch: pytest.Monkey
         assert "--minor-col and --pa-col need --major-col" in result.output
     finally:
         get_settings.cache_clear()
+
+
+def test_rows_by_id_and_reads_of_one_version(catalogs: ChunkedRefCatalogs) -> None:
+    from broker.exceptions import CatalogReloadedError
+    from broker.storage.chunks import RefCatChunkSource, versioned
+
+    source = open_catalog_file(HIPPARCOS, 30_000)
+    try:
+        catalogs.load("hip", source.batches, "hip", "ra", "dec", kind="star")
+    finally:
+        source.close()
+    table = pq.read_table(HIPPARCOS, columns=["hip", "ra", "dec"])
+    wanted = [int(i) for i in table.column("hip").to_pylist()[::997]]
+    found = catalogs.rows("hip", [*wanted, -5, "not an int", wanted[0]])
+    assert sorted(found) == sorted(wanted)
+    for key in wanted[:20]:
+        assert found[key] == catalogs.get("hip", key)
+    # Chunks of version 1 by name@1; a reload makes that version gone, never half-read.
+    chunker_source = RefCatChunkSource(catalogs)
+    chunks = [CHUNKER.locate_one(*SIRIUS[1:]), CHUNKER.locate_one(*VEGA[1:])]
+    one = chunker_source.load(versioned("hip", 1), chunks)
+    assert {c: len(r) for c, r in one.items()} == {
+        c: len(r) for c, r in chunker_source.load("hip", chunks).items()}
+    assert SIRIUS[0] in one[chunks[0]].ids.tolist()
+    catalogs.load("hip", [pa.record_batch({"hip": [1], "ra": [1.0], "dec": [0.0]})],
+                  "hip", "ra", "dec", kind="star")
+    with pytest.raises(CatalogReloadedError, match="version 1 is gone: version 2 is current"):
+        chunker_source.load(versioned("hip", 1), chunks)
+    with pytest.raises(CatalogReloadedError):
+        catalogs.rows("hip", wanted, version=1)
+    assert catalogs.rows("hip", [1], version=2)[1]["ra"] == 1.0

@@ -38,7 +38,12 @@ from broker.domain.catalogs import (
     validate_name,
 )
 from broker.domain.sky import Chunker, ChunkPlacement, check_cone, cone_cover, nearest_first
-from broker.exceptions import LannerError, RefCatalogError, UnknownCatalogError
+from broker.exceptions import (
+    CatalogReloadedError,
+    LannerError,
+    RefCatalogError,
+    UnknownCatalogError,
+)
 from broker.storage import schema
 from broker.storage.catalog import cover_rows
 from broker.storage.dialect import column_list, q
@@ -441,8 +446,31 @@ class ChunkedRefCatalogs:
         rows = self._read(name, query)
         return nearest_first(rows, ra, dec, radius_deg, limit, key="id") if limit else []
 
-    def chunk_rows(self, name: str, chunk_ids: Iterable[int]) -> ChunkRows:
-        """Ids and positions of the rows of each chunk and of its halo (one query per shard)."""
+    def _at_version(self, name: str, version: int | None,
+                    query: Callable[[dict[str, Any]], T]) -> T:
+        """Run a read on the current version, or on ``version`` exactly: a reader that must not
+        mix versions (the enrich stage's chunk cache) names the one it resolved, and gets
+        `CatalogReloadedError` once that version is gone."""
+        if version is None:
+            return self._read(name, query)
+        entry = self._current(name)
+        if entry["version"] != version:
+            entry = self._current(name, fresh=True)
+        if entry["version"] != version:
+            raise CatalogReloadedError(name, version, entry["version"])
+        try:
+            return query(entry)
+        except Exception as exc:
+            if self.dialect.is_missing_table(exc):
+                current = self._registry(name)
+                raise CatalogReloadedError(
+                    name, version, current["version"] if current else None) from exc
+            raise
+
+    def chunk_rows(self, name: str, chunk_ids: Iterable[int], *,
+                   version: int | None = None) -> ChunkRows:
+        """Ids and positions of the rows of each chunk and of its halo (one query per shard),
+        from the current version or from ``version`` exactly."""
         wanted = sorted({int(c) for c in chunk_ids})
         by_shard = self.placement.by_shard(wanted)
 
@@ -463,8 +491,45 @@ class ChunkedRefCatalogs:
                                           write=False)
             return [r for part in found.values() for r in part]
 
-        rows = self._read(name, query)
+        rows = self._at_version(name, version, query)
         return _group_chunk_rows(wanted, rows)
+
+    def rows(self, name: str, ids: Iterable[Any], *, version: int | None = None) -> dict[Any, Row]:
+        """Rows by id, many at once: the director shards in parallel, then the chunk shards in
+        parallel (two rounds whatever the number of ids). Unknown ids are left out."""
+        def query(entry: dict[str, Any]) -> dict[Any, Row]:
+            keys = [k for k in (_id_value(entry, i) for i in dict.fromkeys(ids)) if k is not None]
+            main, _, director = table_names(name, entry["version"])
+            by_home: dict[int, builtins.list[Any]] = {}
+            for key in keys:
+                by_home.setdefault(self.placement.director_shard(key), []).append(key)
+
+            def select(table: str, columns: str,
+                       wanted: builtins.list[Any]) -> Callable[[Any], builtins.list[tuple]]:
+                def work(cursor: Any) -> builtins.list[tuple]:
+                    found: builtins.list[tuple] = []
+                    for part in changes.batches(wanted):
+                        cursor.execute(f"SELECT {columns} FROM {q(table)} WHERE id IN "
+                                       f"({','.join(['%s'] * len(part))})", part)
+                        found += cursor.fetchall()
+                    return found
+                return work
+
+            located = self.shards.on_shards(
+                {s: select(director, "id, chunk_id", k) for s, k in by_home.items()},
+                write=False)
+            by_chunk_shard: dict[int, builtins.list[Any]] = {}
+            for part in located.values():
+                for key, chunk in part:
+                    by_chunk_shard.setdefault(self.placement.shard_of(chunk), []).append(key)
+            names = [c[0] for c in entry["columns"]]
+            fetched = self.shards.on_shards(
+                {s: select(main, column_list(names), k) for s, k in by_chunk_shard.items()},
+                write=False)
+            return {row[0]: dict(zip(names, row, strict=True))
+                    for part in fetched.values() for row in part}
+
+        return self._at_version(name, version, query)
 
     def get(self, name: str, object_id: Any) -> Row | None:
         """One row by id: the director gives its chunk, so one shard is read."""
