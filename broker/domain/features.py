@@ -6,12 +6,13 @@ and described once in `FEATURES` so that the felis schema can be generated from,
 against, it. docs/features.md gives every column's unit, formula, window and meaning of None;
 this docstring states how the computation is organised and what it guarantees.
 
-Invariant: the result depends only on the *set* of rows and on ``max(now_mjd, newest detection)``.
-Rows are first reduced to one per id (``source_id`` for detections, ``forced_id`` for forced
-measurements; should two rows of one id disagree, the same one is kept whatever the order), then
-sorted by ``(mjd, id)``, and every sum is taken in that order, so shuffled, repeated or late rows
-give bit-identical features. A late packet (older than rows already stored) therefore changes
-nothing once its rows are in the history, and a redelivered packet changes nothing at all.
+Invariant: the result depends only on the *set* of rows, on ``max(now_mjd, newest detection)``
+and on the diaObject record passed (copied as it is). Rows are first reduced to one per id
+(``source_id`` for detections, ``forced_id`` for forced measurements; should two rows of one id
+disagree, the same one is kept whatever the order), then sorted by ``(mjd, id)``, and every sum
+is taken in that order, so shuffled, repeated or late rows give bit-identical features. A late
+packet (older than rows already stored) therefore changes nothing once its rows are in the
+history, and a redelivered packet changes nothing at all.
 
 Photometry is the signed difference-image PSF flux (nJy), the one measurement both surveys give
 for every detection; magnitudes are AB magnitudes of its absolute value (zero point 31.4). Rates
@@ -240,9 +241,17 @@ def _order_key(row: Mapping[str, Any]) -> tuple[tuple[int, Any], ...]:
     return tuple(key)
 
 
+#: Band letter -> its code in `_Points.band` (anything else is -1).
+_BAND_CODE = {band: code for code, band in enumerate(RUBIN_BANDS)}
+
+
 @dataclass(frozen=True, slots=True)
 class _Points:
-    """One kind of measurement, one per id, sorted by (mjd, id); NaN for absent values."""
+    """One kind of measurement, one per id, sorted by (mjd, id); NaN for absent values.
+
+    ``band`` holds band codes (the index in ``RUBIN_BANDS``, -1 for any other band) and
+    ``in_band`` the indices of each band's points, in time order.
+    """
 
     ids: np.ndarray
     mjd: np.ndarray
@@ -251,6 +260,7 @@ class _Points:
     flux_err: np.ndarray
     total: np.ndarray
     total_err: np.ndarray
+    in_band: dict[str, np.ndarray]
 
     @classmethod
     def of(cls, rows: Iterable[Mapping[str, Any]], id_column: str) -> _Points:
@@ -265,16 +275,17 @@ class _Points:
         mjd = _column(unique, "mjd")
         order = np.lexsort((ids, mjd))
         order = order[~np.isnan(mjd[order])]  # a row without a time cannot be placed
-        bands = np.array([b if isinstance(b := row.get("band"), str) else "" for row in unique],
-                         dtype=object)
+        codes = np.fromiter((_BAND_CODE.get(str(row.get("band")), -1) for row in unique),
+                            dtype=np.int8, count=len(unique))[order]
         return cls(
             ids=ids[order],
             mjd=mjd[order],
-            band=bands[order],
+            band=codes,
             flux=_column(unique, "psf_flux")[order],
             flux_err=_column(unique, "psf_flux_err")[order],
             total=_column(unique, "science_flux")[order],
             total_err=_column(unique, "science_flux_err")[order],
+            in_band={band: np.flatnonzero(codes == code) for band, code in _BAND_CODE.items()},
         )
 
 
@@ -310,14 +321,14 @@ def _slope(t: np.ndarray, m: np.ndarray, m_err: np.ndarray) -> float | None:
     return float(np.sum(w * dt * dm) / np.sum(w * dt * dt))
 
 
-def _rates(p: _Points, in_band: np.ndarray, peak: int) -> tuple[float | None, float | None]:
-    """(rise rate, decline rate) around the peak detection ``peak`` (an index into p)."""
-    t_peak = p.mjd[peak]
-    usable = (in_band & (np.sign(p.flux) == np.sign(p.flux[peak]))
-              & ~np.isnan(p.flux_err) & (p.flux_err >= 0.0))
-    t, flux, err = p.mjd[usable], p.flux[usable], p.flux_err[usable]
-    mag = -2.5 * np.log10(np.abs(flux)) + NJY_AB_ZEROPOINT  # flux_to_mag, vectorised
-    mag_err = _MAG_PER_LN * err / np.abs(flux)
+def _rates(t: np.ndarray, flux: np.ndarray, err: np.ndarray,
+           peak: int) -> tuple[float | None, float | None]:
+    """(rise rate, decline rate) of one band's detections around its peak (index ``peak``)."""
+    t_peak = t[peak]
+    usable = (np.sign(flux) == np.sign(flux[peak])) & (err >= 0.0)  # NaN compares False
+    t, flux, err = t[usable], np.abs(flux[usable]), err[usable]
+    mag = -2.5 * np.log10(flux) + NJY_AB_ZEROPOINT  # flux_to_mag, vectorised
+    mag_err = _MAG_PER_LN * err / flux
     before = (t >= t_peak - RATE_WINDOW_DAYS) & (t <= t_peak)
     after = (t >= t_peak) & (t <= t_peak + RATE_WINDOW_DAYS)
     rise = _slope(t[before], mag[before], mag_err[before])
@@ -327,32 +338,39 @@ def _rates(p: _Points, in_band: np.ndarray, peak: int) -> tuple[float | None, fl
 
 def _reduced_chi2(flux: np.ndarray, err: np.ndarray) -> float | None:
     """Reduced chi-square about the weighted mean, over points with a positive error."""
-    ok = ~np.isnan(flux) & ~np.isnan(err) & (err > 0.0)
-    if np.count_nonzero(ok) < VARIABILITY_MIN_POINTS:
+    if flux.size < VARIABILITY_MIN_POINTS:
         return None
-    f, w = flux[ok], 1.0 / (err[ok] * err[ok])
-    mean = np.sum(w * f) / np.sum(w)
-    return float(np.sum(w * (f - mean) ** 2) / (f.size - 1))
+    ok = ~np.isnan(flux) & (err > 0.0)
+    f, e = flux[ok], err[ok]
+    if f.size < VARIABILITY_MIN_POINTS:
+        return None
+    w = 1.0 / (e * e)
+    mean = np.dot(w, f) / w.sum()
+    return float(np.dot(w, (f - mean) ** 2) / (f.size - 1))
 
 
 def _excess_variance(flux: np.ndarray, err: np.ndarray) -> float | None:
     """Normalised excess variance (S^2 - <err^2>) / mean^2; None unless the mean is positive."""
-    ok = ~np.isnan(flux) & ~np.isnan(err)
-    if np.count_nonzero(ok) < VARIABILITY_MIN_POINTS:
+    if flux.size < VARIABILITY_MIN_POINTS:
         return None
+    ok = ~np.isnan(flux) & ~np.isnan(err)
     f, e = flux[ok], err[ok]
-    mean = float(np.mean(f))
+    if f.size < VARIABILITY_MIN_POINTS:
+        return None
+    mean = f.sum() / f.size
     if mean <= 0.0:
         return None
-    return float((np.var(f, ddof=1) - np.mean(e * e)) / (mean * mean))
+    variance = np.dot(f - mean, f - mean) / (f.size - 1)
+    return float((variance - np.dot(e, e) / e.size) / (mean * mean))
 
 
 def _colour(p: _Points, blue: str, red: str) -> tuple[float | None, float | None]:
     """(colour, mean time) of the newest same-sign pair of detections within the window."""
-    a = np.flatnonzero((p.band == blue) & ~np.isnan(p.flux) & (p.flux != 0.0))
-    b = np.flatnonzero((p.band == red) & ~np.isnan(p.flux) & (p.flux != 0.0))
+    a, b = p.in_band[blue], p.in_band[red]
     if a.size == 0 or b.size == 0:
         return None, None
+    a = a[np.abs(p.flux[a]) > 0.0]  # NaN compares False: only real, nonzero fluxes
+    b = b[np.abs(p.flux[b]) > 0.0]
     gap = np.abs(p.mjd[a][:, None] - p.mjd[b][None, :])
     ok = (gap <= COLOUR_WINDOW_DAYS) & (np.sign(p.flux[a])[:, None] == np.sign(p.flux[b])[None, :])
     ia, ib = np.nonzero(ok)
@@ -368,29 +386,27 @@ def _colour(p: _Points, blue: str, red: str) -> tuple[float | None, float | None
 
 def _per_band(out: dict[str, Value], det: _Points, forced: _Points, band: str) -> None:
     """Fill in the columns of one band (they are None in ``out`` until then)."""
-    in_band = det.band == band
-    forced_in_band = forced.band == band
-    out[f"{band}_ndet"] = int(np.count_nonzero(in_band))
-    out[f"{band}_nforced"] = int(np.count_nonzero(forced_in_band))
-    out[f"{band}_forced_chi2_red"] = _reduced_chi2(forced.flux[forced_in_band],
-                                                   forced.flux_err[forced_in_band])
-    rows = np.flatnonzero(in_band)
+    rows, forced_rows = det.in_band[band], forced.in_band[band]
+    out[f"{band}_ndet"] = int(rows.size)
+    out[f"{band}_nforced"] = int(forced_rows.size)
+    out[f"{band}_forced_chi2_red"] = _reduced_chi2(forced.flux[forced_rows],
+                                                   forced.flux_err[forced_rows])
     if rows.size == 0:
         return
-    first, last = rows[0], rows[-1]  # rows are sorted by (mjd, source id)
-    out[f"{band}_first_det_mjd"] = float(det.mjd[first])
-    out[f"{band}_last_det_mjd"] = float(det.mjd[last])
-    out[f"{band}_last_mag"] = flux_to_mag(float(det.flux[last]))
-    total = det.total[last]
-    out[f"{band}_last_total_mag"] = flux_to_mag(float(total)) if total > 0.0 else None
-    size = np.abs(det.flux[rows])
+    t, flux, err = det.mjd[rows], det.flux[rows], det.flux_err[rows]
+    total, total_err = det.total[rows], det.total_err[rows]
+    out[f"{band}_first_det_mjd"] = float(t[0])  # rows are sorted by (mjd, source id)
+    out[f"{band}_last_det_mjd"] = float(t[-1])
+    out[f"{band}_last_mag"] = flux_to_mag(float(flux[-1]))
+    out[f"{band}_last_total_mag"] = flux_to_mag(float(total[-1])) if total[-1] > 0.0 else None
+    size = np.abs(flux)
     if np.any(size > 0.0):  # NaN compares False: absent fluxes never make a peak
-        peak = rows[int(np.argmax(np.where(size > 0.0, size, -1.0)))]  # first maximum: earliest
-        out[f"{band}_peak_mag"] = flux_to_mag(float(det.flux[peak]))
-        out[f"{band}_peak_mjd"] = float(det.mjd[peak])
-        out[f"{band}_rise_rate"], out[f"{band}_decline_rate"] = _rates(det, in_band, peak)
-    out[f"{band}_chi2_red"] = _reduced_chi2(det.flux[rows], det.flux_err[rows])
-    out[f"{band}_excess_var"] = _excess_variance(det.total[rows], det.total_err[rows])
+        peak = int(np.argmax(np.where(size > 0.0, size, -1.0)))  # first maximum: earliest
+        out[f"{band}_peak_mag"] = flux_to_mag(float(flux[peak]))
+        out[f"{band}_peak_mjd"] = float(t[peak])
+        out[f"{band}_rise_rate"], out[f"{band}_decline_rate"] = _rates(t, flux, err, peak)
+    out[f"{band}_chi2_red"] = _reduced_chi2(flux, err)
+    out[f"{band}_excess_var"] = _excess_variance(total, total_err)
 
 
 def _dia_values(dia_object: Mapping[str, Any] | None) -> dict[str, Value]:
@@ -426,8 +442,10 @@ def compute_features(
         The alert's time: ``days_since_first_det`` runs to the later of it and the newest
         detection.
     dia_object
-        Rubin's diaObject record of the newest packet, whose fields `DIA_OBJECT_FIELDS` carries
-        through; None for ZTF or when unknown (those columns are then None).
+        Rubin's diaObject record, whose fields `DIA_OBJECT_FIELDS` carries through; None for
+        ZTF or when unknown (those columns are then None). It must be the record of the packet
+        with the newest triggering detection: a late packet carries an older diaObject, and
+        only the caller knows which one it already stored.
 
     Returns
     -------
