@@ -32,7 +32,7 @@ from broker.domain.features import (
 from broker.domain.ztf import from_ztf
 from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
 from broker.streaming.ztf import decode_container
-from tests.support.data import ZTF_SAMPLES, rubin_sample_alert
+from tests.support.data import REPO_ROOT, ZTF_SAMPLES, rubin_sample_alert
 
 OBJECT = "1234"
 NAMES = [f.name for f in FEATURES]
@@ -540,3 +540,16 @@ def test_dia_fields_map_and_convert() -> None:
     assert row["dia_r_psf_flux_mean"] == 1.5
     assert all(features([])[name] is None for name in DIA_OBJECT_FIELDS)
     assert features([], dia={})["dia_n_dia_sources"] is None  # an older schema lacks it
+
+
+def test_every_feature_is_documented() -> None:
+    """docs/features.md names every column (per-band ones as ``{b}_...``)."""
+    text = (REPO_ROOT / "docs" / "features.md").read_text()
+    for name in NAMES:
+        pattern = name
+        for band in RUBIN_BANDS:
+            if name.startswith(f"{band}_"):
+                pattern = "{b}_" + name.removeprefix(f"{band}_")
+            elif name.startswith(f"dia_{band}_"):
+                pattern = "dia_{b}_" + name.removeprefix(f"dia_{band}_")
+        assert f"`{pattern}`" in text, name
