@@ -45,9 +45,11 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from broker.domain.catalogs import CATALOG_KINDS, CatalogKind
 from broker.domain.sky import angular_separation_deg
 
-Kind = Literal["star", "galaxy", "qso", "generic"]
+#: A counterpart's kind is its catalog's kind (set at load time, `broker.domain.catalogs`).
+Kind = CatalogKind
 Label = Literal["variable_star", "nuclear", "supernova_like", "agn", "orphan", "unclear"]
 Reason = Literal[
     "star",                    # variable_star: on a star
@@ -63,7 +65,7 @@ Reason = Literal[
 #: How the ellipse a galaxy's offset is measured in was obtained (see `Counterpart.ellipse`).
 ShapeSource = Literal["catalog", "circularised", "default"]
 
-KINDS: tuple[str, ...] = get_args(Kind)
+KINDS: tuple[str, ...] = CATALOG_KINDS
 LABELS: tuple[str, ...] = get_args(Label)
 REASONS: tuple[str, ...] = get_args(Reason)
 

@@ -19,6 +19,8 @@ from astropy.time import Time
 
 from broker.domain.context import (
     DEFAULT_RULES,
+    LABELS,
+    REASONS,
     Context,
     ContextRules,
     Counterpart,
@@ -27,6 +29,7 @@ from broker.domain.context import (
     elliptical_offset,
     offset_by,
 )
+from broker.domain.enrichment import CONTEXTS
 from broker.domain.sky import angular_separation_deg
 from tests.support.data import BUNDLED_DATA
 
@@ -374,6 +377,11 @@ def test_bad_counterparts_are_refused(kwargs: dict, message: str) -> None:
 def test_bad_rules_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=r"must be|exceeds"):
         ContextRules(**kwargs)
+
+
+def test_the_labels_are_the_stored_contexts() -> None:
+    assert LABELS == CONTEXTS
+    assert len(set(REASONS)) == 9
 
 
 def test_a_bad_alert_position_is_refused() -> None:
