@@ -130,6 +130,8 @@ class Settings(BaseSettings):
                                 description="Topic of compact records of archived alerts.")
     topic_dr_updates: str = Field(
         "dr.updates", description="Topic of data-release catalog changes (lanner.dr_update).")
+    topic_enriched: str = Field(
+        "internal.enriched", description="Topic of enriched alerts (lanner.enriched).")
 
     chunk_stripes: int = Field(DEFAULT_CHUNK_STRIPES, ge=1, le=2048,
                                description="Qserv partitioning: number of declination stripes.")
@@ -145,6 +147,18 @@ class Settings(BaseSettings):
     ingest_poll_timeout_s: float = Field(
         0.2, gt=0, description="Longest wait for a batch to fill, seconds: bounds the latency "
         "added under light load (under heavy load batches fill at once).")
+
+    enrich_group: str = Field("lanner-enrich", description="Consumer group of the enrich stage.")
+    enrich_batch_size: int = Field(1000, ge=1, le=100_000,
+                                   description="Most records one enrich batch takes.")
+    enrich_radius_arcsec: dict[str, float] = Field(
+        default_factory=dict,
+        description="Match radius per reference catalog, arcsec, as JSON "
+        '(e.g. {"hipparcos": 2, "openngc": 60}); a catalog not named gets the default of its '
+        "kind (docs/context.md). Capped by the catalog's overlap radius.")
+    enrich_cache_rows: int = Field(
+        20_000_000, ge=0, description="Most reference-catalog rows the enrich stage keeps in "
+        "its chunk cache (with halos).")
 
     dr_group: str = Field("lanner-dr", description="Consumer group of the dr-updates stage.")
     dr_catalog: str = Field("dr_objects",

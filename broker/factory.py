@@ -142,7 +142,8 @@ class Factory:
 
         s = self.settings
         KafkaClients.from_settings(s).ensure_topics(
-            [s.topic_alerts_lsst, s.topic_alerts_ztf, s.topic_ingested, s.topic_dlq])
+            [s.topic_alerts_lsst, s.topic_alerts_ztf, s.topic_ingested, s.topic_enriched,
+             s.topic_dlq])
 
     def close(self) -> None:
         for closer in reversed(self._closers):

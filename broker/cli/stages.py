@@ -76,11 +76,39 @@ def dr_updates(
 
 
 @clean_errors
+def enrich(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Drain what is on internal.ingested, then exit.")] = False,
+) -> None:
+    """Run the enrich stage: every ingested alert's object cross-matched against the reference
+    catalogs and put in context (docs/context.md), onto internal.enriched."""
+    from broker.factory import Factory  # noqa: PLC0415
+    from consumers import enrich as enrich_stage  # noqa: PLC0415
+
+    stopping = stop_on_signals()
+    settings = get_settings()
+    factory = Factory(settings)
+    try:
+        factory.ensure_topics()
+        stage = enrich_stage.build(factory)
+        stage.stopping = stopping
+        total = stage.run(once=once)
+        contexts = ", ".join(f"{n} {label}" for label, n in sorted(total.contexts.items()))
+        out.print(f"enriched {total.enriched} alerts ({contexts or 'none'}), "
+                  f"{total.dead_lettered} to the dead-letter topic, from {total.consumed} "
+                  "records", highlight=False)
+    finally:
+        factory.close()
+
+
+@clean_errors
 def run(
     ingest_processes: Annotated[int, typer.Option(
         "--ingest", min=1, max=64, help="Ingest processes (one consumer group).")] = 2,
     dr_updates: Annotated[bool, typer.Option(
         "--dr-updates/--no-dr-updates", help="Run the dr-updates stage.")] = True,
+    enrich: Annotated[bool, typer.Option(
+        "--enrich/--no-enrich", help="Run the enrich stage.")] = True,
     api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API too.")] = True,
     port: Annotated[int, typer.Option(
         "--port", "-p", min=1, max=65535, help="API port (with --serve).")] = 8000,
@@ -115,6 +143,8 @@ def run(
     ]
     if dr_updates:
         children.append(lanner_child("dr-updates", "dr-updates"))
+    if enrich:
+        children.append(lanner_child("enrich", "enrich"))
     if api:
         check_port("127.0.0.1", port)
         children.append(lanner_child("api", "serve", "--port", str(port),

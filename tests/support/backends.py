@@ -50,6 +50,41 @@ class Harness:
     def outputs(self, topic: str) -> list[Message]:
         raise NotImplementedError
 
+    #: The reference catalogs on the harness's shards, and the enrich stage's output topic.
+    refcats: Any
+    enriched: str
+
+    def source(self, group: str, topics: list[str]) -> Any:
+        """A consumer of ``topics`` in ``group`` (closed with the harness)."""
+        raise NotImplementedError
+
+    def publisher(self) -> Any:
+        raise NotImplementedError
+
+    def enrich_stage(self, **overrides: Any) -> Any:
+        """An enrich stage on this harness's ingested topic, stores and reference catalogs."""
+        from consumers.enrich import EnrichStage, EnrichTopics
+
+        self.flush()
+        group = overrides.pop("group", "lanner-enrich")
+        arguments: dict[str, Any] = {
+            "source": self.source(group, [self.topics.ingested]),
+            "publisher": self.publisher(), "catalog": self.catalog, "refcats": self.refcats,
+            "chunker": CHUNKER, "batch_size": 300, "poll_timeout": 0.2,
+            "topics": EnrichTopics(ingested=self.topics.ingested, enriched=self.enriched,
+                                   dlq=self.topics.dlq),
+        }
+        arguments.update(overrides)
+        return EnrichStage(**arguments)
+
+    def enrich_once(self, **overrides: Any) -> Any:
+        """Build an enrich stage, drain the ingested topic, leave the group; the report."""
+        stage = self.enrich_stage(**overrides)
+        try:
+            return stage.run(once=True, idle_polls=3)
+        finally:
+            stage.source.close()
+
     def factory(self, tmp_path: Path) -> Factory:
         """A real `Factory` of this backend whose light curves and catalog are this harness's
         (owned by the harness, not closed with the factory) and whose reference catalogs are
@@ -76,6 +111,7 @@ class EmbeddedHarness(Harness):
 
     def __init__(self, tmp_path: Path) -> None:
         from broker.storage.catalog import ChunkedCatalog
+        from broker.storage.refcat import ChunkedRefCatalogs
         from broker.storage.shards import SQLiteShards
         from broker.storage.sqlite import SQLiteLightCurves
         from broker.streaming.memory import MemoryBroker
@@ -88,9 +124,21 @@ class EmbeddedHarness(Harness):
         self.lightcurves.setup()
         self.catalog = ChunkedCatalog(shards=self.shards, chunker=CHUNKER)
         self.catalog.setup()
+        self.refcats = ChunkedRefCatalogs(self.shards, CHUNKER)
+        self.enriched = "internal.enriched"
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         self.broker.produce(topic, value, key=key)
+
+    def source(self, group: str, topics: list[str]) -> Any:
+        from broker.streaming.memory import MemorySource
+
+        return MemorySource(self.broker, group=group, topics=topics)
+
+    def publisher(self) -> Any:
+        from broker.streaming.memory import MemoryPublisher
+
+        return MemoryPublisher(self.broker)
 
     def stage(self, **overrides: Any) -> IngestStage:
         from broker.streaming.memory import MemoryPublisher, MemorySource
@@ -125,6 +173,7 @@ class ServicesHarness(Harness):
         from broker.storage.cassandra import CassandraConnection, CassandraLightCurves
         from broker.storage.catalog import ChunkedCatalog
         from broker.storage.kafka import KafkaPublisher
+        from broker.storage.refcat import ChunkedRefCatalogs
         from broker.storage.shards import MariaDBShards
 
         self.stack = stack
@@ -135,6 +184,7 @@ class ServicesHarness(Harness):
             ingested=topic_factory("internal.ingested", partitions=3),
             dlq=topic_factory("alerts.dlq", partitions=1),
         )
+        self.enriched = topic_factory("internal.enriched", partitions=3)
         settings = stack.settings
         self.group = f"ingest-{suffix}"
         self.keyspace = f"lanner_t{suffix}"
@@ -148,6 +198,7 @@ class ServicesHarness(Harness):
                                     database=self.database)
         self.catalog = ChunkedCatalog(shards=self.shards, chunker=CHUNKER)
         self.catalog.setup()
+        self.refcats = ChunkedRefCatalogs(self.shards, CHUNKER)
         self._producer = KafkaPublisher(bootstrap=stack.kafka.bootstrap)
         self._publishers: list[Any] = []
         self._sources: list[Any] = []
@@ -196,6 +247,21 @@ class ServicesHarness(Harness):
 
     def outputs(self, topic: str) -> list[Message]:
         return read_topic(self.stack.kafka.bootstrap, topic)
+
+    def source(self, group: str, topics: list[str]) -> Any:
+        from broker.storage.kafka import KafkaSource
+
+        source = KafkaSource(bootstrap=self.stack.kafka.bootstrap, group=f"{group}-{self.group}",
+                             topics=topics)
+        self._sources.append(source)
+        return source
+
+    def publisher(self) -> Any:
+        from broker.storage.kafka import KafkaPublisher
+
+        publisher = KafkaPublisher(bootstrap=self.stack.kafka.bootstrap)
+        self._publishers.append(publisher)
+        return publisher
 
     def factory(self, tmp_path: Path) -> Factory:
         settings = self.stack.settings.model_copy(update={
