@@ -10,7 +10,7 @@ magnitudes per band, links). Non-finite floats become ``null``: JSON has no NaN.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -108,14 +108,44 @@ class ObjectLinks(BaseModel):
     crossmatches: str = Field(description="Its neighbours in the reference catalogs.")
 
 
-class ObjectOut(ObjectFields):
-    """One object: its stored row, latest magnitudes and links."""
+if TYPE_CHECKING:
+    _ContextFields = BaseModel
+    _MatchFields = BaseModel
+else:
+    _ContextFields = create_model(
+        "_ContextFields", __module__=__name__,
+        **_described("object_context", schema.columns("object_context")))
+    _MatchFields = create_model(
+        "_MatchFields", __module__=__name__,
+        **_described("object_matches", schema.columns("object_matches")))
 
+
+class ContextOut(_ContextFields):
+    """What the object's position lies on or near (rules in docs/context.md)."""
+
+
+class MatchOut(_MatchFields):
+    """One counterpart of the object in a reference catalog."""
+
+
+class ObjectOut(ObjectFields):
+    """One object: its stored row, latest magnitudes, context, counterparts and links."""
+
+    context: ContextOut | None = Field(
+        None, description="Its context from the enrich stage; null before enrich saw it.")
+    matches: list[MatchOut] = Field(
+        default_factory=list, description="Its counterparts within each reference catalog's "
+        "match radius, by catalog, nearest first.")
     links: ObjectLinks
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], links: ObjectLinks) -> ObjectOut:
-        return cls.model_validate({**object_fields(row), "links": links})
+    def from_row(cls, row: Mapping[str, Any], links: ObjectLinks,
+                 context: Mapping[str, Any] | None = None,
+                 matches: Sequence[Mapping[str, Any]] | None = None) -> ObjectOut:
+        return cls.model_validate({
+            **object_fields(row), "links": links,
+            "context": None if context is None else _columns(context, tuple(context)),
+            "matches": [_columns(m, tuple(m)) for m in matches or []]})
 
 
 if TYPE_CHECKING:

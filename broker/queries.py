@@ -120,6 +120,11 @@ class ArchiveQueries:
             raise NotFoundError(f"object {object_id} not found")
         return row
 
+    def enrichment(self, object_id: str) -> tuple[Row | None, list[Row]]:
+        """The stored context of an object (None before the enrich stage saw it) and its
+        counterparts in the reference catalogs, by catalog, nearest first."""
+        return self.catalog.context(object_id), self.catalog.matches(object_id)
+
     def lightcurve(self, object_id: str) -> LightCurve:
         """Detections and forced photometry of an object, oldest first.
 

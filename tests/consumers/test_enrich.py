@@ -79,7 +79,7 @@ def _empty_sky(ngc: pa.Table) -> tuple[float, float]:
     raise AssertionError("no empty position among the candidates")
 
 
-def test_contexts_of_placed_alerts(harness, loaded_catalogs) -> None:
+def test_contexts_of_placed_alerts(harness, loaded_catalogs, tmp_path) -> None:
     ngc = loaded_catalogs
     m31 = _galaxy(ngc, "NGC0224")
     small = _galaxy(ngc, "IC0002")  # 0.98' x 0.32', PA 142: semi-major 29.4''
@@ -116,6 +116,19 @@ def test_contexts_of_placed_alerts(harness, loaded_catalogs) -> None:
     matches = harness.catalog.matches(str(object_ids["star"]))
     assert matches[0]["catalog"] == "hipparcos"
     assert matches[0]["rank"] == 1
+
+    # The object API shows them.
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app(harness.factory(tmp_path))) as http:
+        body = http.get(f"/api/v1/objects/{object_ids['disk']}").json()
+        assert body["context"]["context"] == "supernova_like"
+        assert body["context"]["source_id"] == "IC0002"
+        assert body["matches"][0]["catalog"] == "openngc"
+        body = http.get(f"/api/v1/objects/{object_ids['empty']}").json()
+        assert (body["context"]["context"], body["matches"]) == ("orphan", [])
 
     # One internal.enriched record per alert, in Lanner's own schema.
     published = [lanner_schemas.decode("enriched", m.value)
