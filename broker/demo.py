@@ -9,7 +9,10 @@
    under the state folder);
 3. load the reference catalogs shipped in `broker.data` (Hipparcos, OpenNGC), unless a previous
    run already did;
-4. report what was archived (`DemoReport`), with a few URLs worth opening.
+4. with ``build_enrich`` (as ``lanner demo`` does): three more simulated transients placed on a
+   Hipparcos star, in an OpenNGC galaxy's disk and in empty sky (`PLACEMENTS`), and the real
+   enrich stage over every ingested alert, so that each context can be opened;
+5. report what was archived and enriched (`DemoReport`), with a few URLs worth opening.
 
 Running it again adds nothing twice: every write is keyed by source ids. Serving the API is the
 caller's part (``lanner demo`` runs uvicorn over the same factory), since ``broker/`` does not
@@ -20,6 +23,8 @@ shows progress through a `Progress` of its own; nothing here prints.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -31,15 +36,16 @@ from broker.data import CATALOGS, ztf_alerts
 from broker.exceptions import LannerError
 from broker.simulator import AlertSimulator
 from broker.storage.refcat import open_catalog_file
-from broker.streaming import lanner_schemas
+from broker.streaming import lanner_schemas, wire
 from broker.streaming.replay import iter_alert_files
 from broker.streaming.schemas import SchemaVersion, latest_version
 
 if TYPE_CHECKING:
     from broker.factory import Factory
 
-__all__ = ["BuildIngest", "DemoReport", "Ingest", "IngestReport", "Progress", "Silent",
-           "embedded_settings", "load_catalogs", "run"]
+__all__ = ["PLACEMENTS", "BuildEnrich", "BuildIngest", "DemoReport", "Enrich", "Ingest",
+           "IngestReport", "Placement", "Progress", "Silent", "embedded_settings",
+           "load_catalogs", "place", "run"]
 
 
 class Progress(Protocol):
@@ -74,6 +80,74 @@ class BuildIngest(Protocol):
     def __call__(self, factory: Factory, *, poll_timeout: float | None = ...) -> Ingest: ...
 
 
+class EnrichReport(Protocol):
+    """What the demo reads of an enrich report (`consumers.enrich.EnrichReport`)."""
+
+    consumed: int
+    enriched: int
+    contexts: dict[str, int]
+
+
+class Enrich(Protocol):
+    """The enrich stage as the demo runs it (`consumers.enrich.EnrichStage`)."""
+
+    def run(self, *, once: bool = ..., idle_polls: int = ...,
+            on_batch: Callable[[EnrichReport], None] | None = ...) -> EnrichReport:
+        """Process batches; with ``once``, until the input is drained."""
+        ...
+
+
+class BuildEnrich(Protocol):
+    """Builds the enrich stage from a factory (`consumers.enrich.build`)."""
+
+    def __call__(self, factory: Factory, *, poll_timeout: float | None = ...) -> Enrich: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A simulated transient the demo puts where its context is known, to show each one."""
+
+    label: str  # what it shows
+    context: str  # the context it gets (docs/context.md)
+    object_id: int
+    ra: float
+    dec: float
+
+
+def _along(ra: float, dec: float, pa_deg: float, arcsec: float) -> tuple[float, float]:
+    """A point ``arcsec`` from (ra, dec) towards position angle ``pa_deg`` (small offsets)."""
+    east = arcsec * math.sin(math.radians(pa_deg))
+    north = arcsec * math.cos(math.radians(pa_deg))
+    return (ra + east / 3600.0 / math.cos(math.radians(dec))) % 360.0, dec + north / 3600.0
+
+
+#: On Vega (Hipparcos 91262, at its catalogued position), in the disk of NGC 1 (OpenNGC: 1.57'
+#: x 1.07' diameters, PA 112: half a semi-major axis out along the major axis) and in empty sky
+#: (no Hipparcos star within 6', no OpenNGC object within 44').
+PLACEMENTS = (
+    Placement("a simulated transient on a Hipparcos star", "variable_star",
+              9_000_000_000_000_001, 279.23410832, 38.78299311),
+    Placement("a simulated transient in a galaxy's disk", "supernova_like",
+              9_000_000_000_000_002, *_along(1.8160000, 27.7080833, 112.0, 0.5 * 1.57 * 30)),
+    Placement("a simulated transient with nothing near", "orphan",
+              9_000_000_000_000_003, 120.0, 10.0),
+)
+
+
+def place(record: dict[str, Any], object_id: int, ra: float, dec: float) -> dict[str, Any]:
+    """A simulated Rubin packet moved to (ra, dec), every source of it, with a new object id."""
+    placed = copy.deepcopy(record)
+    for source in [placed["diaSource"], *(placed["prvDiaSources"] or []),
+                   *(placed["prvDiaForcedSources"] or [])]:
+        source["ra"], source["dec"] = ra, dec
+        if "diaObjectId" in source:
+            source["diaObjectId"] = object_id
+    if placed.get("diaObject"):
+        placed["diaObject"]["ra"], placed["diaObject"]["dec"] = ra, dec
+        placed["diaObject"]["diaObjectId"] = object_id
+    return placed
+
+
 class Silent:
     """A `Progress` that shows nothing."""
 
@@ -98,12 +172,20 @@ class DemoReport:
     catalogs: tuple[str, ...]
     #: The last alert ingested (an ``internal.ingested`` record), to point at; None if none.
     example: Mapping[str, Any] | None
+    #: Alerts enriched, objects per context, and the objects placed to show each context.
+    enriched: int = 0
+    contexts: Mapping[str, int] | None = None
+    placed: tuple[tuple[Placement, str | None], ...] = ()
 
     def summary(self) -> str:
         """One line: alerts archived, where, and what the archive now holds."""
-        return (f"archived {self.archived} alerts ({self.simulated} simulated Rubin "
+        line = (f"archived {self.archived} alerts ({self.simulated} simulated Rubin "
                 f"{self.version}, {self.ztf} real ZTF) into {self.archive}: {self.objects} "
                 f"objects, {self.detections} detections")
+        if self.contexts is not None:
+            counts = ", ".join(f"{n} {label}" for label, n in sorted(self.contexts.items()))
+            line += f"; enriched {self.enriched} alerts ({counts})"
+        return line
 
     def urls(self, base: str) -> list[str]:
         """The URLs worth opening on the API served at ``base``, one line each."""
@@ -121,6 +203,9 @@ class DemoReport:
         if self.catalogs:
             lines.append(f"reference catalogs: {', '.join(self.catalogs)} "
                          f"(see {base}/api/v1/catalogs)")
+        for placement, context in self.placed:
+            lines.append(f"{base}/api/v1/objects/{placement.object_id}   {placement.label} "
+                         f"(context: {context})")
         if "hipparcos" in self.catalogs:
             lines += [f"{base}/api/v1/cone?ra=279.2341&dec=38.7830&radius=3600&catalog=hipparcos"
                       "   stars around Vega",
@@ -137,8 +222,9 @@ def embedded_settings(settings: Settings) -> Settings:
 
 
 def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
-        progress: Progress | None = None) -> DemoReport:
-    """Queue, ingest and load everything the demo shows (see the module docstring).
+        progress: Progress | None = None, build_enrich: BuildEnrich | None = None) -> DemoReport:
+    """Queue, ingest and load everything the demo shows (see the module docstring); with
+    ``build_enrich``, also the `PLACEMENTS` and the enrich stage over every ingested alert.
 
     Raises
     ------
@@ -159,6 +245,14 @@ def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
             queue.produce(settings.topic_alerts_lsst, value, key=key)
             simulated += 1
             advance(1)
+    if build_enrich is not None:
+        placed_records = AlertSimulator(schema=version, seed=seed + 1, cutouts=False)
+        for placement, record in zip(PLACEMENTS, placed_records.packets(len(PLACEMENTS)),
+                                     strict=True):
+            moved = place(record, placement.object_id, placement.ra, placement.dec)
+            queue.produce(settings.topic_alerts_lsst, wire.encode(moved, version.schema_id),
+                          key=str(placement.object_id).encode())
+            simulated += 1
     ztf = 0
     for _, packet, object_id in iter_alert_files(ztf_alerts()):
         queue.produce(settings.topic_alerts_ztf, packet, key=object_id)
@@ -169,6 +263,16 @@ def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
         total = stage.run(once=True, idle_polls=2,
                           on_batch=lambda report: advance(report.consumed))
     catalogs = load_catalogs(factory, steps)
+    enriched, contexts = 0, None
+    placed: tuple[tuple[Placement, str | None], ...] = ()
+    if build_enrich is not None:
+        enrich = build_enrich(factory, poll_timeout=0.05)
+        with steps.task("enriching (cross-match and context)", total.archived) as advance:
+            done = enrich.run(once=True, idle_polls=2,
+                              on_batch=lambda report: advance(report.consumed))
+        enriched, contexts = done.enriched, dict(done.contexts)
+        placed = tuple((p, (factory.catalog.context(str(p.object_id)) or {}).get("context"))
+                       for p in PLACEMENTS)
     counts = dict(factory.catalog.counts())
     return DemoReport(
         version=version,
@@ -180,6 +284,9 @@ def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
         detections=counts.get("alert_rows", 0),
         catalogs=catalogs,
         example=_last_ingested(factory),
+        enriched=enriched,
+        contexts=contexts,
+        placed=placed,
     )
 
 

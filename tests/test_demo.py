@@ -28,7 +28,12 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, cwd=REPO_ROOT, env=env, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "archived 203 alerts (150 simulated Rubin 11.1, 53 real ZTF)" in result.stdout
+    # 150 simulated, 3 more placed on a star, a galaxy's disk and empty sky, 53 real ZTF.
+    assert "archived 206 alerts (153 simulated Rubin 11.1, 53 real ZTF)" in result.stdout
+    assert "enriched 206 alerts (" in result.stdout
+    for placement in demo.PLACEMENTS:
+        assert (f"/api/v1/objects/{placement.object_id}   {placement.label} "
+                f"(context: {placement.context})") in result.stdout
     assert "/api/v1/objects/ZTF18abmmoot/lightcurve" in result.stdout
     assert "reference catalogs: hipparcos, openngc" in result.stdout
     assert "/api/v1/objects/ZTF20aabaesq/crossmatches?radius=300" in result.stdout
@@ -36,7 +41,11 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
     # Read back through the stores the demo wrote, whatever files the embedded backend uses.
     factory = Factory(Settings(state_dir=tmp_path, backend=Backend.embedded))
     try:
-        assert factory.lightcurves.counts()["packets"] == 203
+        assert factory.lightcurves.counts()["packets"] == 206
+        for placement in demo.PLACEMENTS:
+            context = factory.catalog.context(str(placement.object_id))
+            assert context is not None
+            assert context["context"] == placement.context
         ztf = factory.catalog.get_object("ZTF18abmmoot")
         assert ztf is not None
         assert ztf["survey"] == "ztf"

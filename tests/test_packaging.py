@@ -103,7 +103,8 @@ def test_the_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> 
         [sys.executable, "-m", "broker.cli", "demo", "--count", "20", "--no-serve"],
         capture_output=True, text=True, check=False, cwd=elsewhere, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "archived 73 alerts (20 simulated Rubin 11.1, 53 real ZTF)" in result.stdout
+    assert "archived 76 alerts (23 simulated Rubin 11.1, 53 real ZTF)" in result.stdout
+    assert "(context: variable_star)" in result.stdout
     assert "reference catalogs: hipparcos, openngc" in result.stdout
 
 
