@@ -149,6 +149,9 @@ class Settings(BaseSettings):
         "added under light load (under heavy load batches fill at once).")
 
     enrich_group: str = Field("lanner-enrich", description="Consumer group of the enrich stage.")
+    enrich_instance_id: str | None = Field(
+        None, description="Static consumer-group member id of this enrich process: a restart "
+        "then resumes at once instead of after the session timeout.")
     enrich_batch_size: int = Field(1000, ge=1, le=100_000,
                                    description="Most records one enrich batch takes.")
     enrich_radius_arcsec: dict[str, float] = Field(

@@ -147,7 +147,8 @@ def build(factory: Factory, *, source: MessageSource | None = None,
     topics = EnrichTopics(ingested=s.topic_ingested, enriched=s.topic_enriched,
                           dlq=s.topic_dlq)
     if source is None:
-        source = factory.source(group=s.enrich_group, topics=[topics.ingested])
+        source = factory.source(group=s.enrich_group, topics=[topics.ingested],
+                                instance_id=s.enrich_instance_id)
     return EnrichStage(
         source=source,
         publisher=factory.publisher() if publisher is None else publisher,

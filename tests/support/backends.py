@@ -220,6 +220,8 @@ class ServicesHarness(Harness):
             "LANNER_CASSANDRA_KEYSPACE": self.keyspace,
             "LANNER_MARIADB_DATABASE": self.database,
             "LANNER_INGEST_GROUP": self.group,
+            "LANNER_TOPIC_ENRICHED": self.enriched,
+            "LANNER_ENRICH_GROUP": f"enrich-{self.group}",
             "LANNER_LOG_LEVEL": "WARNING",
             **extra,
         }
