@@ -29,6 +29,8 @@ SERVICES_FILE = "services.json"
 DEFAULT_TOMBSTONE_GRACE_S = 15 * 86_400.0
 #: Default seconds between two tombstone purges of the dr-updates stage.
 DEFAULT_TOMBSTONE_PURGE_INTERVAL_S = 3_600.0
+#: Default consumer-group session timeout of Lanner's Kafka consumers, seconds.
+DEFAULT_SESSION_TIMEOUT_S = 30.0
 
 
 class Backend(enum.StrEnum):
@@ -109,6 +111,12 @@ class Settings(BaseSettings):
     )
     kafka_controller_port: int = Field(19093, description="KRaft controller port of local Kafka.")
     kafka_partitions: int = Field(4, ge=1, description="Partitions of topics Lanner creates.")
+    kafka_session_timeout_s: float = Field(
+        DEFAULT_SESSION_TIMEOUT_S, ge=1,
+        description="Consumer-group session timeout of the stages, seconds (Kafka's "
+        "session.timeout.ms): a member whose process died holds its partitions this long after "
+        "its last heartbeat. The broker accepts 6 to 1800 s unless its "
+        "group.min/max.session.timeout.ms say otherwise.")
 
     cassandra_hosts: list[str] = Field(["127.0.0.1"], description="Cassandra contact points.")
     cassandra_port: int = Field(19042, description="Cassandra CQL native port.")

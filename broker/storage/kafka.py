@@ -15,7 +15,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from broker.config import Settings
+from broker.config import DEFAULT_SESSION_TIMEOUT_S, Settings
 from broker.exceptions import ServiceUnavailableError
 from broker.streaming.queue import Message
 
@@ -131,8 +131,13 @@ class KafkaSource:
     """
 
     def __init__(self, *, bootstrap: str, group: str, topics: list[str],
-                 instance_id: str | None = None, **overrides: object) -> None:
+                 instance_id: str | None = None,
+                 session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+                 **overrides: object) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
         self.topics = topics
+        self.session_timeout_ms = round(session_timeout_s * 1000)
         # Static membership: a restarted process with the same instance id takes its
         # partitions back at once instead of waiting for the dead member's session to expire.
         static = {"group.instance.id": instance_id} if instance_id else {}
@@ -144,7 +149,11 @@ class KafkaSource:
             "enable.partition.eof": False,
             # A batch may wait on a store coming back; don't get evicted meanwhile.
             "max.poll.interval.ms": 600_000,
-            "session.timeout.ms": 30_000,
+            # A member whose process died holds its partitions this long after its last
+            # heartbeat; heartbeats stay at librdkafka's 3 s unless a short session (tests)
+            # needs them closer than a third of it.
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, min(3_000, self.session_timeout_ms // 3)),
             "fetch.max.bytes": 52_428_800,
             "max.partition.fetch.bytes": 10_485_760,
             **static,
