@@ -123,6 +123,10 @@ def _headers(raw: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | b
             for name, value in items}
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class KafkaSource:
     """A `MessageSource` over a confluent-kafka consumer in a consumer group.
 
@@ -212,6 +216,30 @@ class KafkaSource:
                                 KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET):
                 return
             raise ServiceUnavailableError(f"Kafka commit failed: {exc}") from exc
+
+    def assignment(self) -> list[tuple[str, int]]:
+        # The assignment the last rebalance gave this member (served inside `poll`); local,
+        # no request to the broker.
+        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def describe_group(self) -> str:
+        timeout = (f"a member of a crashed process holds its partitions until its session "
+                   f"times out (session.timeout.ms = {self.session_timeout_ms} here), a live one "
+                   f"until it leaves")
+        # Kept referenced until the answer is in: the futures die with their client.
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        try:
+            futures = admin.describe_consumer_groups([self.group], request_timeout=10)
+            description = futures[self.group].result(15)
+            me = self._consumer.memberid()
+        except (KafkaException, TimeoutError, RuntimeError) as exc:
+            return f"the group could not be described: {exc}; {timeout}"
+        others = [m for m in description.members if m.member_id != me]
+        held = sum(len(m.assignment.topic_partitions) for m in others)
+        state = getattr(description.state, "name", description.state)
+        hold = "holds" if len(others) == 1 else "hold"
+        return (f"{_count(len(others), 'other member')} {hold} {_count(held, 'partition')}, "
+                f"group state {state}; {timeout}")
 
     def drained(self) -> bool:
         assignment = self._consumer.assignment()
