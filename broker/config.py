@@ -31,6 +31,13 @@ DEFAULT_TOMBSTONE_GRACE_S = 15 * 86_400.0
 DEFAULT_TOMBSTONE_PURGE_INTERVAL_S = 3_600.0
 #: Default consumer-group session timeout of Lanner's Kafka consumers, seconds.
 DEFAULT_SESSION_TIMEOUT_S = 30.0
+#: What a stage run with ``--once`` waits for a rebalance on top of the session timeout, seconds:
+#: once the dead members' sessions expire, the live ones rejoin at their next heartbeat (3 s) and
+#: poll, and the leader assigns. Under a second on the local services; the rest is margin for
+#: a live member finishing its batch.
+ONCE_REBALANCE_ALLOWANCE_S = 15.0
+#: Default wait bound of ``--once`` runs with the default session timeout.
+DEFAULT_ONCE_WAIT_S = DEFAULT_SESSION_TIMEOUT_S + ONCE_REBALANCE_ALLOWANCE_S
 
 
 class Backend(enum.StrEnum):
@@ -168,6 +175,13 @@ class Settings(BaseSettings):
         20_000_000, ge=0, description="Most reference-catalog rows the enrich stage keeps in "
         "its chunk cache (with halos).")
 
+    once_wait_s: float | None = Field(
+        None, gt=0,
+        description="With --once, the longest a stage waits without a message while its input "
+        "is not read to its end (for its group to assign it partitions, or for an owned "
+        "partition to deliver) before it fails with a non-zero exit. Default: the session "
+        "timeout plus 15 s, enough to outwait the members of crashed processes.")
+
     dr_group: str = Field("lanner-dr", description="Consumer group of the dr-updates stage.")
     dr_catalog: str = Field("dr_objects",
                             description="Reference catalog the dr-updates stage keeps up to date.")
@@ -216,6 +230,14 @@ class Settings(BaseSettings):
     def embedded_path(self) -> Path:
         """Folder of the embedded backend."""
         return self.embedded_dir or self.state_dir / "embedded"
+
+    @property
+    def once_wait_limit_s(self) -> float:
+        """The wait bound of ``--once`` runs: `once_wait_s`, or the session timeout plus a
+        rebalance."""
+        if self.once_wait_s is not None:
+            return self.once_wait_s
+        return self.kafka_session_timeout_s + ONCE_REBALANCE_ALLOWANCE_S
 
     @property
     def shard_addresses(self) -> list[tuple[str, int]]:
