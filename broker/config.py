@@ -29,6 +29,15 @@ SERVICES_FILE = "services.json"
 DEFAULT_TOMBSTONE_GRACE_S = 15 * 86_400.0
 #: Default seconds between two tombstone purges of the dr-updates stage.
 DEFAULT_TOMBSTONE_PURGE_INTERVAL_S = 3_600.0
+#: Default consumer-group session timeout of Lanner's Kafka consumers, seconds.
+DEFAULT_SESSION_TIMEOUT_S = 30.0
+#: What a stage run with ``--once`` waits for a rebalance on top of the session timeout, seconds:
+#: once the dead members' sessions expire, the live ones rejoin at their next heartbeat (3 s) and
+#: poll, and the leader assigns. Under a second on the local services; the rest is margin for
+#: a live member finishing its batch.
+ONCE_REBALANCE_ALLOWANCE_S = 15.0
+#: Default wait bound of ``--once`` runs with the default session timeout.
+DEFAULT_ONCE_WAIT_S = DEFAULT_SESSION_TIMEOUT_S + ONCE_REBALANCE_ALLOWANCE_S
 
 
 class Backend(enum.StrEnum):
@@ -109,6 +118,12 @@ class Settings(BaseSettings):
     )
     kafka_controller_port: int = Field(19093, description="KRaft controller port of local Kafka.")
     kafka_partitions: int = Field(4, ge=1, description="Partitions of topics Lanner creates.")
+    kafka_session_timeout_s: float = Field(
+        DEFAULT_SESSION_TIMEOUT_S, ge=1,
+        description="Consumer-group session timeout of the stages, seconds (Kafka's "
+        "session.timeout.ms): a member whose process died holds its partitions this long after "
+        "its last heartbeat. The broker accepts 6 to 1800 s unless its "
+        "group.min/max.session.timeout.ms say otherwise.")
 
     cassandra_hosts: list[str] = Field(["127.0.0.1"], description="Cassandra contact points.")
     cassandra_port: int = Field(19042, description="Cassandra CQL native port.")
@@ -163,6 +178,13 @@ class Settings(BaseSettings):
         20_000_000, ge=0, description="Most reference-catalog rows the enrich stage keeps in "
         "its chunk cache (with halos).")
 
+    once_wait_s: float | None = Field(
+        None, gt=0,
+        description="With --once, the longest a stage waits without a message while its input "
+        "is not read to its end (for its group to assign it partitions, or for an owned "
+        "partition to deliver) before it fails with a non-zero exit. Default: the session "
+        "timeout plus 15 s, enough to outwait the members of crashed processes.")
+
     dr_group: str = Field("lanner-dr", description="Consumer group of the dr-updates stage.")
     dr_catalog: str = Field("dr_objects",
                             description="Reference catalog the dr-updates stage keeps up to date.")
@@ -211,6 +233,14 @@ class Settings(BaseSettings):
     def embedded_path(self) -> Path:
         """Folder of the embedded backend."""
         return self.embedded_dir or self.state_dir / "embedded"
+
+    @property
+    def once_wait_limit_s(self) -> float:
+        """The wait bound of ``--once`` runs: `once_wait_s`, or the session timeout plus a
+        rebalance."""
+        if self.once_wait_s is not None:
+            return self.once_wait_s
+        return self.kafka_session_timeout_s + ONCE_REBALANCE_ALLOWANCE_S
 
     @property
     def shard_addresses(self) -> list[tuple[str, int]]:

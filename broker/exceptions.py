@@ -140,3 +140,18 @@ class CatalogReloadedError(RefCatalogError):
         self.current = current
         now = f"version {current} is current" if current is not None else "it is being replaced"
         super().__init__(f"catalog {name} version {version} is gone: {now}")
+
+
+class NotDrainedError(TransientError):
+    """A stage run to drain its input (``--once``) could not: the consumer group assigned it no
+    partition, or an owned partition stopped delivering, for longer than the wait bound.
+
+    Transient (running it again later may work), but never a success: the message names the
+    group and the reason, for the one line the command ends with.
+    """
+
+    reason = "not_drained"
+
+    def __init__(self, group: str, message: str) -> None:
+        self.group = group
+        super().__init__(f"group {group}: {message}")

@@ -116,6 +116,7 @@ class Factory:
 
             source = KafkaSource(bootstrap=self.settings.kafka_bootstrap, group=group,
                                  topics=topics, instance_id=instance_id,
+                                 session_timeout_s=self.settings.kafka_session_timeout_s,
                                  **{"client.id": f"{group}-{uuid.uuid4().hex[:8]}"})
         self._closers.append(source)
         return source

@@ -35,7 +35,11 @@ import pyarrow as pa
 import structlog
 
 from broker import metrics
-from broker.config import DEFAULT_TOMBSTONE_GRACE_S, DEFAULT_TOMBSTONE_PURGE_INTERVAL_S
+from broker.config import (
+    DEFAULT_ONCE_WAIT_S,
+    DEFAULT_TOMBSTONE_GRACE_S,
+    DEFAULT_TOMBSTONE_PURGE_INTERVAL_S,
+)
 from broker.exceptions import (
     PermanentError,
     UnknownCatalogError,
@@ -187,6 +191,7 @@ def build(factory: Factory, *, source: MessageSource | None = None,
         batch_size=s.ingest_batch_size if batch_size is None else batch_size,
         poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
         backoff=backoff,
+        once_wait=s.once_wait_limit_s,
         tombstone_grace_s=s.dr_tombstone_grace_s,
         purge_interval_s=s.dr_tombstone_purge_interval_s,
     )
@@ -208,11 +213,12 @@ class DRUpdateStage(Stage[DRBatchReport]):
         batch_size: int = 500,
         poll_timeout: float = 1.0,
         backoff: Backoff | None = None,
+        once_wait: float = DEFAULT_ONCE_WAIT_S,
         tombstone_grace_s: float = DEFAULT_TOMBSTONE_GRACE_S,
         purge_interval_s: float = DEFAULT_TOMBSTONE_PURGE_INTERVAL_S,
     ) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
-                         poll_timeout=poll_timeout, backoff=backoff)
+                         poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
         self.catalogs = catalogs
         self.topics = topics or DRTopics()
         self.catalog = catalog

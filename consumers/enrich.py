@@ -29,6 +29,7 @@ import numpy as np
 import structlog
 
 from broker import metrics
+from broker.config import DEFAULT_ONCE_WAIT_S
 from broker.domain.catalogs import CatalogShape
 from broker.domain.context import DEFAULT_RULES, ContextRules, Counterpart, classify_many
 from broker.domain.crossmatch import ChunkCache, CrossMatcher, Matches
@@ -157,6 +158,7 @@ def build(factory: Factory, *, source: MessageSource | None = None,
         batch_size=s.enrich_batch_size if batch_size is None else batch_size,
         poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
         backoff=backoff,
+        once_wait=s.once_wait_limit_s,
     )
 
 
@@ -180,10 +182,11 @@ class EnrichStage(Stage[EnrichReport]):
         batch_size: int = 1000,
         poll_timeout: float = 0.2,
         backoff: Backoff | None = None,
+        once_wait: float = DEFAULT_ONCE_WAIT_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
-                         poll_timeout=poll_timeout, backoff=backoff)
+                         poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
         self.catalog = catalog
         self.refcats = refcats
         self.chunker = chunker

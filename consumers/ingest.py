@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from broker import metrics
+from broker.config import DEFAULT_ONCE_WAIT_S
 from broker.domain.alerts import Alert, from_rubin, rubin_object_id
 from broker.domain.archive import ArchiveBatch, ObjectUpdate, Seen, plan
 from broker.domain.sky import Chunker
@@ -90,6 +91,7 @@ def build(factory: Factory, *, source: MessageSource | None = None,
         batch_size=s.ingest_batch_size if batch_size is None else batch_size,
         poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
         backoff=backoff,
+        once_wait=s.once_wait_limit_s,
     )
 
 
@@ -110,10 +112,11 @@ class IngestStage(Stage[BatchReport]):
         batch_size: int = 500,
         poll_timeout: float = 1.0,
         backoff: Backoff | None = None,
+        once_wait: float = DEFAULT_ONCE_WAIT_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
-                         poll_timeout=poll_timeout, backoff=backoff)
+                         poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
         self.lightcurves = lightcurves
         self.catalog = catalog
         self.chunker = chunker

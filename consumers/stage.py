@@ -12,11 +12,16 @@ Failures are classified by exception type, nothing else:
   dead-letter topic with its original bytes and the reason, and the stream moves on.
 - Anything else is a bug or a broken store: it ends the run with nothing committed, so a
   restarted stage reads the batch again.
+
+A run that is to drain its input and stop (``run(once=True)``, ``--once``) raises
+`NotDrainedError` when it cannot, a `TransientError` that is not retried: it ends the run, so
+that the command reports the group and the reason instead of a drain it did not do.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,13 +30,11 @@ from typing import Generic, Protocol, Self, TypeVar
 import structlog
 
 from broker import metrics
-from broker.exceptions import PermanentError, TransientError
+from broker.config import DEFAULT_ONCE_WAIT_S
+from broker.exceptions import NotDrainedError, PermanentError, TransientError
 from broker.streaming.queue import Message, MessageSource, Publisher
 
 log = structlog.get_logger(__name__)
-
-#: `run(once=True)` stops after this many empty polls even if it never owned a partition.
-MAX_IDLE_POLLS = 120
 
 T = TypeVar("T")
 
@@ -82,12 +85,16 @@ class Stage(ABC, Generic[R]):
     name: str
 
     def __init__(self, *, source: MessageSource, publisher: Publisher, batch_size: int,
-                 poll_timeout: float, backoff: Backoff | None) -> None:
+                 poll_timeout: float, backoff: Backoff | None,
+                 once_wait: float = DEFAULT_ONCE_WAIT_S) -> None:
         self.source = source
         self.publisher = publisher
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.backoff = backoff or Backoff()
+        #: With ``run(once=True)``: the longest wait without a message while the input is not
+        #: known to be drained (`broker.config.Settings.once_wait_limit_s`).
+        self.once_wait = once_wait
         self.stopping = threading.Event()
 
     @abstractmethod
@@ -100,27 +107,55 @@ class Stage(ABC, Generic[R]):
 
     def run(self, *, once: bool = False, idle_polls: int = 3,
             on_batch: Callable[[R], None] | None = None) -> R:
-        """Process batches until stopped; with ``once``, until the input is drained."""
+        """Process batches until stopped; with ``once``, until the input is drained.
+
+        With ``once`` the run ends when the source owns partitions and has read them to their
+        ends, checked after ``idle_polls`` empty polls in a row. An empty poll alone proves
+        nothing: a member that just joined owns no partition yet, and after a crash the dead
+        members hold theirs until their sessions time out. So the run waits, but not forever:
+        if `once_wait` seconds pass without a message, and without a change of assignment,
+        while the input is not known to be drained, it raises `NotDrainedError` rather than
+        report a drain it did not do.
+        """
         total = self.new_report()
         idle = 0
+        owned = self.source.assignment()
+        since = time.monotonic()  # the last message, or the last change of assignment
         while not self.stopping.is_set():
             messages = self.retry("kafka", lambda: self.source.poll(self.batch_size,
                                                                     self.poll_timeout))
-            if not messages:
-                idle += 1
-                # "Once" means: drain what is there. An empty poll is not enough (a consumer
-                # that just joined its group may not own partitions yet), so also ask whether
-                # the owned partitions are read to their ends; give up after many idle polls.
-                if once and idle >= idle_polls and (idle >= MAX_IDLE_POLLS
-                                                    or self.retry("kafka", self.source.drained)):
-                    break
+            if messages:
+                idle = 0
+                report = self.process(messages)
+                total.add(report)
+                if on_batch is not None:
+                    on_batch(report)
+                since = time.monotonic()
                 continue
-            idle = 0
-            report = self.process(messages)
-            total.add(report)
-            if on_batch is not None:
-                on_batch(report)
+            idle += 1
+            if not once:
+                continue
+            now_owned = self.source.assignment()
+            if now_owned != owned:
+                owned, since = now_owned, time.monotonic()
+            if owned and idle >= idle_polls and self.retry("kafka", self.source.drained):
+                break
+            waited = time.monotonic() - since
+            if waited >= self.once_wait:
+                raise self._not_drained(owned, waited)
         return total
+
+    def _not_drained(self, owned: list[tuple[str, int]], waited: float) -> NotDrainedError:
+        after = f"{waited:.0f} s" if waited >= 10 else f"{waited:.1f} s"
+        if not owned:
+            return NotDrainedError(self.source.group, f"no partitions assigned after {after} "
+                                   f"({self.source.describe_group()})")
+        by_topic: dict[str, list[str]] = {}
+        for topic, partition in owned:
+            by_topic.setdefault(topic, []).append(str(partition))
+        partitions = "; ".join(f"{topic} {','.join(p)}" for topic, p in by_topic.items())
+        return NotDrainedError(self.source.group, f"owned partitions ({partitions}) not read to "
+                               f"their ends after {after} without a message")
 
     def stop(self) -> None:
         self.stopping.set()

@@ -10,11 +10,15 @@ from broker.cli.common import check_port, clean_errors, out, stop_on_signals
 from broker.config import get_settings
 from broker.exceptions import LannerError
 
+#: What ``--once`` does when the group gives the process nothing to drain (docs/operations.md).
+ONCE_BOUND = ("exit non-zero if the group assigns this process no partition within "
+              "LANNER_ONCE_WAIT_S (default: the session timeout plus 15 s).")
+
 
 @clean_errors
 def ingest(
     once: Annotated[bool, typer.Option(
-        "--once", help="Drain what is on the topics, then exit.")] = False,
+        "--once", help=f"Drain what is on the topics, then exit; {ONCE_BOUND}")] = False,
     metrics_port: Annotated[int, typer.Option(
         "--metrics-port", min=0, max=65535,
         help="Serve Prometheus metrics of this process on 127.0.0.1:PORT (0: off).")] = 0,
@@ -47,7 +51,7 @@ def ingest(
 @clean_errors
 def dr_updates(
     once: Annotated[bool, typer.Option(
-        "--once", help="Drain what is on the topic, then exit.")] = False,
+        "--once", help=f"Drain what is on the topic, then exit; {ONCE_BOUND}")] = False,
 ) -> None:
     """Run the dr-updates stage: data-release changes (dr.updates) into the dr_objects catalog."""
     from broker.config import Backend  # noqa: PLC0415
@@ -78,7 +82,7 @@ def dr_updates(
 @clean_errors
 def enrich(
     once: Annotated[bool, typer.Option(
-        "--once", help="Drain what is on internal.ingested, then exit.")] = False,
+        "--once", help=f"Drain what is on internal.ingested, then exit; {ONCE_BOUND}")] = False,
 ) -> None:
     """Run the enrich stage: every ingested alert's object cross-matched against the reference
     catalogs and put in context (docs/context.md), onto internal.enriched."""

@@ -15,7 +15,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from broker.config import Settings
+from broker.config import DEFAULT_SESSION_TIMEOUT_S, Settings
 from broker.exceptions import ServiceUnavailableError
 from broker.streaming.queue import Message
 
@@ -123,6 +123,10 @@ def _headers(raw: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | b
             for name, value in items}
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class KafkaSource:
     """A `MessageSource` over a confluent-kafka consumer in a consumer group.
 
@@ -131,8 +135,13 @@ class KafkaSource:
     """
 
     def __init__(self, *, bootstrap: str, group: str, topics: list[str],
-                 instance_id: str | None = None, **overrides: object) -> None:
+                 instance_id: str | None = None,
+                 session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+                 **overrides: object) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
         self.topics = topics
+        self.session_timeout_ms = round(session_timeout_s * 1000)
         # Static membership: a restarted process with the same instance id takes its
         # partitions back at once instead of waiting for the dead member's session to expire.
         static = {"group.instance.id": instance_id} if instance_id else {}
@@ -144,7 +153,11 @@ class KafkaSource:
             "enable.partition.eof": False,
             # A batch may wait on a store coming back; don't get evicted meanwhile.
             "max.poll.interval.ms": 600_000,
-            "session.timeout.ms": 30_000,
+            # A member whose process died holds its partitions this long after its last
+            # heartbeat; heartbeats stay at librdkafka's 3 s unless a short session (tests)
+            # needs them closer than a third of it.
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, min(3_000, self.session_timeout_ms // 3)),
             "fetch.max.bytes": 52_428_800,
             "max.partition.fetch.bytes": 10_485_760,
             **static,
@@ -203,6 +216,30 @@ class KafkaSource:
                                 KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET):
                 return
             raise ServiceUnavailableError(f"Kafka commit failed: {exc}") from exc
+
+    def assignment(self) -> list[tuple[str, int]]:
+        # The assignment the last rebalance gave this member (served inside `poll`); local,
+        # no request to the broker.
+        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def describe_group(self) -> str:
+        timeout = (f"a member of a crashed process holds its partitions until its session "
+                   f"times out (session.timeout.ms = {self.session_timeout_ms} here), a live one "
+                   f"until it leaves")
+        # Kept referenced until the answer is in: the futures die with their client.
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        try:
+            futures = admin.describe_consumer_groups([self.group], request_timeout=10)
+            description = futures[self.group].result(15)
+            me = self._consumer.memberid()
+        except (KafkaException, TimeoutError, RuntimeError) as exc:
+            return f"the group could not be described: {exc}; {timeout}"
+        others = [m for m in description.members if m.member_id != me]
+        held = sum(len(m.assignment.topic_partitions) for m in others)
+        state = getattr(description.state, "name", description.state)
+        hold = "holds" if len(others) == 1 else "hold"
+        return (f"{_count(len(others), 'other member')} {hold} {_count(held, 'partition')}, "
+                f"group state {state}; {timeout}")
 
     def drained(self) -> bool:
         assignment = self._consumer.assignment()

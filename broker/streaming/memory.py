@@ -234,6 +234,17 @@ class MemorySource:
             self.broker._prune(self.group)
             return list(self._assigned)
 
+    def describe_group(self) -> str:
+        """Who holds the group's partitions: in memory a rebalance takes effect at once, so a
+        member owns none only while the other open members hold them all."""
+        with self.broker._changed:
+            self.broker._prune(self.group)
+            others = [m for m in (ref() for ref in self.broker._members.get(self.group, ()))
+                      if m is not None and m is not self]
+            held = sum(len(m._assigned) for m in others)
+        hold = "other member holds" if len(others) == 1 else "other members hold"
+        return f"{len(others)} {hold} {held} partition{'' if held == 1 else 's'}"
+
     def _assign(self, partitions: set[tuple[str, int]]) -> None:
         # Called by the broker with its lock held: keep positions only where ownership stays.
         self._assigned = sorted(partitions)

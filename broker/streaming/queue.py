@@ -27,14 +27,25 @@ class Message:
 class MessageSource(Protocol):
     """A consumer in a consumer group."""
 
+    #: The consumer group it is a member of.
+    group: str
+
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         """Up to ``max_messages`` messages, waiting at most ``timeout`` seconds for the first."""
 
     def commit(self, messages: Sequence[Message]) -> None:
         """Commit, synchronously, the offsets just past the given messages per partition."""
 
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs this member owns now, sorted (none until the group has
+        assigned it some, and none while another member holds them all)."""
+
     def drained(self) -> bool:
         """True when the consumer owns partitions and has read up to their ends."""
+
+    def describe_group(self) -> str:
+        """Who holds the group's partitions, in words for an operator: why this member may own
+        none (best effort, never raises)."""
 
     def rewind(self) -> None:
         """Forget uncommitted progress: the next poll starts again at the committed offsets."""
