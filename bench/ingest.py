@@ -4,11 +4,17 @@ internal.ingested, offsets committed.
 Needs `lanner services up`. Two measurements, each on fresh topics, keyspace and database:
 
 1. Throughput: ``--processes`` `lanner ingest` processes (one consumer group) start and join
-   their group; then ``--count`` full-size simulated v11.1 packets (three cutouts each) are
-   produced as fast as Kafka takes them. The rate is packets over the time from the first
-   produce to the last ``internal.ingested`` record published. ``alerts_per_s_per_core``
-   divides by every core of the machine (the services run on the same cores). The decode rate
-   of the same packets (bench/decode.py's measure, same run) gives ``ratio_to_decode``.
+   their group; then ``--count`` full-size simulated v11.1 packets (three cutouts each, packet
+   profile ``--profile``, by default ``realistic``: Rubin's April-2026 sizes, about 176 kB with
+   a year of history; ``small`` gives the earlier runs' 37 kB packets) are produced as fast as
+   Kafka takes them. The rate is archived alerts over the time from the first produce to the
+   last ``internal.ingested`` record published. The realistic profile's solar-system alerts
+   (about one in ten) name no diaObject and ingest dead-letters them (``missing_id``): they are
+   produced and read like the others but not counted as archived, and the run waits only for
+   the alerts that name an object (``broker.domain.alerts.rubin_object_id``).
+   ``alerts_per_s_per_core`` divides by every core of the machine (the services run on the
+   same cores). The decode rate of the same packets (bench/decode.py's measure, same run) gives
+   ``ratio_to_decode``.
 2. Latency: the same number of ingest processes run while packets are produced at ``--rate``
    per second for ``--seconds``; latency is the ingested record's publish time minus the
    packet's Kafka timestamp (producer time), p50 and p99.
@@ -35,7 +41,8 @@ sys.path.insert(0, str(REPO))
 from confluent_kafka import Consumer  # noqa: E402
 
 from broker.config import Settings  # noqa: E402
-from broker.simulator import AlertSimulator  # noqa: E402
+from broker.domain.alerts import rubin_object_id  # noqa: E402
+from broker.simulator import AlertSimulator, PacketProfile  # noqa: E402
 from broker.storage.cassandra import CassandraConnection  # noqa: E402
 from broker.storage.kafka import KafkaClients, produce_all  # noqa: E402
 from broker.storage.shards import MariaDBShards  # noqa: E402
@@ -109,6 +116,11 @@ def _read_ingested(bootstrap: str, topic: str, expected: int, timeout: float) ->
     return records
 
 
+def _archivable(messages: list[tuple[bytes, bytes]]) -> int:
+    """How many packets ingest archives: those that name an object (the others go to the DLQ)."""
+    return sum(rubin_object_id(wire.decode(value)[1]) is not None for _, value in messages)
+
+
 def decode_rate(messages: list[tuple[bytes, bytes]]) -> float:
     started = time.perf_counter()
     for _, value in messages:
@@ -117,15 +129,17 @@ def decode_rate(messages: list[tuple[bytes, bytes]]) -> float:
 
 
 def throughput(settings: Settings, count: int, processes: int, partitions: int,
-               seed: int) -> dict[str, Any]:
+               seed: int, profile: str) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     env = _env(settings, run)
     clients = _prepare(settings, env, partitions)
-    messages = list(AlertSimulator(schema="11.1", seed=seed).encoded(count))
+    messages = list(AlertSimulator(schema="11.1", seed=seed, profile=profile).encoded(count))
+    expected = _archivable(messages)
     decode = max(decode_rate(messages) for _ in range(2))
     packet_bytes = int(statistics.median(len(v) for _, v in messages))
-    print(f"{count} packets ({packet_bytes} B median) on {partitions} partitions; "
-          f"decode alone {decode:.0f} alerts/s", flush=True)
+    print(f"{count} packets ({profile} profile, {packet_bytes} B median, {count - expected} "
+          f"naming no object) on {partitions} partitions; decode alone {decode:.0f} alerts/s",
+          flush=True)
     # The processes start, create their tables and join their group before the clock starts;
     # the rate is from the first packet produced to the last alert's record published.
     workers = [_ingest(env) for _ in range(processes)]
@@ -137,7 +151,7 @@ def throughput(settings: Settings, count: int, processes: int, partitions: int,
         started_ms = time.time() * 1000
         produce_all(clients.producer(), env["LANNER_TOPIC_ALERTS_LSST"], messages)
         del messages
-        records = _read_ingested(settings.kafka_bootstrap, env["LANNER_TOPIC_INGESTED"], count,
+        records = _read_ingested(settings.kafka_bootstrap, env["LANNER_TOPIC_INGESTED"], expected,
                                  1800)
     finally:
         _stop(workers)
@@ -152,16 +166,18 @@ def throughput(settings: Settings, count: int, processes: int, partitions: int,
             "alerts_per_s_per_core": round(rate / cores, 1),
             "decode_alerts_per_s": round(decode, 1),
             "ratio_to_decode": round(rate / decode, 3), "cores": cores, "processes": processes,
-            "packet_bytes": packet_bytes}
+            "packet_bytes": packet_bytes, "profile": profile,
+            "dead_lettered_expected": count - expected}
 
 
 def latency(settings: Settings, rate: float, seconds: float, seed: int,
-            processes: int) -> dict[str, Any]:
+            processes: int, profile: str) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     env = _env(settings, run)
     clients = _prepare(settings, env, 4)
     count = int(rate * seconds)
-    messages = list(AlertSimulator(schema="11.1", seed=seed).encoded(count))
+    messages = list(AlertSimulator(schema="11.1", seed=seed, profile=profile).encoded(count))
+    expected = _archivable(messages)
     workers = [_ingest(env) for _ in range(processes)]
     try:
         time.sleep(8)  # let the consumers set up and join their group before the clock starts
@@ -174,7 +190,7 @@ def latency(settings: Settings, rate: float, seconds: float, seed: int,
             producer.produce(env["LANNER_TOPIC_ALERTS_LSST"], value=value, key=key)
             producer.poll(0)
         producer.flush(60)
-        records = _read_ingested(settings.kafka_bootstrap, env["LANNER_TOPIC_INGESTED"], count,
+        records = _read_ingested(settings.kafka_bootstrap, env["LANNER_TOPIC_INGESTED"], expected,
                                  seconds + 120)
     finally:
         _stop(workers)
@@ -198,10 +214,14 @@ def main() -> dict[str, Any]:
     parser.add_argument("--rate", type=float, default=250.0, help="alerts/s for the latency run")
     parser.add_argument("--seconds", type=float, default=40.0, help="length of the latency run")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--profile", default=PacketProfile.realistic.value,
+                        choices=[p.value for p in PacketProfile], help="packet profile")
     args = parser.parse_args()
     settings = Settings()
-    result = throughput(settings, args.count, args.processes, args.partitions, args.seed)
-    result.update(latency(settings, args.rate, args.seconds, args.seed + 1, args.processes))
+    result = throughput(settings, args.count, args.processes, args.partitions, args.seed,
+                        args.profile)
+    result.update(latency(settings, args.rate, args.seconds, args.seed + 1, args.processes,
+                          args.profile))
     print(json.dumps(result))
     return result
 

@@ -29,13 +29,22 @@ def simulate(
         "--seed", help="Seed for a repeatable stream.")] = None,
     topic: Annotated[str | None, typer.Option(
         "--topic", help="Topic to write to (default: the Rubin alert topic).")] = None,
+    profile: Annotated[str, typer.Option(
+        "--profile", help="Packet profile: 'realistic' (sized on Rubin's April-2026 packets, "
+        "about 176 kB with history, solar-system alerts included) or 'small' (the simulator's "
+        "original 37 kB packets).")] = "realistic",
 ) -> None:
     """Produce realistic synthetic Rubin alert packets (histories and FITS cutouts included)."""
+    from broker.simulator.profiles import profile_named  # noqa: PLC0415
     from broker.streaming.schemas import SchemaVersion, latest_version  # noqa: PLC0415
 
     settings = get_settings()
     version = SchemaVersion.parse(schema) if schema else latest_version()
-    stream = _simulated(count, version, seed, rate)
+    try:
+        chosen = profile_named(profile).name
+    except ValueError as exc:
+        raise LannerError(str(exc)) from None
+    stream = _simulated(count, version, seed, rate, chosen)
     if to == "kafka":
         from broker.storage.kafka import KafkaClients, produce_all  # noqa: PLC0415
 
@@ -43,8 +52,8 @@ def simulate(
         clients = KafkaClients.from_settings(settings)
         clients.ensure_topics([target])
         sent = produce_all(clients.producer(), target, stream)
-        out.print(f"{sent} alerts (schema {version}) on topic {target} at {clients.bootstrap}",
-                  highlight=False)
+        out.print(f"{sent} alerts (schema {version}, {chosen} profile) on topic {target} at "
+                  f"{clients.bootstrap}", highlight=False)
     else:
         from broker.streaming import files, wire  # noqa: PLC0415
 
@@ -54,7 +63,8 @@ def simulate(
             to, ((wire.decode(value)[1]["diaSource"]["diaSourceId"], value)
                  for _, value in stream)
         )
-        out.print(f"{written} alerts (schema {version}) written to {to}", highlight=False)
+        out.print(f"{written} alerts (schema {version}, {chosen} profile) written to {to}",
+                  highlight=False)
 
 
 @clean_errors
@@ -77,8 +87,8 @@ def replay(
     out.print(f"{sent} alerts from {folder} on topic {topic}", highlight=False)
 
 
-def _simulated(count: int, version: Any, seed: int | None,
-               rate: float | None) -> Iterator[tuple[bytes, bytes]]:
+def _simulated(count: int, version: Any, seed: int | None, rate: float | None,
+               profile: str) -> Iterator[tuple[bytes, bytes]]:
     """Yield (key, wire-format value) with a progress bar, paced to ``rate``."""
     import time  # noqa: PLC0415
 
@@ -86,10 +96,10 @@ def _simulated(count: int, version: Any, seed: int | None,
 
     from broker.simulator import AlertSimulator  # noqa: PLC0415
 
-    simulator = AlertSimulator(schema=version, seed=seed)
+    simulator = AlertSimulator(schema=version, seed=seed, profile=profile)
     started = time.monotonic()
     with Progress(console=console, transient=False) as progress:
-        task = progress.add_task(f"simulating schema {version}", total=count)
+        task = progress.add_task(f"simulating schema {version} ({profile})", total=count)
         for done, (key, value) in enumerate(simulator.encoded(count), start=1):
             if rate is not None:
                 delay = started + done / rate - time.monotonic()

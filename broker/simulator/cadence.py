@@ -2,8 +2,10 @@
 
 Nights are 1 to ~15 days apart (mean about 4.5), at night in Chile (MJD fraction 0-0.33); 60 % of
 nights have a pair of visits 20-40 min apart in two bands (g+r, r+i, i+z, z+y, u+g, u+r, y+y), the
-others one visit. Visit ids follow LSSTCam's ``dayObs * 100000 + seqNum``. Every draw comes from
-the caller's seeded ``random.Random``, in a fixed order.
+others one visit. The realistic profile's cadence (`plan_sequence`, `following_sequence`) has
+closer nights of one to three back-to-back visits instead (`broker.simulator.profiles`). Visit
+ids follow LSSTCam's ``dayObs * 100000 + seqNum``. Every draw comes from the caller's seeded
+``random.Random``, in a fixed order.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import dataclass
 from broker.constants import RUBIN_BANDS
 from broker.simulator.instrument import BANDS
 
-__all__ = ["MEAN_EXTRA_NIGHTS", "Visit", "VisitIds", "first_arrivals", "following", "plan_night",
-           "unix_micros"]
+__all__ = ["MEAN_EXTRA_NIGHTS", "Visit", "VisitIds", "first_arrivals", "following",
+           "following_sequence", "plan_night", "plan_sequence", "unix_micros"]
 
 # Band pairs taken on the same night and how often each is scheduled.
 _PAIRS = ((1, 2), (2, 3), (3, 4), (4, 5), (0, 1), (0, 2), (5, 5))
@@ -29,6 +31,7 @@ _PAIR_NIGHT_FRACTION = 0.6
 MEAN_EXTRA_NIGHTS = 4.0
 _MJD_UNIX_EPOCH = 40587.0
 _SEQ_EXPOSURE_S = 36.0
+_FILTER_CHANGE_S = 120.0
 
 
 @dataclass(slots=True)
@@ -39,6 +42,8 @@ class Visit:
     band: int
     reason: str
     second: tuple[float, int] | None  # the night's second visit, if any
+    # The rest of the night's sequence, (mjd, band) in time order (realistic profile only).
+    rest: tuple[tuple[float, int], ...] = ()
 
 
 def plan_night(rng: random.Random, night_mjd: float) -> Visit:
@@ -61,12 +66,45 @@ def following(rng: random.Random, visit: Visit) -> Visit:
     return plan_night(rng, math.floor(visit.mjd) + nights + rng.uniform(0.0, 0.3))
 
 
-def first_arrivals(rng: random.Random, count: int, start_mjd: float) -> list[float]:
+def plan_sequence(rng: random.Random, night_mjd: float, mean_visits: float) -> Visit:
+    """The first visit of a night's sequence (realistic profile), the others in ``rest``.
+
+    1 to ``2 mean_visits - 1`` visits (uniform), the first half in one band and the rest in the
+    second band of a drawn pair, back to back (an exposure and its readout apart, two minutes for
+    the filter change).
+    """
+    first, second = rng.choices(_PAIRS, cum_weights=_PAIR_CUM)[0]
+    count = rng.randint(1, max(1, round(2.0 * mean_visits) - 1))
+    switch = (count + 1) // 2
+    visits = []
+    mjd = night_mjd
+    for index in range(count):
+        if index == switch:
+            mjd += _FILTER_CHANGE_S / 86400.0
+        visits.append((mjd, first if index < switch else second))
+        mjd += (_SEQ_EXPOSURE_S + rng.uniform(0.0, 4.0)) / 86400.0
+    bands = RUBIN_BANDS[first] + (RUBIN_BANDS[second] if count > switch else "")
+    mjd, band = visits[0]
+    return Visit(mjd, band, f"sequence_{bands}", None, tuple(visits[1:]))
+
+
+def following_sequence(rng: random.Random, visit: Visit, mean_visits: float,
+                       mean_extra_nights: float) -> Visit:
+    """The visit after ``visit`` in the realistic profile's cadence."""
+    if visit.rest:
+        (mjd, band), *rest = visit.rest
+        return Visit(mjd, band, visit.reason, None, tuple(rest))
+    nights = 1 + int(rng.expovariate(1.0 / mean_extra_nights))
+    return plan_sequence(rng, math.floor(visit.mjd) + nights + rng.uniform(0.0, 0.3), mean_visits)
+
+
+def first_arrivals(rng: random.Random, count: int, start_mjd: float,
+                   mean_extra_nights: float = MEAN_EXTRA_NIGHTS) -> list[float]:
     """First in-stream visit times of an initial population of ``count`` objects, sorted.
 
     They spread over one revisit interval, so the stream looks stationary from its start.
     """
-    window = 1.0 + MEAN_EXTRA_NIGHTS
+    window = 1.0 + mean_extra_nights
     arrivals = []
     for _ in range(count):
         night = math.floor(start_mjd) + rng.randrange(int(window) + 1)

@@ -87,9 +87,11 @@ def host_psf_fraction(sigma_px: float, offset_px: float) -> float:
     return 2.0 * psf * psf / total * math.exp(-offset_px * offset_px / (2.0 * total))
 
 
-def draw_kind(rng: random.Random) -> int:
-    """A light-curve class, by its share of the population."""
-    return rng.choices(range(4), cum_weights=_CLASS_CUM)[0]
+def draw_kind(rng: random.Random, shares: tuple[float, ...] | None = None) -> int:
+    """A light-curve class, by its share of the population (``shares``: SN, periodic, AGN, flat;
+    by default 35, 30, 20 and 15 %)."""
+    cum = _CLASS_CUM if shares is None else tuple(itertools.accumulate(shares))
+    return rng.choices(range(4), cum_weights=cum)[0]
 
 
 def init_model(rng: random.Random, obj: SimObject, first_mjd: float, *, past: bool) -> float:

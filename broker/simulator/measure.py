@@ -64,13 +64,18 @@ class Measurement:
     detected: bool
 
 
-def measure(rng: random.Random, obj: SimObject, visit: Visit, visit_id: int) -> Measurement:
-    """Draw the visit's conditions and the object's forced photometry on it."""
+def measure(rng: random.Random, obj: SimObject, visit: Visit, visit_id: int,
+            true_diff: float | None = None) -> Measurement:
+    """Draw the visit's conditions and the object's forced photometry on it.
+
+    ``true_diff`` (nJy) replaces the light-curve model's difference flux (a moving object's).
+    """
     mjd, band = visit.mjd, visit.band
     m5 = M5[band] + rng.gauss(0.0, M5_SCATTER)
     sky_sigma = mag_to_njy(m5) / DETECTION_SIGMA
     seeing = SEEING_MEDIAN_ARCSEC * math.exp(rng.gauss(0.0, 0.15))
-    true_diff = difference_flux(rng, obj, mjd, band)
+    if true_diff is None:
+        true_diff = difference_flux(rng, obj, mjd, band)
     total = max(obj.static[band] + true_diff, 0.0)
     photon_var = total / ELECTRONS_PER_NJY
     sky_var = sky_sigma * sky_sigma

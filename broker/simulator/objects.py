@@ -2,9 +2,9 @@
 
 The ``diaObject`` summary (position, per-band means, sigmas, extremes, slopes, counts, first and
 last detection times) is kept by running sums over *every* detection and forced measurement of
-the object, so ``nDiaSources`` may exceed the 31 sources a packet shows. The history a packet
-carries is only the last `HISTORY_DAYS`: at most ``MAX_PRV_SOURCES`` detections and the forced
-measurements of that window.
+the object, so ``nDiaSources`` may exceed the sources a packet shows. The history a packet
+carries is only the last `HISTORY_DAYS`: at most ``MAX_PRV_SOURCES`` detections (no limit in the
+realistic profile) and the forced measurements of that window (of the profile's shorter one).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class SimObject:
         "target_name",
     )
 
-    def __init__(self, dia_object_id: int, kind: int, ra: float, dec: float) -> None:
+    def __init__(self, dia_object_id: int, kind: int, ra: float, dec: float,
+                 max_sources: int | None = MAX_PRV_SOURCES) -> None:
         self.dia_object_id = dia_object_id
         self.kind = kind
         self.ra = ra
@@ -65,7 +66,7 @@ class SimObject:
         self.agn_time: float | None = None
         self.retire_mjd: float | None = None
         self.target_name = "lowdust"
-        self.detections: deque[tuple[float, dict[str, Any]]] = deque(maxlen=MAX_PRV_SOURCES)
+        self.detections: deque[tuple[float, dict[str, Any]]] = deque(maxlen=max_sources)
         self.forced: deque[tuple[float, dict[str, Any]]] = deque()
         # Per band: n, sum w, sum w f, sum f, sum f^2, min, max, max slope, last t, last f, sum err.
         self.source_stats: list[list[float]] = [
@@ -101,10 +102,13 @@ class SimObject:
         stats[2] += sci_weight
         stats[3] += sci_weight * science
 
-    def forget_before(self, horizon: float) -> None:
-        """Drop the detections and forced measurements older than ``horizon`` (MJD)."""
+    def forget_before(self, horizon: float, forced_horizon: float | None = None) -> None:
+        """Drop the detections older than ``horizon`` (MJD) and the forced measurements older
+        than ``forced_horizon`` (by default the same)."""
+        if forced_horizon is None:
+            forced_horizon = horizon
         forced = self.forced
-        while forced and forced[0][0] < horizon:
+        while forced and forced[0][0] < forced_horizon:
             forced.popleft()
         detections = self.detections
         while detections and detections[0][0] < horizon:

@@ -2,8 +2,9 @@
 
 The alert schema of a version shipped by ``lsst-alert-packet`` is walked once (`schema_plan`, cached
 per schema id) into one `RecordPlan` per record kind (alert, diaSource, diaForcedSource,
-diaObject). A plan holds a template record, every field at a valid value of its type (``null``
-where nullable, ``False`` for the nullable flags of a ``diaSource``), and the list of fields the
+diaObject, and ssSource and mpc_orbits where the schema has them; a missing kind gets an empty
+plan). A plan holds a template record, every field at a valid value of its type (``null`` where
+nullable, ``False`` for the nullable flags of a ``diaSource``), and the list of fields the
 simulator may fill: a field takes a simulated value only if the value's Python type fits the
 field's Avro type (and, for a 32-bit ``int``, its range); every other field keeps its template
 value. Older schema versions name some fields differently (``decl``, ``midPointTai``,
@@ -191,6 +192,8 @@ class SchemaPlan:
     source: RecordPlan
     forced: RecordPlan
     dia_object: RecordPlan
+    ss_source: RecordPlan
+    mpc_orbits: RecordPlan
     # Alert fields that are ``null`` or one record/array, with that branch's name. fastavro's
     # writer validates a whole sub-record to choose a union branch; naming the branch (its tuple
     # notation) skips that and writes the same bytes.
@@ -241,11 +244,15 @@ def schema_plan(schema_id: int) -> SchemaPlan:
     source = _record_of(fields.get("diaSource"), named) or empty
     forced = _record_of(fields.get("prvDiaForcedSources"), named) or empty
     dia_object = _record_of(fields.get("diaObject"), named) or empty
+    ss_source = _record_of(fields.get("ssSource"), named) or empty
+    mpc_orbits = _record_of(fields.get("mpc_orbits"), named) or empty
     return SchemaPlan(
         alert=RecordPlan.build_plan(definition, named, _ALERT_ALIASES),
         source=RecordPlan.build_plan(source, named, _SOURCE_ALIASES, false_flags=True),
         forced=RecordPlan.build_plan(forced, named, _SOURCE_ALIASES),
         dia_object=RecordPlan.build_plan(dia_object, named, _OBJECT_ALIASES),
+        ss_source=RecordPlan.build_plan(ss_source, named, {}),
+        mpc_orbits=RecordPlan.build_plan(mpc_orbits, named, {}),
         union_hints=_union_hints(definition, named),
     )
 

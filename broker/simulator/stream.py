@@ -7,25 +7,33 @@ also gets up to ``history_days`` of observations before ``start_mjd`` (as if the
 mid-survey), so long-lived objects carry full histories from the first packet. A supernova
 retires after its decline and a new one takes its place. Positions are uniform on the sphere
 inside a declination band: ``dec = asin(U(sin(dmin), sin(dmax)))``.
+
+The packet profile (`broker.simulator.profiles`) chooses the cadence, how much history and
+which stamps a packet carries. In the realistic profile, before each alert a draw decides
+whether it is a solar-system alert instead (`broker.simulator.solar`): an asteroid of a small
+pool, seen at the time of the latest visit, replaced when it is too close to the Sun or outside
+the declination band.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from broker.simulator import cadence
-from broker.simulator.cadence import Visit, VisitIds
-from broker.simulator.cutouts import cutout_images
+from broker.simulator import cadence, solar
+from broker.simulator.cadence import Visit, VisitIds, unix_micros
+from broker.simulator.cutouts import ccd_cutout_images, cutout_images
 from broker.simulator.lightcurves import SN, draw_kind, init_model
-from broker.simulator.measure import detect, forced_values, measure
+from broker.simulator.measure import Measurement, detect, forced_values, measure
 from broker.simulator.objects import HISTORY_DAYS, SimObject
+from broker.simulator.profiles import PacketProfile, Profile, profile_named
 from broker.simulator.schema import schema_plan
 from broker.streaming import wire
 from broker.streaming.schemas import SchemaVersion
@@ -35,6 +43,9 @@ __all__ = ["AlertSimulator"]
 # Galactic north pole (J2000), to tell the plane from high latitudes for target names.
 _NGP = (-0.8676661490, -0.1980763734, 0.4559837762)
 _MAX_IDLE_VISITS = 1_000_000
+_MAX_SOLAR_TRIES = 10_000
+#: Rubin observes no closer to the Sun than this (degrees of solar elongation).
+_MIN_ELONGATION = 60.0
 
 
 class AlertSimulator:
@@ -48,7 +59,7 @@ class AlertSimulator:
         Seed of every random draw; ``None`` draws fresh entropy (see `seed_used`).
     n_objects
         Objects alive at any time; ``None`` fixes it on the first `packets` or `encoded` call to
-        ``max(1, count // 5)``.
+        ``max(1, count // 5)`` (``count // 10`` in the realistic profile).
     start_mjd
         TAI MJD at which the stream starts.
     cutouts
@@ -58,6 +69,10 @@ class AlertSimulator:
         every object an empty history at the start of the stream).
     dec_range
         Declination band of the population, degrees.
+    profile
+        Packet profile (`broker.simulator.profiles`): ``"small"`` (the default, the simulator's
+        original packets, about 37 kB) or ``"realistic"`` (sized on Rubin's April-2026 packets,
+        about 176 kB with history, and solar-system alerts), or a `Profile` of one's own.
     """
 
     def __init__(
@@ -70,8 +85,10 @@ class AlertSimulator:
         cutouts: bool = True,
         history_days: float = HISTORY_DAYS,
         dec_range: tuple[float, float] = (-90.0, 30.0),
+        profile: Profile | PacketProfile | str = PacketProfile.small,
     ) -> None:
         self.schema = SchemaVersion.parse(schema) if isinstance(schema, str) else schema
+        self.profile = profile_named(profile)
         self.schema_id = self.schema.schema_id
         self._plan = schema_plan(self.schema_id)
         if n_objects is not None and n_objects < 1:
@@ -101,6 +118,26 @@ class AlertSimulator:
         self._queue: list[tuple[float, int, SimObject, Visit]] = []
         self._tiebreak = itertools.count()
         self._visit_id = VisitIds()
+        self._dec_range = (low, high)
+        sequences = self.profile.sequences
+        self._plan_night: Callable[[random.Random, float], Visit]
+        self._following: Callable[[random.Random, Visit], Visit]
+        if sequences is None:
+            self._plan_night, self._following = cadence.plan_night, cadence.following
+            self._extra_nights = cadence.MEAN_EXTRA_NIGHTS
+        else:
+            self._plan_night = functools.partial(
+                cadence.plan_sequence, mean_visits=sequences.mean_visits_per_night
+            )
+            self._following = functools.partial(
+                cadence.following_sequence,
+                mean_visits=sequences.mean_visits_per_night,
+                mean_extra_nights=sequences.mean_extra_nights,
+            )
+            self._extra_nights = sequences.mean_extra_nights
+        # Time of the latest visit observed in the stream (a solar-system alert's time).
+        self._now = self._start_mjd
+        self._asteroids: list[solar.Asteroid] = []
 
     # ---- public API ----------------------------------------------------------------------
 
@@ -119,8 +156,7 @@ class AlertSimulator:
         self._start(count)
         for _ in range(count):
             record = self._next_record(share=True)
-            key = str(record["diaObject"]["diaObjectId"]).encode("ascii")
-            yield key, wire.encode(self._plan.hinted(record), self.schema_id)
+            yield _key(record), wire.encode(self._plan.hinted(record), self.schema_id)
 
     @property
     def n_objects(self) -> int | None:
@@ -136,8 +172,10 @@ class AlertSimulator:
         if self._arrivals is not None:
             return
         if self._n_objects is None:
-            self._n_objects = max(1, count // 5)
-        self._arrivals = cadence.first_arrivals(self._rng, self._n_objects, self._start_mjd)
+            self._n_objects = max(1, count // self.profile.packets_per_object)
+        self._arrivals = cadence.first_arrivals(
+            self._rng, self._n_objects, self._start_mjd, self._extra_nights
+        )
 
     def _next_id(self) -> int:
         self._serial += 1
@@ -156,7 +194,7 @@ class AlertSimulator:
         ra = rng.uniform(0.0, 360.0)
         low, high = self._sin_dec
         dec = math.degrees(math.asin(rng.uniform(low, high)))
-        obj = SimObject(self._next_id(), kind, ra, dec)
+        obj = SimObject(self._next_id(), kind, ra, dec, self.profile.max_prv_sources)
         cos_dec = math.cos(math.radians(dec))
         xyz = (cos_dec * math.cos(math.radians(ra)), cos_dec * math.sin(math.radians(ra)))
         sin_b = _NGP[0] * xyz[0] + _NGP[1] * xyz[1] + _NGP[2] * math.sin(math.radians(dec))
@@ -166,18 +204,24 @@ class AlertSimulator:
         if not past:
             return obj
         if kind != SN:
-            birth = first_mjd - rng.uniform(0.0, self._history_days)
+            if self.profile.full_window:
+                birth = first_mjd - self._history_days
+            else:
+                birth = first_mjd - rng.uniform(0.0, self._history_days)
         birth = max(birth, first_mjd - self._history_days)
         if birth < first_mjd:
-            visit = cadence.plan_night(rng, math.floor(birth) + rng.uniform(0.0, 0.3))
+            visit = self._plan_night(rng, math.floor(birth) + rng.uniform(0.0, 0.3))
             while visit.mjd < first_mjd:
                 self._observe(obj, visit, emit=False)
-                visit = cadence.following(rng, visit)
+                visit = self._following(rng, visit)
         return obj
 
     def _next_record(self, *, share: bool) -> dict[str, Any]:
         assert self._arrivals is not None
         rng = self._rng
+        fraction = self.profile.solar_system_fraction
+        if fraction > 0.0 and rng.random() < fraction:
+            return self._solar_record()
         for _ in range(_MAX_IDLE_VISITS):
             arrivals = self._arrivals
             if self._next_arrival < len(arrivals) and (
@@ -185,13 +229,14 @@ class AlertSimulator:
             ):
                 mjd = arrivals[self._next_arrival]
                 self._next_arrival += 1
-                kind = draw_kind(rng)
+                kind = draw_kind(rng, self.profile.class_shares)
                 obj = self._new_object(kind, mjd, past=True)
-                self._push(obj, cadence.plan_night(rng, mjd))
+                self._push(obj, self._plan_night(rng, mjd))
                 continue
             _, _, obj, visit = heapq.heappop(self._queue)
+            self._now = visit.mjd
             record = self._observe(obj, visit, emit=True)
-            following = cadence.following(rng, visit)
+            following = self._following(rng, visit)
             if obj.retire_mjd is not None and following.mjd > obj.retire_mjd:
                 replacement = self._new_object(obj.kind, following.mjd, past=False)
                 self._push(replacement, following)
@@ -209,8 +254,8 @@ class AlertSimulator:
         m = measure(self._rng, obj, visit, self._visit_id(visit.mjd))
         forced_record = self._plan.forced.build(forced_values(obj, m, self._next_id()))
         obj.add_forced(visit.band, m.flux, m.err, m.science, m.sci_err)
-        obj.forget_before(visit.mjd - HISTORY_DAYS)
-        previous_forced = [r for _, r in obj.forced]
+        obj.forget_before(visit.mjd - HISTORY_DAYS, visit.mjd - self.profile.forced_days)
+        previous_forced = [r for _, r in obj.forced] if emit else []
         obj.forced.append((visit.mjd, forced_record))
         if not m.detected:
             return None
@@ -219,9 +264,7 @@ class AlertSimulator:
         source = self._plan.source.build(values)
         record: dict[str, Any] | None = None
         if emit:
-            cutouts: tuple[bytes | None, ...] = (None, None, None)
-            if self._cutouts:
-                cutouts = cutout_images(self._images, obj, values, m)
+            cutouts = self._cutout_images(obj, values, m)
             record = self._plan.alert.build(
                 {
                     "diaSourceId": values["diaSourceId"],
@@ -238,6 +281,79 @@ class AlertSimulator:
             )
         obj.detections.append((visit.mjd, source))
         return record
+
+    def _cutout_images(self, obj: SimObject, values: dict[str, Any],
+                       m: Measurement) -> tuple[bytes | None, ...]:
+        if not self._cutouts:
+            return (None, None, None)
+        layout = self.profile.cutouts
+        if layout.variance:
+            return ccd_cutout_images(self._images, obj, values, m, layout)
+        return cutout_images(self._images, obj, values, m)
+
+    def _solar_record(self) -> dict[str, Any]:
+        """A solar-system alert at the stream's current time (`broker.simulator.solar`)."""
+        rng = self._rng
+        pool = self._asteroids
+        if not pool:
+            # A quarter as many asteroids as live objects: each is seen a few times.
+            assert self._n_objects is not None
+            epoch = float(math.floor(self._start_mjd))
+            size = max(1, self._n_objects // 4)
+            pool.extend(solar.draw_asteroid(rng, epoch) for _ in range(size))
+        low, high = self._dec_range
+        for _ in range(_MAX_SOLAR_TRIES):
+            index = rng.randrange(len(pool))
+            asteroid = pool[index]
+            visit = cadence.plan_night(rng, self._now)
+            eph = solar.ephemeris(asteroid, visit.mjd)
+            if eph.elongation < _MIN_ELONGATION or not low <= eph.dec <= high:
+                # Out of reach for the rest of the stream: another asteroid takes its place.
+                pool[index] = solar.draw_asteroid(rng, asteroid.epoch_mjd)
+                continue
+            # The orbit predicts the position to a fraction of an arcsecond.
+            offset = rng.gauss(0.0, 0.15), rng.gauss(0.0, 0.15)
+            dec = max(-90.0, min(90.0, eph.dec + offset[1] / 3600.0))
+            ra = (eph.ra + offset[0] / 3600.0 / max(math.cos(math.radians(dec)), 1e-6)) % 360.0
+            stand_in = SimObject(0, solar.MOVING, ra, dec, max_sources=1)
+            m = measure(rng, stand_in, visit, self._visit_id(visit.mjd),
+                        true_diff=solar.band_flux(eph, visit.band))
+            if not m.detected:
+                continue
+            values = detect(rng, stand_in, m, self._next_id())
+            length, angle = solar.trail(eph, visit.band)
+            values.update(diaObjectId=None, ssObjectId=asteroid.ss_object_id,
+                          trailLength=length * rng.uniform(0.9, 1.1), trailAngle=angle)
+            gal_lat = solar.galactic(values["ra"], values["dec"])[1]
+            return self._plan.alert.build(
+                {
+                    "diaSourceId": values["diaSourceId"],
+                    "observation_reason": visit.reason,
+                    "target_name": "galactic_plane" if abs(gal_lat) < 15.0 else "lowdust",
+                    "diaSource": self._plan.source.build(values),
+                    "ssSource": self._plan.ss_source.build(
+                        solar.ss_source_values(asteroid, eph, values)
+                    ),
+                    "mpc_orbits": self._plan.mpc_orbits.build(
+                        solar.mpc_orbit_values(rng, asteroid, unix_micros(asteroid.epoch_mjd))
+                    ),
+                    **dict(zip(_CUTOUT_FIELDS, self._cutout_images(stand_in, values, m),
+                               strict=True)),
+                }
+            )
+        msg = f"no solar-system detection in {_MAX_SOLAR_TRIES} tries"
+        raise RuntimeError(msg)
+
+
+_CUTOUT_FIELDS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+
+
+def _key(record: dict[str, Any]) -> bytes:
+    """The Kafka key: the diaObjectId, or a solar-system alert's ssObjectId, as ASCII digits."""
+    dia_object = record["diaObject"]
+    if dia_object is not None:
+        return str(dia_object["diaObjectId"]).encode("ascii")
+    return str(record["diaSource"]["ssObjectId"]).encode("ascii")
 
 
 def _copy_record(record: dict[str, Any]) -> dict[str, Any]:
