@@ -71,12 +71,10 @@ def _card(key: str, value: str, comment: str = "") -> bytes:
     return text[:_CARD].ljust(_CARD).encode("ascii")
 
 
-@cache
-def _header_template(kind: str) -> _HeaderTemplate:
-    data = np.zeros((CUTOUT_SIZE, CUTOUT_SIZE), dtype=">f4")
-    header = fits.PrimaryHDU(data=data).header
+def _stamp_cards(header: fits.Header, kind: str, side: int) -> None:
+    """The WCS and provenance cards every stamp carries, placeholders filled per alert."""
     scale = PIXEL_SCALE_ARCSEC / 3600.0
-    centre = (CUTOUT_SIZE + 1) / 2.0
+    centre = (side + 1) / 2.0
     header["WCSAXES"] = (2, "number of WCS axes")
     header["CTYPE1"] = ("RA---TAN", "gnomonic projection")
     header["CTYPE2"] = ("DEC--TAN", "gnomonic projection")
@@ -95,6 +93,13 @@ def _header_template(kind: str) -> _HeaderTemplate:
     header["BUNIT"] = ("nJy", "pixel values")
     header["CUTOUT"] = (kind, "science, template or difference")
     header["DIASRCID"] = (0, "diaSourceId of the alert")
+
+
+@cache
+def _header_template(kind: str) -> _HeaderTemplate:
+    data = np.zeros((CUTOUT_SIZE, CUTOUT_SIZE), dtype=">f4")
+    header = fits.PrimaryHDU(data=data).header
+    _stamp_cards(header, kind, CUTOUT_SIZE)
     header["ORIGIN"] = ("Lanner simulator", "synthetic data")
     image = header.tostring().encode("ascii")
     offsets = {}
@@ -183,26 +188,7 @@ def _ccd_template(kind: str, side: int) -> _CcdTemplate:
     data = np.zeros((side, side), dtype=">f4")
     header = fits.PrimaryHDU(data=data).header
     header["EXTEND"] = (True, "the variance follows in extension UNCERT")
-    scale = PIXEL_SCALE_ARCSEC / 3600.0
-    centre = (side + 1) / 2.0
-    header["WCSAXES"] = (2, "number of WCS axes")
-    header["CTYPE1"] = ("RA---TAN", "gnomonic projection")
-    header["CTYPE2"] = ("DEC--TAN", "gnomonic projection")
-    header["CUNIT1"] = ("deg", "")
-    header["CUNIT2"] = ("deg", "")
-    header["CRPIX1"] = (centre, "reference pixel: centre of the stamp")
-    header["CRPIX2"] = (centre, "reference pixel: centre of the stamp")
-    header["CRVAL1"] = (0.0, "[deg] RA of the diaSource")
-    header["CRVAL2"] = (0.0, "[deg] Dec of the diaSource")
-    header["CDELT1"] = (-scale, "[deg/pixel] 0.2 arcsec, RA grows to the left")
-    header["CDELT2"] = (scale, "[deg/pixel] 0.2 arcsec")
-    header["RADESYS"] = ("ICRS", "")
-    if kind != "template":
-        header["MJD-OBS"] = (0.0, "[d] visit midpoint, TAI")
-    header["BAND"] = ("r", "Rubin band")
-    header["BUNIT"] = ("nJy", "pixel values")
-    header["CUTOUT"] = (kind, "science, template or difference")
-    header["DIASRCID"] = (0, "diaSourceId of the alert")
+    _stamp_cards(header, kind, side)
     header["CUTMINX"] = (0, "detector x of the first column, less one")
     header["CUTMINY"] = (0, "detector y of the first row, less one")
     header["ORIGIN"] = ("Lanner simulator", "synthetic data")
