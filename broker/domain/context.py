@@ -1,5 +1,8 @@
 """Where an alert sits: on a star, on a quasar, in a galaxy's nucleus or disk, or alone.
 
+One file past 500 lines on purpose: the rules, the counterparts they read and the spherical
+geometry they need (ellipse offsets, proper motion) are one concern, changed together.
+
 :func:`classify` takes an alert's position and the reference-catalog sources found around it
 (:class:`Counterpart`, each of a kind: star, galaxy, qso or generic) and returns one
 :class:`Context`: a label, the counterpart that decided it (catalog, id, separation and, for a

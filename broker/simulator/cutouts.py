@@ -95,6 +95,19 @@ def _stamp_cards(header: fits.Header, kind: str, side: int) -> None:
     header["DIASRCID"] = (0, "diaSourceId of the alert")
 
 
+def _alert_cards(source: Mapping[str, Any], band: int) -> dict[str, bytes]:
+    """The header cards of a stamp that are the alert's own: position, time, band, id."""
+    return {
+        "CRVAL1": _card("CRVAL1", _fits_real(source["ra"]), "[deg] RA of the diaSource"),
+        "CRVAL2": _card("CRVAL2", _fits_real(source["dec"]), "[deg] Dec of the diaSource"),
+        "MJD-OBS": _card(
+            "MJD-OBS", _fits_real(source["midpointMjdTai"]), "[d] visit midpoint, TAI"
+        ),
+        "BAND": _card("BAND", f"'{RUBIN_BANDS[band]:<8}'", "Rubin band"),
+        "DIASRCID": _card("DIASRCID", str(source["diaSourceId"]), "diaSourceId of the alert"),
+    }
+
+
 @cache
 def _header_template(kind: str) -> _HeaderTemplate:
     data = np.zeros((CUTOUT_SIZE, CUTOUT_SIZE), dtype=">f4")
@@ -151,13 +164,7 @@ def cutout_images(
     stack[2] = stack[0] - stack[1]
     data = stack.tobytes()
     cards = {
-        "CRVAL1": _card("CRVAL1", _fits_real(source["ra"]), "[deg] RA of the diaSource"),
-        "CRVAL2": _card("CRVAL2", _fits_real(source["dec"]), "[deg] Dec of the diaSource"),
-        "MJD-OBS": _card(
-            "MJD-OBS", _fits_real(source["midpointMjdTai"]), "[d] visit midpoint, TAI"
-        ),
-        "BAND": _card("BAND", f"'{RUBIN_BANDS[band]:<8}'", "Rubin band"),
-        "DIASRCID": _card("DIASRCID", str(source["diaSourceId"]), "diaSourceId of the alert"),
+        **_alert_cards(source, band),
     }
     stamps = []
     for index, kind in enumerate(_CUTOUT_KINDS):
@@ -250,13 +257,7 @@ def ccd_cutout_images(
     planes[5] = planes[3] + planes[4]
     x, y = float(source["x"]), float(source["y"])
     cards = {
-        "CRVAL1": _card("CRVAL1", _fits_real(source["ra"]), "[deg] RA of the diaSource"),
-        "CRVAL2": _card("CRVAL2", _fits_real(source["dec"]), "[deg] Dec of the diaSource"),
-        "MJD-OBS": _card(
-            "MJD-OBS", _fits_real(source["midpointMjdTai"]), "[d] visit midpoint, TAI"
-        ),
-        "BAND": _card("BAND", f"'{RUBIN_BANDS[band]:<8}'", "Rubin band"),
-        "DIASRCID": _card("DIASRCID", str(source["diaSourceId"]), "diaSourceId of the alert"),
+        **_alert_cards(source, band),
         "CUTMINX": _card("CUTMINX", str(math.floor(x) - side // 2),
                          "detector x of the first column, less one"),
         "CUTMINY": _card("CUTMINY", str(math.floor(y) - side // 2),
