@@ -18,7 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from broker.domain.alerts import flux_to_mag
 from broker.domain.archive import BANDS
 from broker.storage import schema
-from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS, OBJECT_COLUMNS
+from broker.storage.archive import (
+    DETECTION_COLUMNS,
+    FEATURE_COLUMNS,
+    FORCED_COLUMNS,
+    OBJECT_COLUMNS,
+)
 
 
 def _finite(value: Any) -> Any:
@@ -111,7 +116,10 @@ class ObjectLinks(BaseModel):
 if TYPE_CHECKING:
     _ContextFields = BaseModel
     _MatchFields = BaseModel
+    _FeatureFields = BaseModel
 else:
+    _FeatureFields = create_model(
+        "_FeatureFields", __module__=__name__, **_described("objects", FEATURE_COLUMNS))
     _ContextFields = create_model(
         "_ContextFields", __module__=__name__,
         **_described("object_context", schema.columns("object_context")))
@@ -128,6 +136,10 @@ class MatchOut(_MatchFields):
     """One counterpart of the object in a reference catalog."""
 
 
+class FeaturesOut(_FeatureFields):
+    """The object's light-curve features from its whole history (docs/features.md)."""
+
+
 class ObjectOut(ObjectFields):
     """One object: its stored row, latest magnitudes, context, counterparts and links."""
 
@@ -136,16 +148,23 @@ class ObjectOut(ObjectFields):
     matches: list[MatchOut] = Field(
         default_factory=list, description="Its counterparts within each reference catalog's "
         "match radius, by catalog, nearest first.")
+    features: FeaturesOut | None = Field(
+        None, description="Its features from the enrich stage (docs/features.md); null before "
+        "enrich saw it.")
     links: ObjectLinks
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], links: ObjectLinks,
                  context: Mapping[str, Any] | None = None,
-                 matches: Sequence[Mapping[str, Any]] | None = None) -> ObjectOut:
+                 matches: Sequence[Mapping[str, Any]] | None = None,
+                 features: Mapping[str, Any] | None = None) -> ObjectOut:
+        # An object enriched before features were stored has a context and no feature yet.
+        known = features is not None and any(v is not None for v in features.values())
         return cls.model_validate({
             **object_fields(row), "links": links,
             "context": None if context is None else _columns(context, tuple(context)),
-            "matches": [_columns(m, tuple(m)) for m in matches or []]})
+            "matches": [_columns(m, tuple(m)) for m in matches or []],
+            "features": _columns(features, FEATURE_COLUMNS) if known and features else None})
 
 
 if TYPE_CHECKING:

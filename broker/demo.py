@@ -31,8 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from broker.config import Backend, Settings
 from broker.data import CATALOGS, ztf_alerts
+from broker.domain.catalogs import select_rows
+from broker.domain.context import offset_by
+from broker.enricher import julian_year
 from broker.exceptions import LannerError
 from broker.simulator import AlertSimulator
 from broker.storage.refcat import open_catalog_file
@@ -112,6 +117,20 @@ class Placement:
     object_id: int
     ra: float
     dec: float
+    #: The proper motion (mas/yr in RA, as mu_alpha cos delta, and in Dec) and Julian epoch
+    #: of (ra, dec): the transient is put where the star is at the alert's time.
+    motion: tuple[float, float, float] | None = None
+
+    def position_at(self, mjd: float) -> tuple[float, float]:
+        """Where the transient goes for an alert at ``mjd``."""
+        if self.motion is None:
+            return self.ra, self.dec
+        pmra, pmdec, epoch = self.motion
+        years = julian_year(mjd) - epoch
+        ra, dec = offset_by(np.array([self.ra]), np.array([self.dec]),
+                            math.degrees(math.atan2(pmra, pmdec)),
+                            math.hypot(pmra, pmdec) * years / 3.6e6)
+        return float(ra[0]), float(dec[0])
 
 
 def _along(ra: float, dec: float, pa_deg: float, arcsec: float) -> tuple[float, float]:
@@ -121,12 +140,12 @@ def _along(ra: float, dec: float, pa_deg: float, arcsec: float) -> tuple[float, 
     return (ra + east / 3600.0 / math.cos(math.radians(dec))) % 360.0, dec + north / 3600.0
 
 
-#: On Vega (Hipparcos 91262, at its catalogued position), in the disk of NGC 1 (OpenNGC: 1.57'
-#: x 1.07' diameters, PA 112: half a semi-major axis out along the major axis) and in empty sky
-#: (no Hipparcos star within 6', no OpenNGC object within 44').
+#: On Vega (Hipparcos 91262, where its proper motion has taken it since J1991.25), in the disk
+#: of NGC 1 (OpenNGC: 1.57' x 1.07' diameters, PA 112: half a semi-major axis out along the major
+#: axis) and in empty sky (no Hipparcos star within 6', no OpenNGC object within 44').
 PLACEMENTS = (
     Placement("a simulated transient on a Hipparcos star", "variable_star",
-              9_000_000_000_000_001, 279.23410832, 38.78299311),
+              9_000_000_000_000_001, 279.23410832, 38.78299311, (200.94, 286.23, 1991.25)),
     Placement("a simulated transient in a galaxy's disk", "supernova_like",
               9_000_000_000_000_002, *_along(1.8160000, 27.7080833, 112.0, 0.5 * 1.57 * 30)),
     Placement("a simulated transient with nothing near", "orphan",
@@ -249,7 +268,8 @@ def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
         placed_records = AlertSimulator(schema=version, seed=seed + 1, cutouts=False)
         for placement, record in zip(PLACEMENTS, placed_records.packets(len(PLACEMENTS)),
                                      strict=True):
-            moved = place(record, placement.object_id, placement.ra, placement.dec)
+            moved = place(record, placement.object_id,
+                          *placement.position_at(float(record["diaSource"]["midpointMjdTai"])))
             queue.produce(settings.topic_alerts_lsst, wire.encode(moved, version.schema_id),
                           key=str(placement.object_id).encode())
             simulated += 1
@@ -299,10 +319,13 @@ def load_catalogs(factory: Factory, progress: Progress | None = None) -> tuple[s
             continue
         with catalog.path() as path, steps.task(f"loading the {catalog.name} catalog", None):
             source = open_catalog_file(path)
+            batches = source.batches
+            if catalog.only is not None:
+                batches = select_rows(batches, *catalog.only)
             try:
-                factory.refcats.load(catalog.name, source.batches, catalog.id_col,
+                factory.refcats.load(catalog.name, batches, catalog.id_col,
                                      catalog.ra_col, catalog.dec_col, kind=catalog.kind,
-                                     shape=catalog.shape)
+                                     shape=catalog.shape, motion=catalog.motion)
             finally:
                 source.close()
     return tuple(catalog.name for catalog in CATALOGS)

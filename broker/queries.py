@@ -120,10 +120,12 @@ class ArchiveQueries:
             raise NotFoundError(f"object {object_id} not found")
         return row
 
-    def enrichment(self, object_id: str) -> tuple[Row | None, list[Row]]:
-        """The stored context of an object (None before the enrich stage saw it) and its
-        counterparts in the reference catalogs, by catalog, nearest first."""
-        return self.catalog.context(object_id), self.catalog.matches(object_id)
+    def enrichment(self, object_id: str) -> tuple[Row | None, list[Row], Row | None]:
+        """The stored context of an object (None before the enrich stage saw it), its
+        counterparts in the reference catalogs (by catalog, nearest first) and its feature
+        columns (each None before enrich)."""
+        return (self.catalog.context(object_id), self.catalog.matches(object_id),
+                self.catalog.features(object_id))
 
     def lightcurve(self, object_id: str) -> LightCurve:
         """Detections and forced photometry of an object, oldest first.

@@ -22,6 +22,7 @@ from broker import metrics
 from broker.config import DEFAULT_ONCE_WAIT_S
 from broker.domain.alerts import Alert, from_rubin, rubin_object_id
 from broker.domain.archive import ArchiveBatch, ObjectUpdate, Seen, plan
+from broker.domain.features import dia_object_values
 from broker.domain.sky import Chunker
 from broker.domain.ztf import from_ztf
 from broker.exceptions import PermanentError
@@ -270,6 +271,8 @@ def ingested_record(alert: Alert, obj: ObjectUpdate, origin: Origin, source_ms: 
         "offset": origin.offset,
         "source_timestamp_ms": source_ms,
         "ingested_ms": now_ms,
+        "ss_object_id": alert.ss_object_id,
+        "dia_object": dia_object_values(alert.dia_object),
     }
 
 

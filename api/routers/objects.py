@@ -31,7 +31,8 @@ ObjectId = Annotated[str, Path(min_length=1, max_length=64,
     summary="One object",
     description="The stored object row (position, first/last detection, counts and the latest "
                 "flux per band), its latest AB magnitude per band (zero point 31.4 for nJy), its "
-                "context and counterparts in the reference catalogs (from the enrich stage) and "
+                "context, counterparts in the reference catalogs and features (from the enrich "
+                "stage) and "
                 "links to its light curve and cutouts.",
     responses={**NOT_FOUND, **UNAVAILABLE},
 )
@@ -45,8 +46,8 @@ def get_object(object_id: ObjectId, archive: Archive, request: Request) -> Objec
                  for kind in CutoutKind},
         crossmatches=str(request.url_for("get_crossmatches", object_id=object_id)),
     )
-    context, matches = archive.enrichment(object_id)
-    return ObjectOut.from_row(row, links, context, matches)
+    context, matches, features = archive.enrichment(object_id)
+    return ObjectOut.from_row(row, links, context, matches, features)
 
 
 @router.get(

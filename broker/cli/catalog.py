@@ -42,17 +42,39 @@ def catalog_load(
     axes: Annotated[str, typer.Option(
         "--axes", help="Whether the axis columns are diameters or radii (semi-axes).")
     ] = "diameter",
+    pmra_col: Annotated[str | None, typer.Option(
+        "--pmra-col", help="Column of the proper motion in RA (mu_alpha cos delta), mas/yr: "
+                           "a star is then moved to each alert's epoch before it is "
+                           "judged.")] = None,
+    pmdec_col: Annotated[str | None, typer.Option(
+        "--pmdec-col", help="Column of the proper motion in Dec, mas/yr.")] = None,
+    epoch: Annotated[float | None, typer.Option(
+        "--epoch", help="Julian epoch of the positions, e.g. 1991.25 for Hipparcos, 2016.0 "
+                        "for Gaia DR3 (needed with --pmra-col).")] = None,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="Load only the rows whose COLUMN is one of the values: "
+                       "COLUMN=V1[,V2...] (e.g. type=G for OpenNGC's galaxies).")] = None,
 ) -> None:
     """Load (or reload, atomically) a reference catalog from a Parquet or CSV file.
 
     Fails at once if another process is loading or changing the same catalog.
     """
-    from broker.domain.catalogs import ShapeSpec  # noqa: PLC0415
+    from broker.domain.catalogs import MotionSpec, ShapeSpec, select_rows  # noqa: PLC0415
 
     if major_col is None and (minor_col or pa_col):
         raise LannerError("--minor-col and --pa-col need --major-col")
     shape = None if major_col is None else ShapeSpec(major_col, minor_col, pa_col, axis_unit,
                                                      axes)
+    if (pmra_col is None) != (pmdec_col is None) or (pmra_col is not None and epoch is None):
+        raise LannerError("--pmra-col, --pmdec-col and --epoch go together")
+    motion = None if pmra_col is None or pmdec_col is None or epoch is None else MotionSpec(
+        pmra_col, pmdec_col, epoch)
+    only_column, only_values = None, []
+    if only is not None:
+        only_column, _, values = only.partition("=")
+        only_values = [v.strip() for v in values.split(",") if v.strip()]
+        if not only_column.strip() or not only_values:
+            raise LannerError(f"--only {only!r} is not COLUMN=V1[,V2...]")
     import pyarrow as pa  # noqa: PLC0415
     from rich.progress import Progress  # noqa: PLC0415
 
@@ -65,9 +87,12 @@ def catalog_load(
     try:
         with Progress(console=console) as progress:
             task = progress.add_task(f"loading {name} ({source.unit})", total=source.total)
-            report = store.load(name, source.batches, id_col, ra_col, dec_col,
+            batches = source.batches
+            if only_column is not None:
+                batches = select_rows(batches, only_column.strip(), only_values)
+            report = store.load(name, batches, id_col, ra_col, dec_col,
                                 lambda _: progress.update(task, completed=source.position()),
-                                kind=kind, shape=shape)
+                                kind=kind, shape=shape, motion=motion)
             progress.update(task, completed=source.total)
     except ValueError as exc:
         raise LannerError(str(exc)) from None

@@ -18,7 +18,7 @@ from importlib.resources import as_file, files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from broker.domain.catalogs import ShapeSpec
+from broker.domain.catalogs import MotionSpec, ShapeSpec
 
 __all__ = ["CATALOGS", "BundledCatalog", "ztf_alerts"]
 
@@ -34,6 +34,9 @@ class BundledCatalog:
     dec_col: str
     kind: str = "generic"
     shape: ShapeSpec | None = None
+    motion: MotionSpec | None = None
+    #: Only the rows whose column (first) is one of the values (second) are loaded.
+    only: tuple[str, tuple[str, ...]] | None = None
 
     def resource(self) -> Traversable:
         """The file, as an `importlib.resources` traversable."""
@@ -51,9 +54,13 @@ class BundledCatalog:
 
 #: The reference catalogs `lanner demo` loads, in loading order.
 CATALOGS = (
-    BundledCatalog("hipparcos", "hipparcos2.parquet", "hip", "ra", "dec", "star"),
+    # The Hipparcos new reduction: positions at J1991.25, proper motions in mas/yr.
+    BundledCatalog("hipparcos", "hipparcos2.parquet", "hip", "ra", "dec", "star",
+                   motion=MotionSpec("pmra", "pmdec", 1991.25)),
+    # OpenNGC's galaxies only (type G): its other rows (stars, clusters, nebulae, galaxy pairs
+    # and groups) have no galaxy's ellipse and would be judged as galaxies.
     BundledCatalog("openngc", "openngc.csv", "id", "ra_deg", "dec_deg", "galaxy",
-                   ShapeSpec("majax_arcmin", "minax_arcmin", "pa_deg")),
+                   ShapeSpec("majax_arcmin", "minax_arcmin", "pa_deg"), only=("type", ("G",))),
 )
 
 

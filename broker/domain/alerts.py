@@ -102,6 +102,11 @@ class Alert:
     #: ``history`` and ``forced`` because the archive already holds them.
     n_detections: int = 0
     n_forced: int = 0
+    #: Rubin's ``ssObjectId`` when the detection was associated with a known solar-system
+    #: object (the alert then has no diaObject, and its object id is `ss_object_key`'s).
+    ss_object_id: int | None = None
+    #: The packet's diaObject record (Rubin), whose fields the features carry through.
+    dia_object: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.n_detections = self.n_detections or len(self.history) + 1
@@ -227,7 +232,7 @@ def _names(schema_id: int, kind: str, record: Mapping[str, Any]) -> _RubinNames:
     return names
 
 
-def _rubin_detection(source: Mapping[str, Any], fallback_object: int | None,
+def _rubin_detection(source: Mapping[str, Any], fallback_object: int | str | None,
                      n: _RubinNames) -> Detection:
     object_id = source.get("diaObjectId") or fallback_object
     source_id = source.get("diaSourceId")
@@ -260,14 +265,34 @@ def _rubin_forced(forced: Mapping[str, Any], n: _RubinNames) -> ForcedMeasuremen
     )
 
 
+def ss_object_key(ss_object_id: int) -> str:
+    """The archive's object id of a known solar-system object: ``ss`` and Rubin's ssObjectId
+    in decimal, apart from every diaObjectId (digits only) and ZTF objectId (``ZTF...``)."""
+    return f"ss{ss_object_id}"
+
+
+def _ss_object_id(record: Mapping[str, Any]) -> int | None:
+    """Rubin's ssObjectId of a solar-system alert (on its diaSource, else its ssSource)."""
+    for part in ("diaSource", "ssSource"):
+        value = record.get(part)
+        ss = value.get("ssObjectId") if isinstance(value, Mapping) else None
+        if ss:
+            return int(ss)
+    return None
+
+
 def rubin_object_id(record: Mapping[str, Any]) -> str | None:
-    """The object id of a decoded Rubin record, without normalising it."""
+    """The object id of a decoded Rubin record, without normalising it: its diaObjectId, or
+    for a solar-system alert (no diaObject) `ss_object_key` of its ssObjectId."""
     source = record.get("diaSource")
     object_id = source.get("diaObjectId") if isinstance(source, Mapping) else None
     if not object_id:
         dia_object = record.get("diaObject")
         object_id = dia_object.get("diaObjectId") if isinstance(dia_object, Mapping) else None
-    return str(object_id) if object_id else None
+    if not object_id:
+        ss = _ss_object_id(record)
+        return ss_object_key(ss) if ss is not None else None
+    return str(object_id)
 
 
 def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"", *,
@@ -282,7 +307,13 @@ def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"", *
     if not isinstance(source, Mapping):
         raise InvalidAlertError("missing_id", "packet has no diaSource")
     dia_object = record.get("diaObject") or {}
-    object_ref = dia_object.get("diaObjectId") if isinstance(dia_object, Mapping) else None
+    object_ref: int | str | None = (dia_object.get("diaObjectId")
+                                    if isinstance(dia_object, Mapping) else None)
+    ss_object_id = None
+    if not object_ref and not source.get("diaObjectId"):
+        # A solar-system alert: archived under its solar-system object (docs/architecture.md).
+        ss_object_id = _ss_object_id(record)
+        object_ref = ss_object_key(ss_object_id) if ss_object_id is not None else None
     try:
         names = _names(schema_id, "source", source)
         detection = _rubin_detection(source, object_ref, names)
@@ -314,6 +345,8 @@ def from_rubin(record: Mapping[str, Any], schema_id: int, packet: bytes = b"", *
         position=position,
         n_detections=len(previous) + 1,
         n_forced=len(forced_records),
+        ss_object_id=ss_object_id,
+        dia_object=dia_object if isinstance(dia_object, Mapping) and dia_object else None,
     )
     return validate(alert)
 

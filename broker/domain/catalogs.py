@@ -10,9 +10,11 @@ null, NaN or out of range are skipped and counted.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -143,12 +145,95 @@ class CatalogShape:
                 "axes": self.axes}
 
     @classmethod
-    def from_json(cls, data: dict[str, str | None] | None) -> CatalogShape | None:
-        if not data:
+    def from_json(cls, data: dict[str, Any] | None) -> CatalogShape | None:
+        if not data or not data.get("major"):
             return None
         return cls(major=str(data["major"]), minor=data.get("minor"), pa=data.get("pa"),
                    unit=str(data.get("unit") or "arcmin"),
                    axes=str(data.get("axes") or "diameter"))
+
+
+@dataclass(frozen=True, slots=True)
+class MotionSpec:
+    """The proper-motion columns of an input file (mas/yr, ``pmra`` being ``μα·cos δ`` as in
+    Hipparcos and Gaia) and the Julian epoch of its positions (Hipparcos: 1991.25)."""
+
+    pmra_col: str
+    pmdec_col: str
+    epoch_jyear: float
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogMotion:
+    """Where a stored catalog keeps each row's proper motion, and its positions' epoch; kept
+    in the registry's ``shape`` document under ``motion``."""
+
+    pmra: str
+    pmdec: str
+    epoch_jyear: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pmra": self.pmra, "pmdec": self.pmdec, "epoch_jyear": self.epoch_jyear}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> CatalogMotion | None:
+        motion = (data or {}).get("motion")
+        if not motion:
+            return None
+        return cls(pmra=str(motion["pmra"]), pmdec=str(motion["pmdec"]),
+                   epoch_jyear=float(motion["epoch_jyear"]))
+
+
+def profile_json(shape: CatalogShape | None,
+                 motion: CatalogMotion | None) -> dict[str, Any] | None:
+    """The registry's ``shape`` document of a catalog: its shape columns and its motion."""
+    if shape is None and motion is None:
+        return None
+    data: dict[str, Any] = shape.to_json() if shape else {}
+    if motion is not None:
+        data["motion"] = motion.to_json()
+    return data
+
+
+def plan_motion(motion: MotionSpec | None, columns: CatalogColumns) -> CatalogMotion | None:
+    """Check proper-motion columns against a catalog's planned columns: both must be numeric
+    data columns of the input, the epoch a finite Julian year. Raises ValueError naming what
+    is missing or wrong."""
+    if motion is None:
+        return None
+    if not math.isfinite(motion.epoch_jyear) or not 1000.0 <= motion.epoch_jyear <= 3000.0:
+        msg = f"epoch {motion.epoch_jyear} is not a Julian year (e.g. 1991.25, 2016.0)"
+        raise ValueError(msg)
+    stored = {c.source: c for c in columns.data}
+    named = {"pmra": motion.pmra_col, "pmdec": motion.pmdec_col}
+    missing = [f"{role} {col!r}" for role, col in named.items() if col not in stored]
+    if missing:
+        shown = ", ".join(c.source for c in columns.data[:20])
+        msg = (f"the proper-motion columns {', '.join(missing)} are not data columns of the "
+               f"input (its data columns: {shown})")
+        raise ValueError(msg)
+    not_numeric = [f"{role} {col!r}" for role, col in named.items()
+                   if stored[col].kind not in ("int64", "float64")]
+    if not_numeric:
+        msg = f"the proper-motion columns {', '.join(not_numeric)} are not numeric"
+        raise ValueError(msg)
+    return CatalogMotion(stored[motion.pmra_col].name, stored[motion.pmdec_col].name,
+                         float(motion.epoch_jyear))
+
+
+def select_rows(batches: Iterable[pa.RecordBatch], column: str,
+                values: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """Only the rows whose ``column``, read as text, is one of ``values`` (``lanner catalog
+    load --only``: OpenNGC's galaxies are its rows of type ``G``). Raises ValueError when the
+    input has no such column."""
+    wanted = pa.array([str(v) for v in values], type=pa.string())
+    for batch in batches:
+        if column not in batch.schema.names:
+            shown = ", ".join(batch.schema.names[:20])
+            msg = f"the --only column {column!r} is not in the input (its columns: {shown})"
+            raise ValueError(msg)
+        text = pc.cast(batch.column(column), pa.string())
+        yield batch.filter(pc.fill_null(pc.is_in(text, value_set=wanted), False))
 
 
 def plan_profile(kind: str, shape: ShapeSpec | None,

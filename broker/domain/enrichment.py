@@ -9,11 +9,12 @@ it holds), so a batch delivered twice, or out of order, changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 #: The context labels, in the order docs/context.md explains them.
-CONTEXTS = ("variable_star", "nuclear", "supernova_like", "agn", "orphan", "unclear")
+CONTEXTS = ("variable_star", "nuclear", "supernova_like", "agn", "orphan", "unclear",
+            "solar_system")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,9 @@ class ObjectEnrichment:
     offset_semimajor: float | None = None
     reason: str = ""
     matches: tuple[Match, ...] = ()
+    #: The object's features (`broker.domain.features.FEATURES`) from its whole history up to
+    #: this alert; empty when they were not computed.
+    features: Mapping[str, int | float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from broker.constants import NJY_AB_ZEROPOINT, RUBIN_BANDS
-from broker.domain.alerts import flux_to_mag
+from broker.domain.alerts import Alert, flux_to_mag
 
 #: Days either side of the peak over which the rise and decline rates are fitted (as for the
 #: customary 15-day post-peak decline, so ``15 * decline_rate`` approximates that decline).
@@ -409,6 +409,19 @@ def _per_band(out: dict[str, Value], det: _Points, forced: _Points, band: str) -
     out[f"{band}_excess_var"] = _excess_variance(total, total_err)
 
 
+def dia_object_values(dia_object: Mapping[str, Any] | None) -> dict[str, float | None] | None:
+    """The diaObject fields `DIA_OBJECT_FIELDS` reads, by Rubin's names, as floats (None where
+    absent or not finite): what the ingest stage passes on for the features; None without a
+    diaObject."""
+    if not dia_object:
+        return None
+    out: dict[str, float | None] = {}
+    for field, _kind in DIA_OBJECT_FIELDS.values():
+        number = _float(dia_object.get(field))
+        out[field] = None if math.isnan(number) else number
+    return out
+
+
 def _dia_values(dia_object: Mapping[str, Any] | None) -> dict[str, Value]:
     out: dict[str, Value] = {}
     for name, (field, kind) in DIA_OBJECT_FIELDS.items():
@@ -418,6 +431,20 @@ def _dia_values(dia_object: Mapping[str, Any] | None) -> dict[str, Value]:
         else:
             out[name] = int(number) if kind == "int" else number
     return out
+
+
+def history_rows(alert: Alert) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """An alert's detections (its own and its packet's history) and forced measurements as the
+    rows `compute_features` reads."""
+    detections = [{"source_id": d.source_id, "object_id": d.object_id, "mjd": d.mjd,
+                   "band": d.band, "psf_flux": d.psf_flux, "psf_flux_err": d.psf_flux_err,
+                   "science_flux": d.science_flux, "science_flux_err": d.science_flux_err}
+                  for d in alert.detections()]
+    forced = [{"forced_id": f.forced_id, "object_id": f.object_id, "mjd": f.mjd, "band": f.band,
+               "psf_flux": f.psf_flux, "psf_flux_err": f.psf_flux_err,
+               "science_flux": f.science_flux, "science_flux_err": f.science_flux_err}
+              for f in alert.forced]
+    return detections, forced
 
 
 def compute_features(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from broker.config import Settings
 from broker.domain.archive import ArchiveBatch
 from broker.exceptions import ArchiveIntegrityError, ServiceUnavailableError
 from broker.storage.archive import DETECTION_COLUMNS, FORCED_COLUMNS
-from broker.storage.stores import Origin, Row
+from broker.storage.stores import History, Origin, Row
 from broker.streaming import packets
 
 #: The single local node starts in this data centre (SimpleSnitch's name for it).
@@ -215,6 +215,43 @@ class CassandraLightCurves:
                           f"{self._table('forced_photometry')} WHERE object_id = %s",
                           (object_id,))
         return [{c: r[c] for c in FORCED_COLUMNS} for r in rows]
+
+    def histories(self, object_ids: Iterable[str]) -> dict[str, History]:
+        """Every detection and forced measurement of each object: two prepared queries per
+        object, up to ``concurrency`` in flight (one partition each, read whole)."""
+        ids = sorted(set(object_ids))
+        if not ids:
+            return {}
+        statements = [(self._select(table), (object_id,))
+                      for object_id in ids for table in ("detections", "forced_photometry")]
+        try:
+            results = execute_concurrent(self.connection.session(), statements,
+                                         concurrency=self.concurrency,
+                                         raise_on_first_error=False, results_generator=False)
+        except (NoHostAvailable, OperationTimedOut) as exc:
+            raise ServiceUnavailableError(f"Cassandra read failed: {exc}") from exc
+        out: dict[str, History] = {}
+        for i, object_id in enumerate(ids):
+            (ok_d, det), (ok_f, forced) = results[2 * i], results[2 * i + 1]
+            if not (ok_d and ok_f):
+                raise ServiceUnavailableError(
+                    f"Cassandra read failed: {det if not ok_d else forced}")
+            out[object_id] = History(
+                [dict(zip(DETECTION_COLUMNS, row, strict=True)) for row in det],
+                [dict(zip(FORCED_COLUMNS, row, strict=True)) for row in forced])
+        return out
+
+    def _select(self, table: str) -> Any:
+        key = f"select:{table}"
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            columns = DETECTION_COLUMNS if table == "detections" else FORCED_COLUMNS
+            prepared = self.connection.session().prepare(
+                f"SELECT {', '.join(columns)} FROM {self.connection.keyspace}.{table} "
+                "WHERE object_id = ?")
+            prepared.fetch_size = None  # a light curve is read whole, never paged
+            self._prepared[key] = prepared
+        return prepared
 
     def cutout(self, source_id: int, kind: str) -> bytes | None:
         rows = self._rows(f"SELECT data FROM {self._table('cutouts')} "

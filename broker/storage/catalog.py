@@ -41,14 +41,14 @@ from broker.domain.sky import (
 )
 from broker.exceptions import LannerError
 from broker.storage import schema
-from broker.storage.archive import DETECTION_COLUMNS, OBJECT_COLUMNS
+from broker.storage.archive import DETECTION_COLUMNS, FEATURE_COLUMNS, OBJECT_COLUMNS
 from broker.storage.dialect import column_list, marks, q
 from broker.storage.shards import ShardSet
 from broker.storage.stores import Row
 
 #: Every column of the objects table (what a read returns is `OBJECT_COLUMNS`), of an alert
 #: row and of a director row.
-_OBJECT_TABLE_COLUMNS = schema.columns("objects")
+_OBJECT_TABLE_COLUMNS = tuple(c for c in schema.columns("objects") if c not in FEATURE_COLUMNS)
 ALERT_ROW_COLUMNS = DETECTION_COLUMNS
 DIRECTOR_COLUMNS = schema.columns("director")
 
@@ -291,14 +291,15 @@ class ChunkedCatalog:
     # -- enrichment
 
     def write_enrichment(self, results: Iterable[ObjectEnrichment]) -> int:
-        """Store the context and counterparts of objects, each on the shard of its chunk; the
-        number of objects whose rows were (re)written.
+        """Store the context, counterparts and features of objects, each on the shard of its
+        chunk; the number of objects whose rows were (re)written.
 
         Only the newest alert's result per object is kept: in each shard's transaction the
         stored ``(alert_mjd, alert_id)`` of the objects are read (locked on MariaDB), and an
         object whose stored result is newer is left alone; the others get their context row
-        replaced and their matches deleted and written again. So a redelivered or late batch
-        changes nothing.
+        replaced, their matches deleted and written again and their feature columns in
+        ``objects`` set (a result without features leaves them as they are). So a redelivered
+        or late batch changes nothing.
         """
         newest = newest_per_object(results)
         by_shard: dict[int, list[ObjectEnrichment]] = {}
@@ -308,6 +309,8 @@ class ChunkedCatalog:
         upsert = dialect.upsert("object_context", CONTEXT_COLUMNS, ["object_id"],
                                 [(c, dialect.new(c)) for c in CONTEXT_COLUMNS[1:]])
         insert = dialect.insert_ignore("object_matches", MATCH_COLUMNS)
+        set_features = (f"UPDATE objects SET {', '.join(f'{q(c)} = %s' for c in FEATURE_COLUMNS)} "
+                        "WHERE object_id = %s")
 
         def work(results: list[ObjectEnrichment]) -> Callable[[Any], int]:
             def run(cursor: Any) -> int:
@@ -330,6 +333,10 @@ class ChunkedCatalog:
                             m.separation_arcsec) for r in fresh for m in r.matches]
                 if matches:
                     cursor.executemany(insert, matches)
+                features = [(*(r.features.get(c) for c in FEATURE_COLUMNS), r.object_id)
+                            for r in fresh if r.features]
+                if features:
+                    cursor.executemany(set_features, features)
                 return len(fresh)
             return run
 
@@ -342,6 +349,13 @@ class ChunkedCatalog:
             object_id, f"SELECT {column_list(CONTEXT_COLUMNS)} FROM object_context "
                        "WHERE object_id = %s")
         return dict(zip(CONTEXT_COLUMNS, rows[0], strict=True)) if rows else None
+
+    def features(self, object_id: str) -> Row | None:
+        """The stored features of an object (`FEATURE_COLUMNS`; None each until its first
+        enrichment), or None for an unknown object."""
+        rows = self._on_object_shard(
+            object_id, f"SELECT {column_list(FEATURE_COLUMNS)} FROM objects WHERE object_id = %s")
+        return dict(zip(FEATURE_COLUMNS, rows[0], strict=True)) if rows else None
 
     def matches(self, object_id: str) -> list[Row]:
         """The stored counterparts of an object, by catalog, nearest first."""

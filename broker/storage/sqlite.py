@@ -14,20 +14,24 @@ repeated alert, harmlessly since the bytes are the same.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from broker.domain.archive import ArchiveBatch
 from broker.storage import schema
 from broker.storage.dialect import column_list
 from broker.storage.shards import SQLiteShards
-from broker.storage.stores import Origin, Row
+from broker.storage.stores import History, Origin, Row
 
 DETECTION_COLUMNS = schema.columns("embedded_detections")
 FORCED_COLUMNS = schema.columns("embedded_forced_photometry")
 _PACKET_COLUMNS = schema.columns("embedded_packets")
 _TABLES = {"detections": "embedded_detections", "forced_photometry": "embedded_forced_photometry",
            "cutouts": "embedded_cutouts", "packets": "embedded_packets"}
+
+
+#: Object ids per ``IN (...)`` list of a history read.
+_IN_BATCH = 500
 
 
 class SQLiteLightCurves:
@@ -101,6 +105,30 @@ class SQLiteLightCurves:
         rows = self._rows(f"SELECT {column_list(FORCED_COLUMNS)} FROM embedded_forced_photometry "
                           "WHERE object_id = %s ORDER BY mjd, forced_id", [object_id])
         return [dict(zip(FORCED_COLUMNS, r, strict=True)) for r in rows]
+
+    def histories(self, object_ids: Iterable[str]) -> dict[str, History]:
+        """Every detection and forced measurement of each object, in one read transaction
+        (the ids go in batches of `_IN_BATCH`, within SQLite's bound-parameter limit)."""
+        ids = sorted(set(object_ids))
+        out = {object_id: History([], []) for object_id in ids}
+
+        def work(cursor: Any) -> None:
+            for start in range(0, len(ids), _IN_BATCH):
+                part = ids[start:start + _IN_BATCH]
+                marks = ", ".join(["%s"] * len(part))
+                for table, columns, target in (
+                        ("embedded_detections", DETECTION_COLUMNS, "detections"),
+                        ("embedded_forced_photometry", FORCED_COLUMNS, "forced")):
+                    cursor.execute(f"SELECT {column_list(columns)} FROM {table} "
+                                   f"WHERE object_id IN ({marks})", part)
+                    position = columns.index("object_id")
+                    for row in cursor.fetchall():
+                        getattr(out[row[position]], target).append(
+                            dict(zip(columns, row, strict=True)))
+
+        if ids:
+            self.shards.run(0, work, write=False)
+        return out
 
     def cutout(self, source_id: int, kind: str) -> bytes | None:
         rows = self._rows("SELECT data FROM embedded_cutouts WHERE source_id = %s AND kind = %s",

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from broker.domain.archive import ArchiveBatch, Seen
-from broker.domain.catalogs import ShapeSpec
+from broker.domain.catalogs import MotionSpec, ShapeSpec
 from broker.domain.enrichment import ObjectEnrichment
 
 Row = dict[str, Any]
@@ -70,6 +70,14 @@ class ApplyReport:
     created: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class History:
+    """Everything the light-curve archive holds of one object, as rows in no set order."""
+
+    detections: list[Row]
+    forced: list[Row]
+
+
 class LightCurveArchive(Protocol):
     """Light curves, forced photometry, cutouts and packets."""
 
@@ -85,6 +93,10 @@ class LightCurveArchive(Protocol):
 
     def forced_photometry(self, object_id: str) -> list[Row]:
         """Forced measurements of an object, oldest first."""
+
+    def histories(self, object_ids: Iterable[str]) -> dict[str, History]:
+        """The detections and forced measurements of each object (an unknown object has
+        empty lists), read in as few round trips as the backend allows."""
 
     def cutout(self, source_id: int, kind: str) -> bytes | None:
         """One cutout (science, template or difference) of an alert."""
@@ -127,6 +139,10 @@ class ObjectCatalog(Protocol):
     def context(self, object_id: str) -> Row | None:
         """The stored context of an object."""
 
+    def features(self, object_id: str) -> Row | None:
+        """The stored feature columns of an object (each None until it is enriched), or None
+        for an unknown object."""
+
     def matches(self, object_id: str) -> list[Row]:
         """The stored counterparts of an object, by catalog, nearest first."""
 
@@ -152,9 +168,10 @@ class ReferenceCatalogs(Protocol):
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
              dec_col: str, progress: Progress | None = None, *, kind: str = "generic",
-             shape: ShapeSpec | None = None) -> LoadReport:
+             shape: ShapeSpec | None = None, motion: MotionSpec | None = None) -> LoadReport:
         """Load a catalog of a kind (star, galaxy, qso, generic; a galaxy catalog with its
-        shape columns), replacing any loaded version atomically."""
+        shape columns; optionally proper-motion columns and their epoch), replacing any loaded
+        version atomically."""
 
     def apply(self, name: str, upserts: pa.Table, deletes: Iterable[tuple[Any, int]] = (), *,
               id_col: str, ra_col: str, dec_col: str,

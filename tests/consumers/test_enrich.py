@@ -164,7 +164,7 @@ def test_a_reloaded_catalog_is_picked_up(harness) -> None:
                                                         "dec": [5.0]})],
                              "sid", "ra", "dec", kind="star")
         # Once the stage's list of catalogs is older than its TTL, the new version is read.
-        stage.catalogs.clock = lambda: 1e12
+        stage.enricher.catalogs.clock = lambda: 1e12
         later = _placed(record, 800_000_000_001, 10.0, 5.0)
         later["diaSource"]["diaSourceId"] += 1
         later["diaSource"]["midpointMjdTai"] += 1.0

@@ -70,6 +70,7 @@ class Harness:
         arguments: dict[str, Any] = {
             "source": self.source(group, [self.topics.ingested]),
             "publisher": self.publisher(), "catalog": self.catalog, "refcats": self.refcats,
+            "lightcurves": self.lightcurves,
             "chunker": CHUNKER, "batch_size": 300, "poll_timeout": 0.2,
             "topics": EnrichTopics(ingested=self.topics.ingested, enriched=self.enriched,
                                    dlq=self.topics.dlq),

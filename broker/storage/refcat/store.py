@@ -29,12 +29,16 @@ import pyarrow as pa
 from broker.domain.catalogs import (
     DEFAULT_OVERLAP_DEG,
     CatalogColumns,
+    CatalogMotion,
     CatalogShape,
+    MotionSpec,
     PreparedBatch,
     ShapeSpec,
     plan_columns,
+    plan_motion,
     plan_profile,
     prepare_batch,
+    profile_json,
     validate_name,
 )
 from broker.domain.sky import Chunker, ChunkPlacement, check_cone, cone_cover, nearest_first
@@ -275,10 +279,12 @@ class ChunkedRefCatalogs:
 
     def _write_registry(self, name: str, version: int, rows: int, columns: CatalogColumns, *,
                         replace: bool, kind: str = "generic",
-                        shape: CatalogShape | None = None) -> None:
+                        shape: CatalogShape | None = None,
+                        motion: CatalogMotion | None = None) -> None:
+        profile = profile_json(shape, motion)
         values = [name, version, rows, json.dumps(_columns_of(columns)), self.overlap_deg,
                   self.dialect.time_value(changes.utc_now()), "ready", kind,
-                  json.dumps(shape.to_json()) if shape else None]
+                  json.dumps(profile) if profile else None]
         if replace:
             sql = self.dialect.upsert("refcat_registry", _REGISTRY_COLUMNS, ["name"],
                                       [(c, self.dialect.new(c)) for c in _REGISTRY_COLUMNS[1:]])
@@ -294,11 +300,12 @@ class ChunkedRefCatalogs:
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
              dec_col: str, progress: Progress | None = None, *, kind: str = "generic",
-             shape: ShapeSpec | None = None) -> LoadReport:
+             shape: ShapeSpec | None = None, motion: MotionSpec | None = None) -> LoadReport:
         """Load a catalog from record batches, replacing any loaded version atomically.
 
-        ``kind`` and ``shape`` (the input's shape columns) are checked against the input's
-        columns before anything is written (`plan_profile`) and kept in the registry.
+        ``kind``, ``shape`` (the input's shape columns) and ``motion`` (its proper-motion
+        columns and epoch) are checked against the input's columns before anything is written
+        (`plan_profile`, `plan_motion`) and kept in the registry.
 
         The catalog's lock is held throughout; if another process holds it (a load, or a
         change being applied), `CatalogBusyError` is raised at once and nothing is written.
@@ -306,14 +313,16 @@ class ChunkedRefCatalogs:
         validate_name(name)
         self.setup()
         with self._exclusive(name, 0):
-            return self._load(name, batches, id_col, ra_col, dec_col, progress, kind, shape)
+            return self._load(name, batches, id_col, ra_col, dec_col, progress, kind, shape,
+                              motion)
 
     def _load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
               dec_col: str, progress: Progress | None, kind: str,
-              shape_spec: ShapeSpec | None) -> LoadReport:
+              shape_spec: ShapeSpec | None, motion_spec: MotionSpec | None) -> LoadReport:
         started = time.perf_counter()
         first, rest, columns = _plan_input(name, batches, id_col, ra_col, dec_col)
         kind, shape = plan_profile(kind, shape_spec, columns)
+        motion = plan_motion(motion_spec, columns)
         current = self._registry(name)
         version = (current["version"] if current else 0) + 1
         tables = table_names(name, version)
@@ -329,7 +338,7 @@ class ChunkedRefCatalogs:
 
             self.shards.all_shards(enable)
             self._write_registry(name, version, rows, columns, replace=True, kind=kind,
-                                 shape=shape)
+                                 shape=shape, motion=motion)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._drop_tables(tables)
