@@ -9,9 +9,9 @@ Needs `lanner services up`. Two measurements, each on fresh topics, keyspace and
    a year of history; ``small`` gives the earlier runs' 37 kB packets) are produced as fast as
    Kafka takes them. The rate is archived alerts over the time from the first produce to the
    last ``internal.ingested`` record published. The realistic profile's solar-system alerts
-   (about one in ten) name no diaObject and ingest dead-letters them (``missing_id``): they are
-   produced and read like the others but not counted as archived, and the run waits only for
-   the alerts that name an object (``broker.domain.alerts.rubin_object_id``).
+   (about one in ten) name no diaObject; ingest archives them under their ssObjectId
+   (``broker.domain.alerts.rubin_object_id``), and ``dead_lettered_expected`` counts the
+   packets that name no object at all (none in a simulated stream).
    ``alerts_per_s_per_core`` divides by every core of the machine (the services run on the
    same cores). The decode rate of the same packets (bench/decode.py's measure, same run) gives
    ``ratio_to_decode``.
@@ -117,7 +117,8 @@ def _read_ingested(bootstrap: str, topic: str, expected: int, timeout: float) ->
 
 
 def _archivable(messages: list[tuple[bytes, bytes]]) -> int:
-    """How many packets ingest archives: those that name an object (the others go to the DLQ)."""
+    """How many packets ingest archives: those that name an object, a diaObject or a known
+    solar-system object (the others go to the DLQ)."""
     return sum(rubin_object_id(wire.decode(value)[1]) is not None for _, value in messages)
 
 

@@ -51,6 +51,10 @@ log = structlog.get_logger(__name__)
 #: larger galaxy needs its catalog loaded with a larger overlap.
 GALAXY_RADIUS_ARCSEC = 60.0
 
+#: The reason of the ``solar_system`` context: the survey associated the detection with a known
+#: solar-system object (Rubin's ssObjectId; the object id is ``ss`` and that number).
+SOLAR_SYSTEM_REASON = "known_solar_system_object"
+
 #: Seconds the enricher trusts its list of loaded catalogs before reading the registry again.
 CATALOGS_TTL_S = 10.0
 
@@ -212,8 +216,7 @@ class Enricher:
             if ss_object_id is not None:
                 label, catalog, source_id, separation, offset = (
                     "solar_system", None, None, None, None)
-                reason = (f"associated by the survey with known solar-system object "
-                          f"{ss_object_id}")
+                reason = SOLAR_SYSTEM_REASON
             out.append(ObjectEnrichment(
                 object_id=record["object_id"], chunk_id=int(record["chunk_id"]),
                 hpx29=int(indices[i]), ra=float(ra[i]), dec=float(dec[i]),

@@ -175,3 +175,114 @@ def test_a_reloaded_catalog_is_picked_up(harness) -> None:
     finally:
         stage.source.close()
     assert harness.catalog.context("800000000001")["source_id"] == "2"
+
+
+def test_features_come_from_the_whole_stored_history(harness, tmp_path) -> None:
+    from broker.storage.archive import FEATURE_COLUMNS
+
+    # Objects repeat in the simulated stream: some get several alerts, in one batch or more.
+    packets = list(AlertSimulator(schema="11.1", seed=5, cutouts=False).encoded(60))
+    for key, value in packets[:40]:
+        harness.produce(harness.topics.lsst, value, key=key)
+    harness.ingest_once()
+    harness.enrich_once()
+    for key, value in packets[40:]:
+        harness.produce(harness.topics.lsst, value, key=key)
+    harness.ingest_once()
+    harness.enrich_once()
+
+    published = [lanner_schemas.decode("enriched", m.value)
+                 for m in harness.outputs(harness.enriched)]
+    assert len({r["alert_id"] for r in published}) == 60
+    newest: dict[str, dict[str, Any]] = {}
+    for record in published:
+        current = newest.get(record["object_id"])
+        if current is None or (record["mjd"], record["alert_id"]) > (current["mjd"],
+                                                                      current["alert_id"]):
+            newest[record["object_id"]] = record
+    assert len(newest) > 5
+    for object_id, record in newest.items():
+        stored = harness.catalog.features(object_id)
+        detections = harness.lightcurves.lightcurve(object_id)
+        forced = harness.lightcurves.forced_photometry(object_id)
+        # Counts and times over everything archived, not only the newest packet's history.
+        assert stored["ndet"] == len({d["source_id"] for d in detections}), object_id
+        assert stored["nforced"] == len({f["forced_id"] for f in forced}), object_id
+        assert stored["first_det_mjd"] == min(d["mjd"] for d in detections)
+        assert stored["last_det_mjd"] == max(d["mjd"] for d in detections)
+        for band in "ugrizy":
+            assert stored[f"{band}_ndet"] == sum(d["band"] == band for d in detections)
+        # The newest alert's record carries the stored features (ints as doubles).
+        assert set(record["features"]) == set(FEATURE_COLUMNS)
+        assert record["features"] == {k: None if v is None else float(v)
+                                      for k, v in stored.items()}
+    # Rubin's diaObject fields come through from the packet.
+    assert any(harness.catalog.features(o)["dia_n_dia_sources"] for o in newest)
+
+    # Redelivered: nothing stored changes.
+    before = {o: harness.catalog.features(o) for o in newest}
+    harness.enrich_once(group="lanner-enrich-again")
+    assert {o: harness.catalog.features(o) for o in newest} == before
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    object_id = next(iter(newest))
+    with TestClient(create_app(harness.factory(tmp_path))) as http:
+        body = http.get(f"/api/v1/objects/{object_id}").json()
+    assert body["features"] == before[object_id]
+
+
+def test_solar_system_alerts_are_archived_and_put_in_context(harness) -> None:
+    simulator = AlertSimulator(schema="11.1", seed=3, cutouts=False, profile="realistic")
+    solar = []
+    for key, value in simulator.encoded(40):
+        record = wire.decode(value)[1]
+        if record.get("diaObject") is None:
+            solar.append((key, value, record["diaSource"]["ssObjectId"]))
+    assert solar, "the realistic profile makes one alert in ten a solar-system alert"
+    for key, value, _ in solar:
+        harness.produce(harness.topics.lsst, value, key=key)
+    report = harness.ingest_once()
+    assert (report.archived, report.dead_lettered) == (len(solar), 0)
+    harness.enrich_once()
+    for _, _, ss_object_id in solar:
+        object_id = f"ss{ss_object_id}"
+        assert harness.catalog.get_object(object_id) is not None
+        context = harness.catalog.context(object_id)
+        assert context["context"] == "solar_system"
+        assert context["reason"] == "known_solar_system_object"
+        assert context["catalog"] is None
+    published = [lanner_schemas.decode("enriched", m.value)
+                 for m in harness.outputs(harness.enriched)]
+    assert {r["context"] for r in published} == {"solar_system"}
+
+
+def test_a_moving_star_is_judged_where_it_has_moved_to(harness) -> None:
+    from broker.domain.catalogs import MotionSpec
+    from broker.enricher import julian_year
+
+    records = list(AlertSimulator(schema="11.1", seed=9, cutouts=False).packets(2))
+    # Both alerts at the first one's time (their source ids differ).
+    mjd = records[0]["diaSource"]["midpointMjdTai"]
+    records[1]["diaSource"]["midpointMjdTai"] = mjd
+    years = julian_year(mjd) - 2000.0
+    # 1''/yr east: some 26'' from its catalogued position by the alert's time.
+    star = (150.0, 20.0)
+    harness.refcats.load("fast", [pa.record_batch({
+        "sid": [7], "ra": [star[0]], "dec": [star[1]], "pmra": [1000.0], "pmdec": [0.0]})],
+        "sid", "ra", "dec", kind="star", motion=MotionSpec("pmra", "pmdec", 2000.0))
+    now = _offset(*star, years * 1.0, 0.0)
+    for record, object_id, (ra, dec) in ((records[0], 800_000_000_010, now),
+                                         (records[1], 800_000_000_011, star)):
+        harness.produce(harness.topics.lsst,
+                        wire.encode(_placed(record, object_id, ra, dec), SCHEMA_ID),
+                        key=str(object_id).encode())
+    harness.ingest_once()
+    harness.enrich_once()
+    moved = harness.catalog.context("800000000010")
+    assert (moved["context"], moved["source_id"]) == ("variable_star", "7")
+    assert moved["separation_arcsec"] == pytest.approx(0.0, abs=0.2)
+    # At the catalogued position, the star is no longer there.
+    assert harness.catalog.context("800000000011")["context"] == "orphan"

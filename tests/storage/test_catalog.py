@@ -697,3 +697,62 @@ def test_enrichment_results_keep_the_newest_alert(archive: Archive, stream: list
     placement = archive.catalog.placement
     for row in archive.rows("object_context"):
         assert placement.shard_of(row[2]) == row[0]
+
+
+def test_features_are_stored_with_the_newest_enrichment(archive: Archive,
+                                                        stream: list[Alert]) -> None:
+    from dataclasses import replace
+
+    from broker.storage.archive import FEATURE_COLUMNS
+
+    _ingest(archive, stream[:100])
+    object_id = stream[0].object_id
+    chunk = archive.catalog.get_object(object_id)["chunk_id"]  # type: ignore[index]
+    # Before the enrich stage: the row exists and every feature is NULL.
+    assert archive.catalog.features(object_id) == dict.fromkeys(FEATURE_COLUMNS)
+    assert archive.catalog.features("never-seen") is None
+    values = {name: (7 if name.endswith("ndet") else 21.5 if name.endswith("mag") else None)
+              for name in FEATURE_COLUMNS}
+    first = replace(_enrichment(object_id, chunk, 10, 60000.0, "orphan"), features=values)
+    assert archive.catalog.write_enrichment([first]) == 1
+    assert archive.catalog.features(object_id) == values
+    # A late alert's features are ignored with its context; a newer alert's replace them.
+    late = replace(_enrichment(object_id, chunk, 9, 59999.0, "orphan"),
+                   features={**values, "ndet": 3})
+    assert archive.catalog.write_enrichment([late]) == 0
+    assert archive.catalog.features(object_id)["ndet"] == 7  # type: ignore[index]
+    newer = replace(_enrichment(object_id, chunk, 11, 60001.0, "orphan"),
+                    features={**values, "ndet": 8})
+    assert archive.catalog.write_enrichment([newer]) == 1
+    assert archive.catalog.features(object_id)["ndet"] == 8  # type: ignore[index]
+    # A result without features (none computed) leaves the stored ones alone.
+    bare = _enrichment(object_id, chunk, 12, 60002.0, "orphan")
+    assert archive.catalog.write_enrichment([bare]) == 1
+    assert archive.catalog.features(object_id)["ndet"] == 8  # type: ignore[index]
+    # An ingest write of the object never touches its features.
+    _ingest(archive, stream[:100])
+    assert archive.catalog.features(object_id)["ndet"] == 8  # type: ignore[index]
+    assert archive.catalog.get_object(object_id) is not None
+
+
+def test_histories_are_the_stored_light_curves(archive: Archive, stream: list[Alert]) -> None:
+    _ingest(archive, stream[:200])
+    ids = sorted({a.object_id for a in stream[:200]})
+    found = archive.lightcurves.histories([*ids, "never-seen", ids[0]])
+    assert set(found) == {*ids, "never-seen"}
+    assert found["never-seen"].detections == []
+    assert found["never-seen"].forced == []
+
+    def key(rows: list[dict], id_column: str) -> list[tuple]:
+        return sorted((r[id_column], r["object_id"], r["mjd"], r["band"], r["psf_flux"],
+                       r["psf_flux_err"], r["science_flux"], r["science_flux_err"])
+                      for r in rows)
+
+    for object_id in ids:
+        assert key(found[object_id].detections, "source_id") == key(
+            archive.lightcurves.lightcurve(object_id), "source_id")
+        assert key(found[object_id].forced, "forced_id") == key(
+            archive.lightcurves.forced_photometry(object_id), "forced_id")
+    assert sum(len(h.detections) for h in found.values()) == archive.lightcurves.counts()[
+        "detections"]
+    assert archive.lightcurves.histories([]) == {}

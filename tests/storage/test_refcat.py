@@ -809,6 +809,61 @@ def test_a_catalog_without_the_shape_its_kind_needs_is_refused(
     assert catalogs.describe("gals")["shape"]["minor"] is None
 
 
+def test_motion_is_kept_in_the_registry_and_checked(catalogs: ChunkedRefCatalogs) -> None:
+    from broker.domain.catalogs import CatalogMotion, CatalogShape, MotionSpec, ShapeSpec
+
+    batch = pa.record_batch({"hip": [1, 2], "ra": [1.0, 2.0], "dec": [0.0, 0.0],
+                             "pm ra": [100.0, -5.0], "pmdec": [50.0, 3.0], "name": ["a", "b"]})
+    for motion, message in (
+            (MotionSpec("pmx", "pmdec", 1991.25), "proper-motion columns pmra 'pmx' are not"),
+            (MotionSpec("pm ra", "name", 1991.25), "pmdec 'name' are not numeric"),
+            (MotionSpec("pm ra", "pmdec", math.nan), "epoch nan is not a Julian year"),
+            (MotionSpec("pm ra", "pmdec", 48000.0), "epoch 48000.0 is not a Julian year"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            catalogs.load("stars", [batch], "hip", "ra", "dec", kind="star", motion=motion)
+    assert "stars" not in {e["name"] for e in catalogs.list()}
+    catalogs.load("stars", [batch], "hip", "ra", "dec", kind="star",
+                  motion=MotionSpec("pm ra", "pmdec", 1991.25))
+    shape = catalogs.describe("stars")["shape"]
+    # Stored column names (sanitised), not the input's.
+    assert shape == {"motion": {"pmra": "pm_ra", "pmdec": "pmdec", "epoch_jyear": 1991.25}}
+    assert CatalogShape.from_json(shape) is None
+    assert CatalogMotion.from_json(shape) == CatalogMotion("pm_ra", "pmdec", 1991.25)
+    assert catalogs.get("stars", 1)["pm_ra"] == 100.0
+    # A galaxy catalog may carry both.
+    catalogs.load("gals", [pa.record_batch({"gid": [1], "ra": [1.0], "dec": [0.0], "d25": [1.0],
+                                            "pmra": [0.0], "pmdec": [0.0]})],
+                  "gid", "ra", "dec", kind="galaxy", shape=ShapeSpec("d25"),
+                  motion=MotionSpec("pmra", "pmdec", 2016.0))
+    both = catalogs.describe("gals")["shape"]
+    assert CatalogShape.from_json(both) is not None
+    assert CatalogMotion.from_json(both) == CatalogMotion("pmra", "pmdec", 2016.0)
+
+
+def test_only_the_selected_rows_are_loaded(catalogs: ChunkedRefCatalogs) -> None:
+    from broker.domain.catalogs import select_rows
+
+    source = open_catalog_file(OPENNGC, 4_000)
+    try:
+        report = catalogs.load("galaxies", select_rows(source.batches, "type", ["G"]), "id",
+                               "ra_deg", "dec_deg")
+    finally:
+        source.close()
+    table = pacsv.read_csv(OPENNGC)
+    types = table.column("type").to_pylist()
+    galaxies = [t == "G" for t in types]
+    valid = [g and ra is not None and dec is not None for g, ra, dec in zip(
+        galaxies, table.column("ra_deg").to_pylist(), table.column("dec_deg").to_pylist(),
+        strict=True)]
+    assert report.rows == sum(valid)
+    assert 0 < report.rows < len(types)
+    assert catalogs.get("galaxies", "NGC0224") is not None  # M31, a galaxy
+    assert catalogs.get("galaxies", "NGC7000") is None  # the North America nebula
+    with pytest.raises(ValueError, match="the --only column 'kind' is not in the input"):
+        list(select_rows(iter([pa.record_batch({"a": [1]})]), "kind", ["G"]))
+
+
 def test_a_registry_of_an_earlier_release_gains_the_new_columns(
         catalogs: ChunkedRefCatalogs) -> None:
     """The registry made before kinds existed is brought up to date by setup: old catalogs

@@ -60,6 +60,23 @@ def test_row_columns_come_from_felis() -> None:
     assert bands == set(RUBIN_BANDS)
 
 
+def test_the_feature_columns_are_the_features() -> None:
+    """The objects table's feature columns are `FEATURES`, with their types, units, UCDs and
+    descriptions (the YAML was generated from them; this keeps the two from drifting)."""
+    from broker.domain.features import FEATURES
+
+    docs = schema.column_docs("objects")
+    names = list(docs)
+    start = names.index(FEATURES[0].name)
+    assert names[start:start + len(FEATURES)] == [f.name for f in FEATURES]
+    for feature in FEATURES:
+        doc = docs[feature.name]
+        assert doc.datatype == ("int" if feature.kind == "int" else "double"), feature.name
+        assert (doc.unit, doc.ucd, doc.description) == (feature.unit, feature.ucd,
+                                                        feature.description), feature.name
+        assert doc.nullable  # NULL until the object is first enriched
+
+
 def test_dr_objects_matches_the_dr_update_records() -> None:
     """The catalog the dr-updates stage creates has exactly the columns felis describes."""
     from consumers.dr_updates import DEC_COL, ID_COL, RA_COL, row_schema
