@@ -325,7 +325,8 @@ def load_catalogs(factory: Factory, progress: Progress | None = None) -> tuple[s
             try:
                 factory.refcats.load(catalog.name, batches, catalog.id_col,
                                      catalog.ra_col, catalog.dec_col, kind=catalog.kind,
-                                     shape=catalog.shape, motion=catalog.motion)
+                                     shape=catalog.shape, motion=catalog.motion,
+                                     overlap_deg=catalog.overlap_deg)
             finally:
                 source.close()
     return tuple(catalog.name for catalog in CATALOGS)

@@ -45,12 +45,6 @@ from broker.storage.stores import LightCurveArchive, ReferenceCatalogs
 
 log = structlog.get_logger(__name__)
 
-#: A galaxy catalog is searched out to its overlap radius (1' by default) unless the settings
-#: name a radius for it: the context rules judge a galaxy out to 2.5 semi-major axes
-#: (`ContextRules.outskirts_limit`), which for most catalogued galaxies is within 1'; a
-#: larger galaxy needs its catalog loaded with a larger overlap.
-GALAXY_RADIUS_ARCSEC = 60.0
-
 #: The reason of the ``solar_system`` context: the survey associated the detection with a known
 #: solar-system object (Rubin's ssObjectId; the object id is ``ss`` and that number).
 SOLAR_SYSTEM_REASON = "known_solar_system_object"
@@ -59,11 +53,18 @@ SOLAR_SYSTEM_REASON = "known_solar_system_object"
 CATALOGS_TTL_S = 10.0
 
 
-def default_radius_arcsec(kind: str, rules: ContextRules = DEFAULT_RULES) -> float:
-    """The match radius of a catalog of ``kind`` the settings name no radius for: the context
-    rules' own search radius (docs/context.md), and `GALAXY_RADIUS_ARCSEC` for galaxies."""
-    if kind == "galaxy":
-        return GALAXY_RADIUS_ARCSEC
+def default_radius_arcsec(kind: str, overlap_arcsec: float, *, moving: bool = False,
+                          rules: ContextRules = DEFAULT_RULES) -> float:
+    """The match radius of a catalog the settings name no radius for.
+
+    A galaxy catalog is searched to its overlap radius: the rules judge a galaxy out to 2.5
+    semi-major axes (`ContextRules.outskirts_limit`), so the overlap a galaxy catalog is
+    loaded with is how large a galaxy it can place an alert in (OpenNGC in the demo: 10').
+    So is a catalog with proper motions: a source is found by its catalogued position, which
+    may be far from where it is now, and the rules judge it where it has moved to. Any other
+    catalog is searched to the rules' radius for its kind (docs/context.md)."""
+    if kind == "galaxy" or moving:
+        return overlap_arcsec
     return rules.search_radius_arcsec("star" if kind == "star" else
                                       "qso" if kind == "qso" else "generic")
 
@@ -111,11 +112,8 @@ class Catalogs:
                 kind = entry.get("kind") or "generic"
                 overlap_arcsec = float(entry["overlap_deg"]) * 3600.0
                 motion = CatalogMotion.from_json(entry.get("shape"))
-                # A source with a proper motion is found by its catalogued position, which may
-                # be far from where it is now: such a catalog is searched to its overlap
-                # radius, and the rules judge each source where it has moved to.
-                default = (overlap_arcsec if motion is not None
-                           else default_radius_arcsec(kind, self.rules))
+                default = default_radius_arcsec(kind, overlap_arcsec,
+                                                moving=motion is not None, rules=self.rules)
                 radius = float(self.radii.get(entry["name"], default))
                 views.append(CatalogView(
                     name=entry["name"], version=int(entry["version"]), kind=kind,

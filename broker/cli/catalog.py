@@ -51,6 +51,10 @@ def catalog_load(
     epoch: Annotated[float | None, typer.Option(
         "--epoch", help="Julian epoch of the positions, e.g. 1991.25 for Hipparcos, 2016.0 "
                         "for Gaia DR3 (needed with --pmra-col).")] = None,
+    overlap_arcmin: Annotated[float | None, typer.Option(
+        "--overlap-arcmin", help="The catalog's overlap radius in arcmin (default 1, at most "
+                                 "12): nothing further from an alert can be matched, so a "
+                                 "catalog of large galaxies needs more.")] = None,
     only: Annotated[str | None, typer.Option(
         "--only", help="Load only the rows whose COLUMN is one of the values: "
                        "COLUMN=V1[,V2...] (e.g. type=G for OpenNGC's galaxies).")] = None,
@@ -92,7 +96,9 @@ def catalog_load(
                 batches = select_rows(batches, only_column.strip(), only_values)
             report = store.load(name, batches, id_col, ra_col, dec_col,
                                 lambda _: progress.update(task, completed=source.position()),
-                                kind=kind, shape=shape, motion=motion)
+                                kind=kind, shape=shape, motion=motion,
+                                overlap_deg=None if overlap_arcmin is None
+                                else overlap_arcmin / 60.0)
             progress.update(task, completed=source.total)
     except ValueError as exc:
         raise LannerError(str(exc)) from None

@@ -37,6 +37,8 @@ class BundledCatalog:
     motion: MotionSpec | None = None
     #: Only the rows whose column (first) is one of the values (second) are loaded.
     only: tuple[str, tuple[str, ...]] | None = None
+    #: The catalog's overlap radius (None: the store's, 1').
+    overlap_deg: float | None = None
 
     def resource(self) -> Traversable:
         """The file, as an `importlib.resources` traversable."""
@@ -58,9 +60,12 @@ CATALOGS = (
     BundledCatalog("hipparcos", "hipparcos2.parquet", "hip", "ra", "dec", "star",
                    motion=MotionSpec("pmra", "pmdec", 1991.25)),
     # OpenNGC's galaxies only (type G): its other rows (stars, clusters, nebulae, galaxy pairs
-    # and groups) have no galaxy's ellipse and would be judged as galaxies.
+    # and groups) have no galaxy's ellipse and would be judged as galaxies. A 10' overlap: the
+    # rules judge a galaxy out to 2.5 semi-major axes, and all but 86 of its galaxies reach no
+    # further than 10' (docs/context.md).
     BundledCatalog("openngc", "openngc.csv", "id", "ra_deg", "dec_deg", "galaxy",
-                   ShapeSpec("majax_arcmin", "minax_arcmin", "pa_deg"), only=("type", ("G",))),
+                   ShapeSpec("majax_arcmin", "minax_arcmin", "pa_deg"), only=("type", ("G",)),
+                   overlap_deg=10.0 / 60.0),
 )
 
 

@@ -168,10 +168,11 @@ class ReferenceCatalogs(Protocol):
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
              dec_col: str, progress: Progress | None = None, *, kind: str = "generic",
-             shape: ShapeSpec | None = None, motion: MotionSpec | None = None) -> LoadReport:
+             shape: ShapeSpec | None = None, motion: MotionSpec | None = None,
+             overlap_deg: float | None = None) -> LoadReport:
         """Load a catalog of a kind (star, galaxy, qso, generic; a galaxy catalog with its
-        shape columns; optionally proper-motion columns and their epoch), replacing any loaded
-        version atomically."""
+        shape columns; optionally proper-motion columns and their epoch), with its own overlap
+        radius or the store's, replacing any loaded version atomically."""
 
     def apply(self, name: str, upserts: pa.Table, deletes: Iterable[tuple[Any, int]] = (), *,
               id_col: str, ra_col: str, dec_col: str,

@@ -286,3 +286,54 @@ def test_a_moving_star_is_judged_where_it_has_moved_to(harness) -> None:
     assert moved["separation_arcsec"] == pytest.approx(0.0, abs=0.2)
     # At the catalogued position, the star is no longer there.
     assert harness.catalog.context("800000000011")["context"] == "orphan"
+
+
+def test_a_large_galaxy_is_seen_to_its_catalogs_overlap(harness) -> None:
+    """A galaxy catalog is searched to its overlap: loaded with 10', an alert 2.4' out in a
+    galaxy's disk is placed in it; loaded with the default 1', it is not."""
+    from broker.domain.catalogs import select_rows
+
+    ngc = pacsv.read_csv(OPENNGC)
+    galaxies = ngc.filter(pa.compute.equal(ngc.column("type"), "G")).to_pylist()
+    positions = np.array([(g["ra_deg"], g["dec_deg"]) for g in galaxies])
+
+    def isolated(g: dict[str, Any]) -> bool:
+        separations = angular_separation_deg(g["ra_deg"], g["dec_deg"], positions[:, 0],
+                                             positions[:, 1])
+        return int((separations < 0.3).sum()) == 1  # itself only, within 18'
+
+    big = next(g for g in galaxies if g["majax_arcmin"] and 5.5 < g["majax_arcmin"] < 7.0
+               and g["minax_arcmin"] and g["pa_deg"] is not None and abs(g["dec_deg"]) < 60
+               and isolated(g))
+    semi_major_arcsec = big["majax_arcmin"] * 30.0
+    along = math.radians(big["pa_deg"])
+    where = _offset(big["ra_deg"], big["dec_deg"], 0.8 * semi_major_arcsec * math.sin(along),
+                    0.8 * semi_major_arcsec * math.cos(along))
+    assert 0.8 * semi_major_arcsec > 120.0  # well beyond the default 1' overlap
+
+    for name, overlap in (("ngc_wide", 10.0 / 60.0), ("ngc_narrow", None)):
+        source = open_catalog_file(OPENNGC)
+        try:
+            harness.refcats.load(name, select_rows(source.batches, "type", ["G"]), "id",
+                                 "ra_deg", "dec_deg", kind="galaxy",
+                                 shape=ShapeSpec("majax_arcmin", "minax_arcmin", "pa_deg"),
+                                 overlap_deg=overlap)
+        finally:
+            source.close()
+    assert {e["name"]: e["overlap_deg"] for e in harness.refcats.list()} == pytest.approx(
+        {"ngc_wide": 10.0 / 60.0, "ngc_narrow": 1.0 / 60.0})
+    record = next(iter(AlertSimulator(schema="11.1", seed=11, cutouts=False).packets(1)))
+    harness.produce(harness.topics.lsst,
+                    wire.encode(_placed(record, 800_000_000_020, *where), SCHEMA_ID),
+                    key=b"800000000020")
+    harness.ingest_once()
+    harness.enrich_once()
+    context = harness.catalog.context("800000000020")
+    assert (context["context"], context["catalog"], context["source_id"]) == (
+        "supernova_like", "ngc_wide", big["id"])
+    assert context["offset_semimajor"] == pytest.approx(0.8, abs=0.05)
+    assert [m["catalog"] for m in harness.catalog.matches("800000000020")] == ["ngc_wide"]
+    with pytest.raises(ValueError, match="overlap 20' is out of range"):
+        harness.refcats.load("too_wide", [pa.record_batch({"i": [1], "ra": [0.0],
+                                                           "dec": [0.0]})],
+                             "i", "ra", "dec", overlap_deg=20.0 / 60.0)

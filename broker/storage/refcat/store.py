@@ -165,6 +165,11 @@ def _plan_input(name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_co
     return first, iterator, plan_columns(first.schema, id_col, ra_col, dec_col)
 
 
+#: The largest overlap a catalog may be loaded with: a tenth of a chunk's height at the default
+#: 85 stripes (2.1 degrees), so that a halo stays a thin border of its chunk.
+MAX_OVERLAP_DEG = 0.2
+
+
 class ChunkedRefCatalogs:
     """`ReferenceCatalogs` on a shard set, chunk-placed with overlap and a director."""
 
@@ -280,9 +285,11 @@ class ChunkedRefCatalogs:
     def _write_registry(self, name: str, version: int, rows: int, columns: CatalogColumns, *,
                         replace: bool, kind: str = "generic",
                         shape: CatalogShape | None = None,
-                        motion: CatalogMotion | None = None) -> None:
+                        motion: CatalogMotion | None = None,
+                        overlap_deg: float | None = None) -> None:
         profile = profile_json(shape, motion)
-        values = [name, version, rows, json.dumps(_columns_of(columns)), self.overlap_deg,
+        overlap = self.overlap_deg if overlap_deg is None else overlap_deg
+        values = [name, version, rows, json.dumps(_columns_of(columns)), overlap,
                   self.dialect.time_value(changes.utc_now()), "ready", kind,
                   json.dumps(profile) if profile else None]
         if replace:
@@ -300,8 +307,13 @@ class ChunkedRefCatalogs:
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
              dec_col: str, progress: Progress | None = None, *, kind: str = "generic",
-             shape: ShapeSpec | None = None, motion: MotionSpec | None = None) -> LoadReport:
+             shape: ShapeSpec | None = None, motion: MotionSpec | None = None,
+             overlap_deg: float | None = None) -> LoadReport:
         """Load a catalog from record batches, replacing any loaded version atomically.
+
+        ``overlap_deg`` is this catalog's overlap (halo) radius, by default the store's (1'):
+        nothing further from an alert than its catalog's overlap can be matched, so a catalog
+        of large galaxies needs a larger one. At most `MAX_OVERLAP_DEG`.
 
         ``kind``, ``shape`` (the input's shape columns) and ``motion`` (its proper-motion
         columns and epoch) are checked against the input's columns before anything is written
@@ -311,14 +323,20 @@ class ChunkedRefCatalogs:
         change being applied), `CatalogBusyError` is raised at once and nothing is written.
         """
         validate_name(name)
+        overlap = self.overlap_deg if overlap_deg is None else float(overlap_deg)
+        if not 0.0 < overlap <= MAX_OVERLAP_DEG:
+            msg = (f"overlap {overlap * 60:g}' is out of range: give more than 0 and at most "
+                   f"{MAX_OVERLAP_DEG * 60:g}'")
+            raise ValueError(msg)
         self.setup()
         with self._exclusive(name, 0):
             return self._load(name, batches, id_col, ra_col, dec_col, progress, kind, shape,
-                              motion)
+                              motion, overlap)
 
     def _load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
               dec_col: str, progress: Progress | None, kind: str,
-              shape_spec: ShapeSpec | None, motion_spec: MotionSpec | None) -> LoadReport:
+              shape_spec: ShapeSpec | None, motion_spec: MotionSpec | None,
+              overlap_deg: float) -> LoadReport:
         started = time.perf_counter()
         first, rest, columns = _plan_input(name, batches, id_col, ra_col, dec_col)
         kind, shape = plan_profile(kind, shape_spec, columns)
@@ -331,14 +349,15 @@ class ChunkedRefCatalogs:
         self._drop_tables(all_tables(name, version))
         try:
             self._create(tables, columns, disable_keys=True)
-            rows, skipped, overlap = self._stream(tables, columns, first, rest, progress)
+            rows, skipped, overlap = self._stream(tables, columns, first, rest, progress,
+                                                  overlap_deg)
             def enable(cursor: Any) -> None:
                 for table in tables:
                     self.dialect.enable_keys(cursor, table)
 
             self.shards.all_shards(enable)
             self._write_registry(name, version, rows, columns, replace=True, kind=kind,
-                                 shape=shape, motion=motion)
+                                 shape=shape, motion=motion, overlap_deg=overlap_deg)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._drop_tables(tables)
@@ -367,7 +386,7 @@ class ChunkedRefCatalogs:
 
     def _stream(self, tables: tuple[str, str, str], columns: CatalogColumns,
                 first: pa.RecordBatch, rest: Iterable[pa.RecordBatch],
-                progress: Progress | None) -> tuple[int, int, int]:
+                progress: Progress | None, overlap_deg: float) -> tuple[int, int, int]:
         """Prepare each batch while the previous one is being stored on every shard."""
         folder = _tsv_dir()
         rows = skipped = overlap = 0
@@ -391,7 +410,7 @@ class ChunkedRefCatalogs:
                 if batch.schema.names != first.schema.names:
                     msg = "the input's columns changed between batches"
                     raise RefCatalogError(msg)
-                prepared = prepare_batch(batch, columns, self.chunker, self.overlap_deg)
+                prepared = prepare_batch(batch, columns, self.chunker, overlap_deg)
                 parts = _split(prepared, self.placement)
                 wait()  # the previous batch is stored before this one is sent
                 pending.extend(self.shards.pool.submit(self.shards.run, s,
