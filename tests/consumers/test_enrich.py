@@ -337,3 +337,26 @@ def test_a_large_galaxy_is_seen_to_its_catalogs_overlap(harness) -> None:
         harness.refcats.load("too_wide", [pa.record_batch({"i": [1], "ra": [0.0],
                                                            "dec": [0.0]})],
                              "i", "ra", "dec", overlap_deg=20.0 / 60.0)
+
+
+def test_alerts_at_ra_360_and_the_poles_are_matched_like_any_other(harness) -> None:
+    """Stars just across RA 0 and next to both poles: an alert at RA 360 or dec +-90 finds
+    them, from whichever side of the wrap or pole the chunk of each lies."""
+    stars = {1: (0.0002, 10.0), 2: (359.9998, -30.0), 3: (123.0, 89.9999), 4: (301.0, -89.9999)}
+    harness.refcats.load("edges", [pa.record_batch({
+        "sid": list(stars), "ra": [p[0] for p in stars.values()],
+        "dec": [p[1] for p in stars.values()]})], "sid", "ra", "dec", kind="star")
+    alerts = {800_000_000_030: (360.0, 10.0, "1"), 800_000_000_031: (0.0, -30.0, "2"),
+              800_000_000_032: (0.0, 90.0, "3"), 800_000_000_033: (200.0, -90.0, "4")}
+    records = list(AlertSimulator(schema="11.1", seed=13, cutouts=False).packets(len(alerts)))
+    for record, (object_id, (ra, dec, _)) in zip(records, alerts.items(), strict=True):
+        harness.produce(harness.topics.lsst,
+                        wire.encode(_placed(record, object_id, ra, dec), SCHEMA_ID),
+                        key=str(object_id).encode())
+    assert harness.ingest_once().archived == len(alerts)
+    assert harness.enrich_once().enriched == len(alerts)
+    for object_id, (ra, dec, star) in alerts.items():
+        context = harness.catalog.context(str(object_id))
+        assert (context["context"], context["source_id"]) == ("variable_star", star), object_id
+        expected = angular_separation_deg(ra, dec, *stars[int(star)]) * 3600.0
+        assert context["separation_arcsec"] == pytest.approx(expected, abs=0.01)
