@@ -91,6 +91,10 @@ class NotFoundError(LannerError):
     reason = "not_found"
 
 
+class ConflictError(LannerError):
+    """The thing to be made exists already (a user name, a watchlist name): HTTP 409."""
+
+
 class ArchiveIntegrityError(LannerError):
     """Stored data is not whole: a row refers to another that is gone."""
 

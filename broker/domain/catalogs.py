@@ -36,7 +36,7 @@ _COLUMN = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 def validate_name(name: str) -> str:
     """The catalog name if it is a plain lower-case identifier of at most 31 characters."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         msg = (f"catalog name {name!r} is not valid: use a lower-case letter followed by up to "
                "30 lower-case letters, digits or underscores")
         raise ValueError(msg)

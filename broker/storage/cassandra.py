@@ -51,7 +51,7 @@ class CassandraConnection:
     """Owns the driver cluster of one process and hands out the archive keyspace's session."""
 
     def __init__(self, *, hosts: list[str], port: int, keyspace: str) -> None:
-        if not _IDENTIFIER.match(keyspace):
+        if not _IDENTIFIER.fullmatch(keyspace):
             msg = f"keyspace name {keyspace!r} is not a plain lower-case identifier"
             raise ValueError(msg)
         self.hosts = hosts

@@ -218,7 +218,7 @@ class MariaDBShards(ShardSet):
         if not addresses:
             msg = "at least one MariaDB shard is needed"
             raise ValueError(msg)
-        if not _IDENTIFIER.match(database):
+        if not _IDENTIFIER.fullmatch(database):
             msg = f"database name {database!r} is not a plain identifier"
             raise ValueError(msg)
         super().__init__(len(addresses), name="mariadb")

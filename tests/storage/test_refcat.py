@@ -569,6 +569,9 @@ def test_bad_files(tmp_path: Path) -> None:
 
 def test_names_and_columns() -> None:
     assert validate_name("gaia_dr3") == "gaia_dr3"
+    for bad in ("Gaia", "gaia\n", "gaia-dr3", "", "x" * 32):
+        with pytest.raises(ValueError, match="is not valid"):
+            validate_name(bad)
     schema = pa.schema([("ID", pa.string()), ("RA", pa.float64()), ("Dec", pa.float32()),
                         ("ra", pa.float64()), ("chunk_id", pa.int32()), ("B-V", pa.float32()),
                         ("2mass", pa.string()), ("flag", pa.bool_()), ("when", pa.date32())])
