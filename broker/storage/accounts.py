@@ -133,7 +133,7 @@ class AccountStore:
         def work(cursor: Any) -> tuple | None:
             cursor.execute(f"SELECT {column_list(_USER_COLUMNS)} FROM users WHERE name = %s",
                            [name])
-            return cursor.fetchone()  # type: ignore[no-any-return]
+            return cursor.fetchone()
 
         row = self._run(work, write=False)
         if row is None:
@@ -198,7 +198,7 @@ class AccountStore:
         def work(cursor: Any) -> tuple | None:
             cursor.execute("SELECT token_id, user_name, label, created_at, revoked_at FROM "
                            "tokens WHERE token_id = %s", [token_id])
-            return cursor.fetchone()  # type: ignore[no-any-return]
+            return cursor.fetchone()
 
         row = self._run(work, write=False)
         if row is None:
@@ -227,7 +227,7 @@ class AccountStore:
                 "SELECT t.secret_sha256, t.revoked_at, u.name, u.tier, u.created_at, "
                 "u.disabled FROM tokens t JOIN users u ON u.name = t.user_name "
                 "WHERE t.token_id = %s", [token_id])
-            return cursor.fetchone()  # type: ignore[no-any-return]
+            return cursor.fetchone()
 
         row = self._run(work, write=False)
         if row is None or row[1] is not None or bool(row[5]):
