@@ -10,6 +10,8 @@ Routes (OpenAPI documentation at ``/docs``):
 - ``GET /api/v1/objects/{object_id}``, ``/lightcurve``, ``/cutouts/{kind}[?source_id=]``
 - ``GET /api/v1/cone?ra=&dec=&radius=ARCSEC[&catalog=objects][&limit=]``
 - ``GET /api/v1/status``, ``GET /metrics``, ``GET /`` (a landing page)
+- ``GET /api/v1/me``, ``GET|POST /api/v1/users`` (admin), ``GET|POST /api/v1/tokens``,
+  ``DELETE /api/v1/tokens/{token_id}`` (`api.routers.accounts`; tokens and tiers in `api.auth`)
 
 Every error answer is ``{"detail": "<one line>"}`` (see `api.errors`).
 """
@@ -20,12 +22,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import errors
+from api.auth import get_caller
 from api.dependencies import LazyStores
 from api.middleware import ObservedApp
-from api.routers import cone, home, objects, scs, status
+from api.routers import accounts, cone, home, objects, scs, status
 from broker import lanner_version
 from broker.config import get_settings
 from broker.factory import Factory
@@ -35,8 +38,12 @@ Objects, light curves, cutouts and cone search over Lanner's alert archive.
 
 Positions are ICRS degrees, cone radii arcseconds, times MJD (TAI), fluxes difference-image PSF
 fluxes in nanojansky, magnitudes AB (m = -2.5 log10(|f| / nJy) + 31.4). Errors answer
-`{"detail": "<message>"}`: 404 for unknown things, 422 for bad parameters, 503 when a store of
-the archive does not answer.
+`{"detail": "<message>"}`: 401 for a token that is not accepted, 404 for unknown things (and for
+another user's private things), 409 for a name taken, 422 for bad parameters, 429 past the hourly
+request limit of the caller's tier (with `Retry-After`), 503 when a store of the archive does not
+answer.
+
+Public reads need no token. Send one as `Authorization: Bearer <token>`.
 """
 
 
@@ -64,11 +71,14 @@ def create_app(factory: Factory | None = None) -> FastAPI:
         finally:
             built.close()
 
+    # Every route authenticates and counts its caller (api.auth): the tiers' limits apply to
+    # every endpoint, anonymous callers included.
     app = FastAPI(title="Lanner", summary="An alert-stream broker with a catalog archive.",
-                  description=DESCRIPTION, version=lanner_version(), lifespan=lifespan)
+                  description=DESCRIPTION, version=lanner_version(), lifespan=lifespan,
+                  dependencies=[Depends(get_caller)])
     app.state.stores = LazyStores(built)
     errors.install(app)
     app.add_middleware(ObservedApp)
-    for module in (objects, cone, scs, status, home):
+    for module in (objects, cone, scs, status, accounts, home):
         app.include_router(module.router)
     return app

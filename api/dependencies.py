@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from broker.factory import Factory
 from broker.queries import ArchiveQueries
+from broker.storage.accounts import AccountStore
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 
 
@@ -26,6 +27,7 @@ class LazyStores:
         self._lightcurves_lock = threading.Lock()
         self._catalog_lock = threading.Lock()
         self._refcats_lock = threading.Lock()
+        self._accounts_lock = threading.Lock()
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -41,6 +43,11 @@ class LazyStores:
     def refcats(self) -> ReferenceCatalogs:
         with self._refcats_lock:
             return self.factory.refcats
+
+    @property
+    def accounts(self) -> AccountStore:
+        with self._accounts_lock:
+            return self.factory.accounts
 
 
 async def get_stores(request: Request) -> LazyStores:

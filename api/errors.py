@@ -1,6 +1,7 @@
 """How failures become HTTP answers: always ``{"detail": "<one line>"}``, never a traceback.
 
 - `broker.exceptions.NotFoundError` (an unknown object, catalog, source or cutout) → 404.
+- `broker.exceptions.ConflictError` (a name taken) → 409.
 - A request that fails validation → 422, ``detail`` naming each bad parameter and ``errors``
   listing them as FastAPI reports them.
 - `TransientError` (`ServiceUnavailableError`: a store does not answer) → 503 with the store's
@@ -21,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.models import ErrorOut
-from broker.exceptions import NotFoundError, TransientError
+from broker.exceptions import ConflictError, NotFoundError, TransientError
 
 #: Seconds a client is asked to wait before retrying after a 503.
 RETRY_AFTER_S = 5
@@ -56,6 +57,11 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
+async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ConflictError)
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
@@ -76,5 +82,6 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register the handlers of this module on an app."""
     app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(ConflictError, _conflict)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(TransientError, _unavailable)

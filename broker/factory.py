@@ -19,6 +19,7 @@ from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCat
 from broker.streaming.queue import MessageSource, Publisher
 
 if TYPE_CHECKING:
+    from broker.storage.accounts import AccountStore
     from broker.storage.shards import ShardSet
     from broker.streaming.memory import MemoryBroker
 
@@ -94,6 +95,15 @@ class Factory:
         from broker.storage.refcat import ChunkedRefCatalogs  # noqa: PLC0415
 
         return ChunkedRefCatalogs(self.shards, self.chunker)
+
+    @cached_property
+    def accounts(self) -> AccountStore:
+        """Users, tokens and request counts (shard 0 of the catalog's shard set)."""
+        from broker.storage.accounts import AccountStore  # noqa: PLC0415
+
+        store = AccountStore(self.shards)
+        store.setup()
+        return store
 
     # -- queues
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from broker.cli import alerts, catalog, demo, serve, services, stages
+from broker.cli import accounts, alerts, catalog, demo, serve, services, stages
 from broker.config import get_settings
 from broker.logs import configure_logging
 
@@ -36,6 +36,8 @@ def main() -> None:
 
 app.add_typer(services.app, name="services")
 app.add_typer(catalog.app, name="catalog")
+app.add_typer(accounts.users, name="users")
+app.add_typer(accounts.tokens, name="tokens")
 app.command()(alerts.simulate)
 app.command()(alerts.replay)
 app.command()(stages.ingest)

@@ -181,9 +181,14 @@ def catalog_list() -> None:
     if not entries:
         out.print("no reference catalogs loaded", highlight=False)
     for entry in entries:
-        shape = entry.get("shape")
+        shape = entry.get("shape") or {}
         shaped = (f" shape: {shape['major']},{shape['minor'] or '-'},{shape['pa'] or '-'} "
-                  f"({shape['axes']}s in {shape['unit']})") if shape else ""
+                  f"({shape['axes']}s in {shape['unit']})") if shape.get("major") else ""
+        motion = shape.get("motion")
+        if motion:
+            shaped += (f" motion: {motion['pmra']},{motion['pmdec']} (mas/yr, epoch "
+                       f"J{motion['epoch_jyear']:g})")
         out.print(f"{entry['name']} {entry['rows']} rows v{entry['version']} "
-                  f"{entry.get('kind', 'generic')} loaded {entry['loaded_at']}{shaped} columns: "
+                  f"{entry.get('kind', 'generic')} overlap {entry['overlap_deg'] * 60:g}' "
+                  f"loaded {entry['loaded_at']}{shaped} columns: "
                   f"{','.join(c[0] for c in entry['columns'])}", highlight=False)

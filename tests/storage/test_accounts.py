@@ -90,3 +90,42 @@ def test_requests_are_counted_per_subject_and_hour(accounts: AccountStore) -> No
         "SELECT subject, hour FROM request_counts ORDER BY subject, hour"), c.fetchall())[1],
         write=False)
     assert [tuple(r) for r in rows] == [("user:alice", 500_003)]
+
+
+def test_the_command_line_makes_users_and_tokens(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+    from broker.config import get_settings
+
+    monkeypatch.setenv("LANNER_BACKEND", "embedded")
+    monkeypatch.setenv("LANNER_STATE_DIR", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        made = runner.invoke(app, ["users", "add", "root", "--tier", "admin"])
+        assert made.exit_code == 0, made.output
+        assert "user root (admin) made" in made.output
+        again = runner.invoke(app, ["users", "add", "root"])
+        assert (again.exit_code, "user root exists already" in again.output) == (1, True)
+        bad = runner.invoke(app, ["users", "add", "Root"])
+        assert bad.exit_code == 1
+        assert "is not valid" in bad.output
+        assert "Traceback" not in bad.output + again.output
+        issued = runner.invoke(app, ["tokens", "issue", "root", "--label", "ops"])
+        assert issued.exit_code == 0, issued.output
+        text = issued.output.strip().splitlines()[-1]
+        token_id, _ = parse_token(text)
+        listed = runner.invoke(app, ["tokens", "list", "root"]).output
+        assert f"{token_id} ops issued" in listed
+        assert "active" in listed
+        assert text not in listed
+        assert runner.invoke(app, ["users", "list"]).output.startswith("root admin since")
+        assert runner.invoke(app, ["tokens", "revoke", token_id]).exit_code == 0
+        assert "revoked" in runner.invoke(app, ["tokens", "list", "root"]).output
+        missing = runner.invoke(app, ["tokens", "issue", "nobody"])
+        assert (missing.exit_code, "no user nobody" in missing.output) == (1, True)
+        assert runner.invoke(app, ["users", "set-tier", "root", "power"]).exit_code == 0
+        assert "root power" in runner.invoke(app, ["users", "list"]).output
+    finally:
+        get_settings.cache_clear()

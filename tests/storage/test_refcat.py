@@ -916,6 +916,23 @@ def test_cli_load_with_kind_and_shape(tmp_path: Path, monkeypatch: pytest.Monkey
         result = runner.invoke(app, ["catalog", "load", "x", str(OPENNGC), "--pa-col", "pa_deg"])
         assert result.exit_code == 1
         assert "--minor-col and --pa-col need --major-col" in result.output
+        # Galaxies only, a wider overlap, and proper motions (OpenNGC has pmra_mas_yr).
+        result = runner.invoke(app, [
+            *args, "--major-col", "majax_arcmin", "--only", "type=G", "--overlap-arcmin", "10",
+            "--pmra-col", "pmra_mas_yr", "--pmdec-col", "pmdec_mas_yr", "--epoch", "2000"])
+        assert result.exit_code == 0, result.output
+        listed = runner.invoke(app, ["catalog", "list"]).output
+        assert "ngc 10521 rows v2 galaxy overlap 10'" in listed
+        assert "motion: pmra_mas_yr,pmdec_mas_yr (mas/yr, epoch J2000)" in listed
+        for extra, message in (
+                (["--pmra-col", "pmra_mas_yr"], "--pmra-col, --pmdec-col and --epoch go"),
+                (["--only", "type"], "--only 'type' is not COLUMN=V1[,V2...]"),
+                (["--only", "kind=G"], "the --only column 'kind' is not in the input"),
+                (["--overlap-arcmin", "30"], "overlap 30' is out of range")):
+            result = runner.invoke(app, [*args, "--major-col", "majax_arcmin", *extra])
+            assert result.exit_code == 1, extra
+            assert message in result.output, (extra, result.output)
+            assert "Traceback" not in result.output
     finally:
         get_settings.cache_clear()
 

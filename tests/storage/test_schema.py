@@ -109,6 +109,12 @@ def test_tables_on_each_backend_have_the_felis_columns(shard_set: ShardSet) -> N
     for table, columns in expected.items():
         found = _columns_on(shard_set, table, only_first=table == "refcat_registry")
         assert all(f == columns for f in found), (table, found)
+    from broker.storage.accounts import TABLES as ACCOUNT_TABLES
+    from broker.storage.accounts import AccountStore
+
+    AccountStore(shard_set).setup()
+    for table in ACCOUNT_TABLES:  # on shard 0 only
+        assert _columns_on(shard_set, table, only_first=True) == [list(schema.columns(table))]
 
 
 @pytest.mark.parametrize("template", ["refcat_rows", "refcat_overlap", "refcat_director",
