@@ -264,11 +264,30 @@ def separation_arcsec(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray,
     return np.degrees(2.0 * np.arcsin(np.sqrt(np.clip(s, 0.0, 1.0)))) * 3600.0
 
 
+#: Deepest order whose every cell gets a slot in a dense offsets table (12 * 4**9 cells, 12 MB
+#: of int32): a lookup there is one index, not a binary search.
+DENSE_MAX_ORDER = 9
+
+
 @dataclass(frozen=True, slots=True)
 class _Level:
     order: int
     cells: np.ndarray  # sorted cells of the cones filed at this order
     cones: np.ndarray  # the cone (position in the index's arrays) of each cell entry
+    #: Dense levels: ``offsets[c]:offsets[c + 1]`` are the entries of cell c. Sparse levels:
+    #: None, and `cells` is binary-searched.
+    offsets: np.ndarray | None
+
+    def lookup(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first entry and the number of entries of each wanted cell."""
+        if self.offsets is not None:
+            start = self.offsets[wanted]
+            return start, self.offsets[wanted + 1] - start
+        # Binary search of the distinct wanted cells only, in order (cache-friendly).
+        distinct, back = np.unique(wanted, return_inverse=True)
+        first = np.searchsorted(self.cells, distinct, side="left")
+        last = np.searchsorted(self.cells, distinct, side="right")
+        return first[back], (last - first)[back]
 
 
 class ConeIndex:
@@ -286,7 +305,12 @@ class ConeIndex:
             members = np.flatnonzero(orders == order)
             cells = _cells(deep[members], int(order))
             sort = np.argsort(cells, kind="stable")
-            self.levels.append(_Level(int(order), cells[sort], members[sort]))
+            cells = cells[sort]
+            offsets = None
+            if order <= DENSE_MAX_ORDER:
+                offsets = np.searchsorted(cells, np.arange(12 * 4 ** int(order) + 1)).astype(
+                    np.int64)
+            self.levels.append(_Level(int(order), cells, members[sort], offsets))
 
     def __len__(self) -> int:
         return int(self.ra.size)
@@ -308,9 +332,7 @@ class ConeIndex:
             wanted = near.ravel()
             keep = wanted >= 0
             points, wanted = points[keep], wanted[keep]
-            start = np.searchsorted(level.cells, wanted, side="left")
-            stop = np.searchsorted(level.cells, wanted, side="right")
-            counts = stop - start
+            start, counts = level.lookup(wanted)
             hit = counts > 0
             if not hit.any():
                 continue
@@ -325,6 +347,10 @@ class ConeIndex:
             return empty, empty, np.zeros(0, dtype=np.float64)
         points = np.concatenate(found_points)
         cones = np.concatenate(found_cones)
+        # Most candidates of the 3 x 3 cells are far off in declination alone: a subtraction
+        # drops them before the trigonometry.
+        near = np.abs(dec[points] - self.dec[cones]) * 3600.0 <= self.radius_arcsec[cones]
+        points, cones = points[near], cones[near]
         distance = separation_arcsec(ra[points], dec[points], self.ra[cones], self.dec[cones])
         inside = distance <= self.radius_arcsec[cones]
         points, cones, distance = points[inside], cones[inside], distance[inside]
