@@ -282,6 +282,11 @@ class CatalogOut(BaseModel):
         None, description="Where each row's ellipse is: stored columns of the major and minor "
                           "axes and the position angle (degrees east of north), their unit, "
                           "and whether they are diameters or radii; null without shapes.")
+    motion: dict[str, str | float] | None = Field(
+        None, description="Where each row's proper motion is (stored columns pmra, pmdec, "
+                          "mas/yr) and the Julian epoch of the positions; null without.")
+    overlap_arcmin: float | None = Field(
+        None, description="The catalog's overlap radius: the farthest a match can be found.")
 
 
 class CatalogsOut(BaseModel):

@@ -227,8 +227,7 @@ class ArchiveQueries:
         """Every catalog a cone search can read, the archive's objects first."""
         return [{"name": OBJECTS, "rows": self.catalog.counts().get("objects"),
                  "kind": "alert archive objects"},
-                *({**entry, "kind": "reference catalog", "holds": entry.get("kind", "generic")}
-                  for entry in self.refcats.list())]
+                *(_catalog_entry(entry) for entry in self.refcats.list())]
 
     def check_catalog(self, catalog: str) -> None:
         """Raise NotFoundError unless a cone search can read ``catalog``."""
@@ -254,3 +253,14 @@ class ArchiveQueries:
     def counts(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
         """Rows per table of the catalog and of the light-curve archive."""
         return self.catalog.counts(), self.lightcurves.counts()
+
+
+def _catalog_entry(entry: Row) -> Row:
+    """A reference catalog's registry entry as `ArchiveQueries.catalogs` lists it: its shape and
+    its proper motion apart (the registry keeps both in one ``shape`` document)."""
+    profile = dict(entry.get("shape") or {})
+    motion = profile.pop("motion", None)
+    return {**entry, "kind": "reference catalog", "holds": entry.get("kind", "generic"),
+            "shape": profile or None, "motion": motion,
+            "overlap_arcmin": float(entry["overlap_deg"]) * 60.0}
+

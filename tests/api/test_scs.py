@@ -140,13 +140,15 @@ def test_reference_catalog_cone_json_and_scs(loaded: Loaded, tmp_path) -> None:
     """Hipparcos loaded as a reference catalog answers /api/v1/cone and /scs/hipparcos."""
     from fastapi.testclient import TestClient
 
+    from broker.domain.catalogs import MotionSpec
     from broker.storage.refcat import open_catalog_file
     from tests.support.catalogs import HIPPARCOS, VEGA
 
     factory = make_factory(loaded, tmp_path)
     source = open_catalog_file(HIPPARCOS)
     try:
-        factory.refcats.load("hipparcos", source.batches, "hip", "ra", "dec", kind="star")
+        factory.refcats.load("hipparcos", source.batches, "hip", "ra", "dec", kind="star",
+                             motion=MotionSpec("pmra", "pmdec", 1991.25))
     finally:
         source.close()
     vega_ra, vega_dec = VEGA[1], VEGA[2]
@@ -156,6 +158,8 @@ def test_reference_catalog_cone_json_and_scs(loaded: Loaded, tmp_path) -> None:
         assert [c["name"] for c in listed] == ["objects", "hipparcos"]
         assert [(c["kind"], c["holds"], c["shape"]) for c in listed] == [
             ("alert archive objects", None, None), ("reference catalog", "star", None)]
+        assert listed[1]["motion"] == {"pmra": "pmra", "pmdec": "pmdec", "epoch_jyear": 1991.25}
+        assert listed[1]["overlap_arcmin"] == 1.0
         body = http.get("/api/v1/cone", params={"ra": vega_ra, "dec": vega_dec, "radius": 3600,
                                                 "catalog": "hipparcos", "limit": 10000}).json()
         assert [r["id"] for r in body["rows"]] == [str(r["id"]) for r in every]
