@@ -1,0 +1,300 @@
+"""Watchlists, their cones and their hits, on shard 0 of the catalog's shard set.
+
+Ownership is checked here, once for every caller: a private watchlist is found only by its
+owner; for anyone else it does not exist (`NotFoundError`, which the API answers 404, never
+403). A public one may be read by anyone and changed only by its owner.
+
+A watchlist is made or replaced in one transaction (its row, then its cones by the backend's
+bulk insert: MariaDB's LOAD DATA, or SQLite's executemany), so a reader sees the old cones or
+the new ones, never a mix, and a failed upload leaves nothing behind. Its ``version`` grows by
+one at each replacement: the enrich stage polls the versions to know what to reload.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from broker.domain.watchlists import MAX_RADIUS_ARCSEC, Cones
+from broker.exceptions import ConflictError, NotFoundError
+from broker.storage import schema
+from broker.storage.dialect import column_list
+from broker.storage.shards import ShardSet
+
+T = TypeVar("T")
+
+WATCH_SHARD = 0
+TABLES = ("watchlists", "watchlist_cones", "watch_hits")
+_COLUMNS = schema.columns("watchlists")
+_CONE_COLUMNS = schema.columns("watchlist_cones")
+_HIT_COLUMNS = schema.columns("watch_hits")
+VISIBILITIES = ("private", "public")
+
+
+@dataclass(frozen=True, slots=True)
+class Watchlist:
+    """A watchlist's row (its cones apart)."""
+
+    watchlist_id: int
+    owner: str
+    name: str
+    visibility: str
+    default_radius_arcsec: float
+    cones: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """An alert in a watchlist's cone."""
+
+    watchlist_id: int
+    cone_id: int
+    alert_id: int
+    object_id: str
+    separation_arcsec: float
+    mjd: float
+    live: bool
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _watchlist(row: Sequence[Any]) -> Watchlist:
+    return Watchlist(int(row[0]), row[1], row[2], row[3], float(row[4]), int(row[5]),
+                     int(row[6]), _utc(row[7]), _utc(row[8]))
+
+
+def check_visibility(visibility: str) -> str:
+    if visibility not in VISIBILITIES:
+        msg = f"visibility {visibility!r} is not private or public"
+        raise ValueError(msg)
+    return visibility
+
+
+class WatchlistStore:
+    """Watchlists over a shard set (tables on `WATCH_SHARD`)."""
+
+    def __init__(self, shards: ShardSet, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.shards = shards
+        self.dialect = shards.dialect
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def setup(self) -> None:
+        with self._lock:
+            if self._ready:
+                return
+            self.shards.ensure_database()
+            statements = [s for t in TABLES
+                          for s in self.dialect.create_statements(schema.table(t))]
+
+            def work(cursor: Any) -> None:
+                for statement in statements:
+                    cursor.execute(statement)
+                for table in TABLES:
+                    self.dialect.add_missing_columns(cursor, schema.table(table))
+
+            self.shards.run(WATCH_SHARD, work)
+            self._ready = True
+
+    def _run(self, work: Callable[[Any], T], *, write: bool = True) -> T:
+        self.setup()
+        return self.shards.run(WATCH_SHARD, work, write=write)
+
+    # -- reads
+
+    def get(self, watchlist_id: int, caller: str | None) -> Watchlist:
+        """A watchlist ``caller`` may read (its own, or a public one); `NotFoundError` for any
+        other, as for one that does not exist."""
+        def work(cursor: Any) -> tuple | None:
+            cursor.execute(f"SELECT {column_list(_COLUMNS)} FROM watchlists "
+                           "WHERE watchlist_id = %s", [watchlist_id])
+            return cursor.fetchone()
+
+        row = self._run(work, write=False)
+        found = None if row is None else _watchlist(row)
+        if found is None or (found.visibility != "public" and found.owner != caller):
+            msg = f"no watchlist {watchlist_id}"
+            raise NotFoundError(msg)
+        return found
+
+    def owned(self, watchlist_id: int, caller: str | None) -> Watchlist:
+        """A watchlist ``caller`` owns; `NotFoundError` otherwise (a public list of another
+        user can be read, not changed: that is 404 too, as if it were not there to change)."""
+        found = self.get(watchlist_id, caller)
+        if found.owner != caller:
+            msg = f"no watchlist {watchlist_id} of yours"
+            raise NotFoundError(msg)
+        return found
+
+    def visible(self, caller: str | None) -> list[Watchlist]:
+        """The caller's watchlists and everyone's public ones, by owner then name."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(f"SELECT {column_list(_COLUMNS)} FROM watchlists WHERE owner = %s "
+                           "OR visibility = 'public' ORDER BY owner, name", [caller or ""])
+            return list(cursor.fetchall())
+
+        return [_watchlist(r) for r in self._run(work, write=False)]
+
+    def cones(self, watchlist_id: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray,
+                                                  np.ndarray]:
+        """A watchlist's cones as columns: cone ids, names, ra, dec, radius (by cone id)."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(f"SELECT {column_list(('cone_id', 'name', 'ra', 'dec', 'radius_arcsec'))}"
+                           " FROM watchlist_cones WHERE watchlist_id = %s ORDER BY cone_id",
+                           [watchlist_id])
+            return list(cursor.fetchall())
+
+        rows = self._run(work, write=False)
+        return (np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows],
+                np.array([r[2] for r in rows], dtype=np.float64),
+                np.array([r[3] for r in rows], dtype=np.float64),
+                np.array([r[4] for r in rows], dtype=np.float64))
+
+    def versions(self) -> dict[int, int]:
+        """Every watchlist's version: what the enrich stage polls."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute("SELECT watchlist_id, version FROM watchlists")
+            return list(cursor.fetchall())
+
+        return {int(a): int(b) for a, b in self._run(work, write=False)}
+
+    # -- writes
+
+    def create(self, owner: str, name: str, cones: Cones, *, visibility: str = "private",
+               default_radius_arcsec: float = 2.0) -> Watchlist:
+        """Make a watchlist with its cones; `ConflictError` if the owner has one of that
+        name."""
+        check_visibility(visibility)
+        _check_list_name(name, default_radius_arcsec)
+        now = self.dialect.time_value(self.clock())
+        watchlist_id = secrets.randbits(53) or 1
+
+        def work(cursor: Any) -> int:
+            cursor.execute(self.dialect.insert_ignore("watchlists", _COLUMNS), [
+                watchlist_id, owner, name, visibility, default_radius_arcsec, len(cones), 1,
+                now, now])
+            if int(cursor.rowcount) == 0:
+                return 0
+            self._insert_cones(cursor, watchlist_id, cones)
+            return 1
+
+        if self._run(work) == 0:
+            msg = f"you have a watchlist named {name!r} already"
+            raise ConflictError(msg)
+        return self.get(watchlist_id, owner)
+
+    def replace(self, watchlist_id: int, caller: str, cones: Cones, *,
+                visibility: str | None = None,
+                default_radius_arcsec: float | None = None) -> Watchlist:
+        """Replace an owned watchlist's cones (and optionally its visibility and default
+        radius) in one transaction; its version grows by one."""
+        current = self.owned(watchlist_id, caller)
+        visibility = check_visibility(visibility or current.visibility)
+        radius = (current.default_radius_arcsec if default_radius_arcsec is None
+                  else default_radius_arcsec)
+        _check_list_name(current.name, radius)
+        now = self.dialect.time_value(self.clock())
+
+        def work(cursor: Any) -> None:
+            cursor.execute("DELETE FROM watchlist_cones WHERE watchlist_id = %s",
+                           [watchlist_id])
+            self._insert_cones(cursor, watchlist_id, cones)
+            cursor.execute("UPDATE watchlists SET cones = %s, version = version + 1, "
+                           "visibility = %s, default_radius_arcsec = %s, updated_at = %s "
+                           "WHERE watchlist_id = %s",
+                           [len(cones), visibility, radius, now, watchlist_id])
+
+        self._run(work)
+        return self.get(watchlist_id, caller)
+
+    def delete(self, watchlist_id: int, caller: str) -> None:
+        """Delete an owned watchlist, its cones and its hits."""
+        self.owned(watchlist_id, caller)
+
+        def work(cursor: Any) -> None:
+            for table in ("watch_hits", "watchlist_cones", "watchlists"):
+                cursor.execute(f"DELETE FROM {table} WHERE watchlist_id = %s", [watchlist_id])
+
+        self._run(work)
+
+    def _insert_cones(self, cursor: Any, watchlist_id: int, cones: Cones) -> None:
+        n = len(cones)
+        table = pa.table({
+            "watchlist_id": pa.array(np.full(n, watchlist_id, dtype=np.int64)),
+            "cone_id": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+            "name": pa.array(cones.name, type=pa.string()),
+            "ra": pa.array(cones.ra), "dec": pa.array(cones.dec),
+            "radius_arcsec": pa.array(cones.radius_arcsec)})
+        with tempfile.TemporaryDirectory(prefix="lanner-cones-") as folder:
+            stored = self.dialect.bulk_insert(cursor, "watchlist_cones", _CONE_COLUMNS, table,
+                                              folder)
+        if stored != n:
+            msg = f"stored {stored} of {n} cones of watchlist {watchlist_id}"
+            raise RuntimeError(msg)
+
+    # -- hits
+
+    def add_hits(self, hits: Iterable[Hit]) -> int:
+        """Store hits, each once (a hit found again changes nothing); how many were new."""
+        now = self.dialect.time_value(self.clock())
+        rows = [(h.watchlist_id, h.cone_id, h.alert_id, h.object_id, h.separation_arcsec,
+                 h.mjd, h.live, now) for h in hits]
+        if not rows:
+            return 0
+
+        def work(cursor: Any) -> int:
+            cursor.executemany(self.dialect.insert_ignore("watch_hits", _HIT_COLUMNS), rows)
+            return int(cursor.rowcount)
+
+        return self._run(work)
+
+    def hits(self, watchlist_id: int, caller: str | None, *, limit: int = 100,
+             after: tuple[float, int, int] | None = None) -> list[dict[str, Any]]:
+        """A readable watchlist's hits, newest alert first, ``limit`` at a time; ``after`` is
+        the (mjd, cone_id, alert_id) of the last hit of the previous page."""
+        self.get(watchlist_id, caller)
+        where, params = "h.watchlist_id = %s", [watchlist_id]
+        if after is not None:
+            where += (" AND (h.mjd < %s OR (h.mjd = %s AND (h.cone_id > %s OR (h.cone_id = %s "
+                      "AND h.alert_id > %s))))")
+            params += [after[0], after[0], after[1], after[1], after[2]]
+
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(
+                "SELECT h.cone_id, c.name, h.alert_id, h.object_id, h.separation_arcsec, h.mjd, "
+                "h.live, h.found_at FROM watch_hits h JOIN watchlist_cones c ON "
+                "c.watchlist_id = h.watchlist_id AND c.cone_id = h.cone_id "
+                f"WHERE {where} ORDER BY h.mjd DESC, h.cone_id, h.alert_id LIMIT %s",
+                [*params, limit])
+            return list(cursor.fetchall())
+
+        return [{"cone_id": int(r[0]), "cone_name": r[1], "alert_id": int(r[2]),
+                 "object_id": r[3], "separation_arcsec": float(r[4]), "mjd": float(r[5]),
+                 "live": bool(r[6]), "found_at": _utc(r[7])}
+                for r in self._run(work, write=False)]
+
+
+def _check_list_name(name: str, default_radius_arcsec: float) -> None:
+    if not name or len(name) > 64 or not name.isprintable():
+        msg = "a watchlist's name is 1 to 64 printable characters"
+        raise ValueError(msg)
+    if not 0.0 < default_radius_arcsec <= MAX_RADIUS_ARCSEC:
+        msg = (f"the default radius {default_radius_arcsec:g} is not in "
+               f"(0, {MAX_RADIUS_ARCSEC:g}] arcsec")
+        raise ValueError(msg)

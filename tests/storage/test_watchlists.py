@@ -1,0 +1,98 @@
+"""The watchlist store over each backend: ownership (another's private list does not exist),
+atomic replacement with a version, hits stored once and paged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from broker.domain.watchlists import Cones
+from broker.exceptions import ConflictError, NotFoundError
+from broker.storage.shards import ShardSet
+from broker.storage.watchlists import Hit, WatchlistStore
+
+
+def _cones(n: int, start: float = 10.0) -> Cones:
+    return Cones([f"c{i}" for i in range(n)], np.linspace(start, start + 1, n),
+                 np.linspace(-5, 5, n), np.full(n, 3.0))
+
+
+@pytest.fixture
+def store(shard_set: ShardSet) -> WatchlistStore:
+    return WatchlistStore(shard_set)
+
+
+def test_owners_see_theirs_and_everyone_sees_public(store: WatchlistStore) -> None:
+    mine = store.create("alice", "hosts", _cones(5))
+    public = store.create("bob", "grbs", _cones(3), visibility="public")
+    hidden = store.create("bob", "secret", _cones(2))
+    assert (mine.cones, mine.version, mine.visibility) == (5, 1, "private")
+    with pytest.raises(ConflictError, match="named 'hosts' already"):
+        store.create("alice", "hosts", _cones(1))
+    store.create("bob", "hosts", _cones(1))  # the same name for another owner is fine
+    assert [(w.owner, w.name) for w in store.visible("alice")] == [("alice", "hosts"),
+                                                                  ("bob", "grbs")]
+    assert [(w.owner, w.name) for w in store.visible(None)] == [("bob", "grbs")]
+    assert store.get(public.watchlist_id, "alice").name == "grbs"
+    assert store.get(public.watchlist_id, None).name == "grbs"
+    for caller in ("alice", None):
+        with pytest.raises(NotFoundError, match=f"no watchlist {hidden.watchlist_id}"):
+            store.get(hidden.watchlist_id, caller)
+    # A public list of another user can be read, not changed or deleted.
+    with pytest.raises(NotFoundError):
+        store.replace(public.watchlist_id, "alice", _cones(1))
+    with pytest.raises(NotFoundError):
+        store.delete(public.watchlist_id, "alice")
+    with pytest.raises(ValueError, match="visibility 'shared'"):
+        store.create("alice", "x", _cones(1), visibility="shared")
+
+
+def test_replace_is_whole_and_bumps_the_version(store: WatchlistStore) -> None:
+    made = store.create("alice", "hosts", _cones(1000))
+    before = store.versions()
+    replaced = store.replace(made.watchlist_id, "alice", _cones(7, start=200.0),
+                             visibility="public", default_radius_arcsec=5.0)
+    assert (replaced.cones, replaced.version, replaced.visibility,
+            replaced.default_radius_arcsec) == (7, 2, "public", 5.0)
+    assert store.versions() == {**before, made.watchlist_id: 2}
+    ids, names, ra, dec, radius = store.cones(made.watchlist_id)
+    assert ids.tolist() == list(range(1, 8))
+    assert names == [f"c{i}" for i in range(7)]
+    assert ra[0] == 200.0
+    assert radius.tolist() == [3.0] * 7
+    # A replacement that fails (a bad radius) leaves everything as it was.
+    with pytest.raises(ValueError, match="default radius 0"):
+        store.replace(made.watchlist_id, "alice", _cones(3), default_radius_arcsec=0.0)
+    assert store.get(made.watchlist_id, "alice").version == 2
+    assert len(store.cones(made.watchlist_id)[0]) == 7
+
+
+def test_hits_are_stored_once_and_paged_newest_first(store: WatchlistStore) -> None:
+    made = store.create("alice", "hosts", _cones(3))
+    other = store.create("bob", "b", _cones(1))
+    hits = [Hit(made.watchlist_id, cone, 1000 + i, f"obj{i}", 0.5 * i, 60000.0 + (i % 4),
+                live=i % 2 == 0) for i, cone in enumerate([1, 2, 3, 1, 2, 3, 1, 2, 3, 1])]
+    assert store.add_hits(hits) == 10
+    assert store.add_hits(hits[:4]) == 0  # found again: nothing new
+    store.add_hits([Hit(other.watchlist_id, 1, 5, "x", 0.1, 60000.0, live=True)])
+    pages, after = [], None
+    while True:
+        page = store.hits(made.watchlist_id, "alice", limit=3, after=after)
+        if not page:
+            break
+        pages.append(page)
+        last = page[-1]
+        after = (last["mjd"], last["cone_id"], last["alert_id"])
+    seen = [h for page in pages for h in page]
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
+    assert len({h["alert_id"] for h in seen}) == 10
+    assert [h["mjd"] for h in seen] == sorted((h["mjd"] for h in seen), reverse=True)
+    assert {h["cone_name"] for h in seen} == {"c0", "c1", "c2"}
+    assert sum(h["live"] for h in seen) == 5
+    with pytest.raises(NotFoundError):
+        store.hits(made.watchlist_id, "bob")
+    store.delete(made.watchlist_id, "alice")
+    with pytest.raises(NotFoundError):
+        store.get(made.watchlist_id, "alice")
+    assert made.watchlist_id not in store.versions()
+    assert store.hits(other.watchlist_id, "bob")[0]["alert_id"] == 5
