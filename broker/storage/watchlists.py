@@ -155,9 +155,9 @@ class WatchlistStore:
                                                   np.ndarray]:
         """A watchlist's cones as columns: cone ids, names, ra, dec, radius (by cone id)."""
         def work(cursor: Any) -> list[tuple]:
-            cursor.execute(f"SELECT {column_list(('cone_id', 'name', 'ra', 'dec', 'radius_arcsec'))}"
-                           " FROM watchlist_cones WHERE watchlist_id = %s ORDER BY cone_id",
-                           [watchlist_id])
+            columns = column_list(("cone_id", "name", "ra", "dec", "radius_arcsec"))
+            cursor.execute(f"SELECT {columns} FROM watchlist_cones WHERE watchlist_id = %s "
+                           "ORDER BY cone_id", [watchlist_id])
             return list(cursor.fetchall())
 
         rows = self._run(work, write=False)
@@ -269,7 +269,8 @@ class WatchlistStore:
         """A readable watchlist's hits, newest alert first, ``limit`` at a time; ``after`` is
         the (mjd, cone_id, alert_id) of the last hit of the previous page."""
         self.get(watchlist_id, caller)
-        where, params = "h.watchlist_id = %s", [watchlist_id]
+        where = "h.watchlist_id = %s"
+        params: list[Any] = [watchlist_id]
         if after is not None:
             where += (" AND (h.mjd < %s OR (h.mjd = %s AND (h.cone_id > %s OR (h.cone_id = %s "
                       "AND h.alert_id > %s))))")

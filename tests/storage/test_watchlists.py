@@ -56,6 +56,7 @@ def test_replace_is_whole_and_bumps_the_version(store: WatchlistStore) -> None:
             replaced.default_radius_arcsec) == (7, 2, "public", 5.0)
     assert store.versions() == {**before, made.watchlist_id: 2}
     ids, names, ra, dec, radius = store.cones(made.watchlist_id)
+    assert dec.tolist() == np.linspace(-5, 5, 7).tolist()
     assert ids.tolist() == list(range(1, 8))
     assert names == [f"c{i}" for i in range(7)]
     assert ra[0] == 200.0
