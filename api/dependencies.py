@@ -11,6 +11,7 @@ from broker.factory import Factory
 from broker.queries import ArchiveQueries
 from broker.storage.accounts import AccountStore
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
+from broker.storage.watchlists import WatchlistStore
 
 
 class LazyStores:
@@ -28,6 +29,7 @@ class LazyStores:
         self._catalog_lock = threading.Lock()
         self._refcats_lock = threading.Lock()
         self._accounts_lock = threading.Lock()
+        self._watchlists_lock = threading.Lock()
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -48,6 +50,11 @@ class LazyStores:
     def accounts(self) -> AccountStore:
         with self._accounts_lock:
             return self.factory.accounts
+
+    @property
+    def watchlists(self) -> WatchlistStore:
+        with self._watchlists_lock:
+            return self.factory.watchlists
 
 
 async def get_stores(request: Request) -> LazyStores:

@@ -21,6 +21,7 @@ from broker.streaming.queue import MessageSource, Publisher
 if TYPE_CHECKING:
     from broker.storage.accounts import AccountStore
     from broker.storage.shards import ShardSet
+    from broker.storage.watchlists import WatchlistStore
     from broker.streaming.memory import MemoryBroker
 
 
@@ -102,6 +103,15 @@ class Factory:
         from broker.storage.accounts import AccountStore  # noqa: PLC0415
 
         store = AccountStore(self.shards)
+        store.setup()
+        return store
+
+    @cached_property
+    def watchlists(self) -> WatchlistStore:
+        """Watchlists, their cones and hits (shard 0 of the catalog's shard set)."""
+        from broker.storage.watchlists import WatchlistStore  # noqa: PLC0415
+
+        store = WatchlistStore(self.shards)
         store.setup()
         return store
 
