@@ -177,6 +177,10 @@ class Settings(BaseSettings):
     enrich_cache_rows: int = Field(
         20_000_000, ge=0, description="Most reference-catalog rows the enrich stage keeps in "
         "its chunk cache (with halos).")
+    watch_poll_s: float = Field(
+        2.0, gt=0, le=60, description="Seconds between the enrich stage's reads of the "
+        "watchlists' versions: a change made over the API is matched live within this, plus "
+        "the time to load the changed list and one batch.")
 
     once_wait_s: float | None = Field(
         None, gt=0,

@@ -15,7 +15,9 @@ agent) run the same code. For a batch of ``lanner.ingested`` records, `Enricher.
    ``solar_system`` whatever lies under it);
 5. reads the whole stored history of the batch's objects from the light-curve archive (one
    `LightCurveArchive.histories` call) and computes each object's features
-   (`broker.domain.features`) at its newest alert in the batch.
+   (`broker.domain.features`) at its newest alert in the batch;
+6. finds the users' watchlist cones each object lies in (`broker.watching.WatchMatcher`, kept
+   current by polling the watchlists' versions).
 
 Why the features are computed here and not at ingest: docs/architecture.md (the archive holds
 more than the newest packet for nine objects in ten, and ingest is the slower stage).
@@ -42,6 +44,7 @@ from broker.domain.sky import Chunker, hpx29
 from broker.exceptions import CatalogReloadedError
 from broker.storage.chunks import RefCatChunkSource, versioned
 from broker.storage.stores import LightCurveArchive, ReferenceCatalogs
+from broker.watching import WatchMatcher
 
 log = structlog.get_logger(__name__)
 
@@ -129,8 +132,10 @@ class Enricher:
 
     def __init__(self, *, refcats: ReferenceCatalogs, lightcurves: LightCurveArchive,
                  chunker: Chunker, radii: Mapping[str, float] | None = None,
-                 rules: ContextRules | None = None, cache_rows: int = 20_000_000) -> None:
+                 rules: ContextRules | None = None, cache_rows: int = 20_000_000,
+                 watch: WatchMatcher | None = None) -> None:
         self.refcats = refcats
+        self.watch = watch
         self.lightcurves = lightcurves
         self.chunker = chunker
         self.rules = rules or DEFAULT_RULES
@@ -150,8 +155,15 @@ class Enricher:
                 if attempt == 2:
                     raise
         features = self.features(records)
-        return [result if (f := features.get(result.object_id)) is None
-                else replace(result, features=f) for result in contexts]
+        results = [result if (f := features.get(result.object_id)) is None
+                   else replace(result, features=f) for result in contexts]
+        if self.watch is not None:
+            self.watch.refresh()
+            watched = self.watch.match(np.array([r.ra for r in results]),
+                                       np.array([r.dec for r in results]))
+            results = [replace(r, watches=tuple(w)) if w else r
+                       for r, w in zip(results, watched, strict=True)]
+        return results
 
     def features(self, records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         """The features of each object at its newest record in the batch, by object id:

@@ -28,6 +28,16 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchMatch:
+    """An alert's object inside one cone of a user's watchlist."""
+
+    watchlist_id: int
+    cone_id: int
+    cone_name: str
+    separation_arcsec: float
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectEnrichment:
     """The context and counterparts of one object, decided at one alert."""
 
@@ -48,6 +58,8 @@ class ObjectEnrichment:
     #: The object's features (`broker.domain.features.FEATURES`) from its whole history up to
     #: this alert; empty when they were not computed.
     features: Mapping[str, int | float | None] = field(default_factory=dict)
+    #: The watchlists' cones the object's position lies in at this alert.
+    watches: tuple[WatchMatch, ...] = ()
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:

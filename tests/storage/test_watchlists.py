@@ -97,3 +97,36 @@ def test_hits_are_stored_once_and_paged_newest_first(store: WatchlistStore) -> N
         store.get(made.watchlist_id, "alice")
     assert made.watchlist_id not in store.versions()
     assert store.hits(other.watchlist_id, "bob")[0]["alert_id"] == 5
+
+
+def test_the_matcher_follows_changes_by_polling_versions(store: WatchlistStore) -> None:
+    from broker.watching import WatchMatcher
+
+    now = [0.0]
+    matcher = WatchMatcher(store, poll_s=2.0, clock=lambda: now[0])
+    assert matcher.refresh() is False  # nothing yet
+    made = store.create("alice", "hosts", Cones(["a", "b"], np.array([10.0, 20.0]),
+                                                np.array([0.0, 0.0]), np.array([5.0, 5.0])))
+    assert matcher.refresh() is False  # polled less than 2 s ago
+    now[0] = 2.5
+    assert matcher.refresh() is True
+    found = matcher.match(np.array([10.0, 20.0005, 30.0]), np.array([0.0, 0.0, 0.0]))
+    assert [[(m.watchlist_id, m.cone_id, m.cone_name) for m in f] for f in found] == [
+        [(made.watchlist_id, 1, "a")], [(made.watchlist_id, 2, "b")], []]
+    assert found[1][0].separation_arcsec == pytest.approx(1.8, abs=0.01)
+    # Replaced over the store: picked up at the next poll, and only then.
+    store.replace(made.watchlist_id, "alice", Cones(["c"], np.array([30.0]), np.array([0.0]),
+                                                    np.array([5.0])))
+    assert matcher.match(np.array([30.0]), np.array([0.0])) == [[]]
+    now[0] = 5.0
+    assert matcher.refresh() is True
+    assert matcher.refresh() is False
+    assert [m.cone_name for m in matcher.match(np.array([30.0]), np.array([0.0]))[0]] == ["c"]
+    other = store.create("bob", "b", Cones(["d"], np.array([30.0]), np.array([0.0]),
+                                           np.array([60.0])))
+    store.delete(made.watchlist_id, "alice")
+    now[0] = 8.0
+    assert matcher.refresh() is True
+    assert [(m.watchlist_id, m.cone_name) for m in matcher.match(
+        np.array([30.0]), np.array([0.0]))[0]] == [(other.watchlist_id, "d")]
+    assert matcher.cones == 1
