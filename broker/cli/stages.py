@@ -105,7 +105,9 @@ def _check_enrich_group(settings: Settings, engine: EnrichEngine) -> None:
         other = "faust" if assignor == FAUST_ASSIGNOR else "confluent"
         raise LannerError(f"consumer group {group} has {members} live member(s) of the {other} "
                           f"engine (partition assignor {assignor!r}); the engines share the "
-                          "group but cannot be in it together: stop them first")
+                          "group but cannot be in it together: stop them first (a killed "
+                          "process's member stays until its session times out, "
+                          "LANNER_KAFKA_SESSION_TIMEOUT_S)")
 
 
 @clean_errors
