@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import tempfile
 import threading
 import uuid
 import zlib
@@ -104,7 +106,9 @@ def faust_app(settings: Settings, *, group: str, instance_id: str | None = None)
         store="memory://",
         web_enabled=False,
         autodiscover=False,
-        datadir=str(settings.state_dir / "faust" / group),
+        # faust makes a data folder even for an app without tables: a temporary one
+        # (`FaustEnrich.run` removes it).
+        datadir=tempfile.mkdtemp(prefix=f"lanner-faust-{group}-"),
         topic_allow_declare=False,
         topic_disable_leader=True,
         agent_supervisor=mode.CrashingSupervisor,
@@ -216,8 +220,6 @@ class FaustEnrich:
     def run(self) -> EnrichReport:
         """Run the faust worker until SIGTERM or SIGINT (a clean stop) or a crash (raised as a
         `LannerError`); the report of every batch done."""
-        # faust creates its data folder (unused: no tables) but not the folders above it.
-        self.app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
         worker = faust.Worker(self.app, quiet=True, redirect_stdouts=False,
                               override_logging=False)
         worker.spinner = None  # a terminal spinner: control characters in the command's output
@@ -229,6 +231,7 @@ class FaustEnrich:
         finally:
             self.stopping.set()
             self.executor.shutdown(wait=True)
+            shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
         reason = worker.crash_reason or self.app.crash_reason
         if reason is not None or code not in (0, None):
             msg = f"the faust enrich worker stopped on an error: {reason or f'exit {code}'}"
