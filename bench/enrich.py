@@ -5,19 +5,21 @@ Needs `lanner services up` and the ``faust`` extra. Everything lives in a run of
 (topics ``bench.<run>.*``, keyspace and database ``bench_<run>``, consumer groups
 ``bench-<run>-*``), all dropped at the end, even on failure.
 
-1. Catalogs, in the run's database: the bundled Hipparcos (stars, moved by their proper
-   motions) and OpenNGC's galaxies (type G), loaded as `lanner demo` loads them, and a synthetic
-   galaxy catalog of ``--galaxies`` rows (default 10,000,000, about 240 per square degree:
-   positions uniform on the sphere, major-axis diameters log-normal around 8 arcsec, axis
-   ratios 0.25 to 1, position angles uniform), written as Parquet in a temporary folder and
-   loaded like any catalog file. Loading 1e7 rows takes minutes.
-2. Ingest: ``--ingest-processes`` `lanner ingest` processes (one group; 2, as `lanner run`
+1. Ingest: ``--ingest-processes`` `lanner ingest` processes (one group; 2, as `lanner run`
    starts) join their group; then ``--count`` simulated packets of the latest schema (profile
    ``--profile``, default ``realistic``) are produced. The rate is archived alerts over the time
    from the first packet produced to the last ``internal.ingested`` record published, as
    bench/ingest.py measures it (not ``lanner ingest --once``, whose start-up, a few seconds of
    connections and a group join, would count against a run of a few thousand alerts).
    The realistic profile's solar-system alerts name no object: ingest dead-letters them.
+2. Catalogs, in the run's database: the bundled Hipparcos (stars, moved by their proper
+   motions) and OpenNGC's galaxies (type G), loaded as `lanner demo` loads them, and a synthetic
+   galaxy catalog of ``--galaxies`` rows (default 10,000,000, about 240 per square degree:
+   positions uniform on the sphere, major-axis diameters log-normal around 8 arcsec, axis
+   ratios 0.25 to 1, position angles uniform), written as Parquet in a temporary folder and
+   loaded like any catalog file. Loading 1e7 rows takes about a minute here. They are loaded
+   after ingest, so that ingest does not share the disk with MariaDB writing out the fresh
+   load (a first run in the other order stalled ingest: BENCHMARKS.md).
 3. Enrich, one process of each engine (`lanner enrich --engine confluent|faust`) over the
    ingested records: a first unmeasured confluent run (``--once``) over ``internal.ingested``
    brings the catalogs' pages into MariaDB's and the system's caches, so that the measured runs
@@ -220,8 +222,28 @@ def empty_enrichment(run: Run) -> None:
 
 
 def lanner(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "broker.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    """A ``lanner`` process; its output goes to temporary files (a pipe left unread would
+    block a process that logs much, a store retrying for instance)."""
+    files = {"stdout": tempfile.TemporaryFile(), "stderr": tempfile.TemporaryFile()}
+    process = subprocess.Popen([sys.executable, "-m", "broker.cli", *args], cwd=REPO,
+                               env=env, **files)
+    OUTPUTS[process.pid] = files
+    return process
+
+
+#: The output files of each `lanner` process, by pid.
+OUTPUTS: dict[int, dict[str, Any]] = {}
+
+
+def output(process: subprocess.Popen, stream: str = "stderr", tail: int = 2000) -> str:
+    """The end of what a `lanner` process wrote to ``stream``."""
+    file = OUTPUTS[process.pid][stream]
+    file.seek(0)
+    return file.read().decode(errors="replace")[-tail:]
+
+
+def died(process: subprocess.Popen) -> RuntimeError:
+    return RuntimeError(f"{process.args} ended with {process.returncode}: {output(process)}")
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
@@ -230,10 +252,9 @@ def stop(processes: list[subprocess.Popen]) -> None:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     for process in processes:
-        _, errors = process.communicate(timeout=120)
+        process.wait(timeout=120)
         if process.returncode != 0:
-            raise RuntimeError(f"{process.args} ended with {process.returncode}: "
-                               f"{errors.decode()[-2000:]}")
+            raise died(process)
 
 
 def wait_joined(bootstrap: str, group: str, topic: str, processes: list[subprocess.Popen],
@@ -244,8 +265,7 @@ def wait_joined(bootstrap: str, group: str, topic: str, processes: list[subproce
     while time.monotonic() < deadline:
         for process in processes:
             if process.poll() is not None:
-                raise RuntimeError(f"{process.args} died: "
-                                   f"{process.communicate()[1].decode()[-2000:]}")
+                raise died(process)
         group_info = admin.describe_consumer_groups([group], request_timeout=10)[group].result(15)
         owned = sum(1 for m in group_info.members for tp in m.assignment.topic_partitions
                     if tp.topic == topic)
@@ -268,8 +288,7 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float,
                   for tp in partitions) < expected:
             for process in processes:
                 if process.poll() is not None:
-                    raise RuntimeError(f"{process.args} died: "
-                                       f"{process.communicate()[1].decode()[-2000:]}")
+                    raise died(process)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{topic} did not reach {expected} records in {timeout} s")
             time.sleep(0.5)
@@ -313,11 +332,12 @@ def warm_up(run: Run, alerts: int) -> float:
     """An unmeasured confluent run over internal.ingested (see the module docstring)."""
     started = time.perf_counter()
     process = lanner(run.env(LANNER_ENRICH_GROUP=f"bench-{run.id}-warmup"), "enrich", "--once")
-    output, errors = process.communicate(timeout=3600)
+    process.wait(timeout=3600)
     if process.returncode != 0:
-        raise RuntimeError(f"warm-up enrich failed: {errors.decode()[-2000:]}")
-    if f"enriched {alerts} alerts" not in output.decode():
-        raise RuntimeError(f"warm-up enrich did not enrich {alerts} alerts: {output.decode()}")
+        raise died(process)
+    said = output(process, "stdout")
+    if f"enriched {alerts} alerts" not in said:
+        raise RuntimeError(f"warm-up enrich did not enrich {alerts} alerts: {said}")
     return time.perf_counter() - started
 
 
@@ -359,6 +379,10 @@ def enrich(run: Run, engine: str, round_: int, ingested: list[Any]) -> dict[str,
             "alerts_per_s": round(rate, 1)}
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def orders(rounds: int) -> Iterator[tuple[int, str]]:
     """(round, engine) in the order run: confluent first in odd rounds, faust in even ones."""
     for round_ in range(1, rounds + 1):
@@ -383,9 +407,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     print(f"run {run.id}: {args.count} packets ({args.profile}), {args.galaxies:,} synthetic "
           f"galaxies, {cores} cores", flush=True)
+    # A stop by signal cleans up too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
-        catalogs = load_everything(run, args.galaxies, args.seed)
         ingested = ingest(run, args.count, args.ingest_processes, args.seed, args.profile)
+        catalogs = load_everything(run, args.galaxies, args.seed)
         alerts = ingested["alerts"]
         warm_s = warm_up(run, alerts)
         print(f"warm-up (confluent, --once, start-up included): {warm_s:.1f} s", flush=True)
