@@ -26,7 +26,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,faust]'
 	touch $@
 
 python-packages: $(VENV)/.installed
@@ -68,7 +68,7 @@ services-down:
 
 lock: $(BIN)/python  ## refresh constraints.txt from a clean resolution of pyproject.toml
 	rm -rf $(VENV)/lock && $(PYTHON) -m venv $(VENV)/lock && \
-	$(VENV)/lock/bin/pip install -q --upgrade pip && $(VENV)/lock/bin/pip install -q '.[dev]' && \
+	$(VENV)/lock/bin/pip install -q --upgrade pip && $(VENV)/lock/bin/pip install -q '.[dev,faust]' && \
 	$(VENV)/lock/bin/pip freeze --all --exclude-editable | grep -v -E '^(lanner|pip)==' \
 	  > constraints.txt && \
 	rm -rf $(VENV)/lock

@@ -37,7 +37,7 @@ from broker.factory import Factory
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
-from consumers.stage import Backoff, Stage, unexpected
+from consumers.stage import Backoff, Retry, Stage, count_rejections, unexpected
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +95,111 @@ def build(factory: Factory, *, source: MessageSource | None = None,
     )
 
 
+def read_ingested(message: Message) -> dict[str, Any]:
+    """Decode one ``internal.ingested`` record and check the position it carries."""
+    record = lanner_schemas.decode("ingested", message.value)
+    ra, dec = record["object_ra"], record["object_dec"]
+    if not (math.isfinite(ra) and math.isfinite(dec) and -90.0 <= dec <= 90.0):
+        error = PermanentError(f"object position ({ra}, {dec}) is not a sky position")
+        error.reason = "bad_position"
+        raise error
+    return record
+
+
+def enriched_record(message: Message, record: Mapping[str, Any], result: ObjectEnrichment,
+                    enriched_ms: int) -> tuple[bytes, bytes]:
+    """The key and value of one alert's ``lanner.enriched`` record: keyed like its input (the
+    object id when the input had no key), so an object's records stay on one partition."""
+    value = lanner_schemas.encode("enriched", {
+        "alert_id": record["alert_id"], "object_id": record["object_id"],
+        "survey": record["survey"], "mjd": record["mjd"], "band": record["band"],
+        "mag": record.get("mag"), "ra": result.ra, "dec": result.dec,
+        "chunk_id": result.chunk_id, "context": result.context,
+        "context_catalog": result.catalog, "context_source_id": result.source_id,
+        "context_separation_arcsec": result.separation_arcsec,
+        "context_offset_semimajor": result.offset_semimajor,
+        "context_reason": result.reason,
+        "matches": [{"catalog": m.catalog, "source_id": m.source_id,
+                     "separation_arcsec": m.separation_arcsec, "rank": m.rank}
+                    for m in result.matches],
+        "features": {name: None if value is None else float(value)
+                     for name, value in result.features.items()},
+        "source_timestamp_ms": record.get("source_timestamp_ms"),
+        "ingested_ms": record["ingested_ms"], "enriched_ms": enriched_ms,
+    })
+    return message.key or record["object_id"].encode(), value
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch enriched and stored, with what is left to publish before its offsets may be
+    committed."""
+
+    #: Key and value of each alert's ``lanner.enriched`` record, in input order.
+    enriched: list[tuple[bytes, bytes]]
+    #: The messages that go to the dead-letter topic, and why.
+    rejected: list[tuple[Message, PermanentError]]
+    results: list[ObjectEnrichment]
+    consumed: int
+    started: float
+
+    def report(self) -> EnrichReport:
+        """What the batch did, once published and committed (counted in the metrics too)."""
+        report = EnrichReport(consumed=self.consumed, enriched=len(self.results),
+                              dead_lettered=len(self.rejected))
+        for result in self.results:
+            report.contexts[result.context] = report.contexts.get(result.context, 0) + 1
+        count_rejections(STAGE, report.reasons, self.rejected)
+        metrics.ALERTS_OUT.labels(STAGE).inc(report.enriched)
+        metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - self.started)
+        return report
+
+
+class EnrichBatches:
+    """The enrich stage's work on a batch apart from Kafka: decode, enrich, store, and the
+    records to publish.
+
+    Both engines run it (`EnrichStage`, the confluent-kafka loop, and
+    `consumers.enrich_faust`, the faust-streaming agent); they differ only in how they fetch
+    the batch, publish its records and commit its offsets. Blocking: a store call may wait on
+    a store coming back (``retry``).
+    """
+
+    def __init__(self, *, catalog: ObjectCatalog, refcats: ReferenceCatalogs,
+                 lightcurves: LightCurveArchive, chunker: Chunker, retry: Retry,
+                 radii: Mapping[str, float] | None = None, rules: ContextRules | None = None,
+                 cache_rows: int = 20_000_000, clock: Callable[[], float] = time.time) -> None:
+        self.catalog = catalog
+        self.retry = retry
+        self.enricher = Enricher(refcats=refcats, lightcurves=lightcurves, chunker=chunker,
+                                 radii=radii, rules=rules, cache_rows=cache_rows)
+        self.clock = clock
+
+    def prepare(self, messages: Sequence[Message]) -> PreparedBatch:
+        """Decode the batch (a bad record is set aside for the dead-letter topic), enrich its
+        alerts, store the results (retrying until the stores take them), build its records."""
+        started = time.monotonic()
+        records: list[tuple[Message, dict[str, Any]]] = []
+        rejected: list[tuple[Message, PermanentError]] = []
+        for message in messages:
+            try:
+                records.append((message, read_ingested(message)))
+            except PermanentError as exc:
+                rejected.append((message, exc))
+            except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
+                rejected.append((message, unexpected(STAGE, message, exc)))
+
+        results: list[ObjectEnrichment] = []
+        if records:
+            results = self.retry("stores", lambda: self.enricher.enrich([r for _, r in records]))
+            self.retry("catalog", lambda: self.catalog.write_enrichment(results))
+        now_ms = int(self.clock() * 1000)
+        enriched = [enriched_record(message, record, result, now_ms)
+                    for (message, record), result in zip(records, results, strict=True)]
+        return PreparedBatch(enriched=enriched, rejected=rejected, results=results,
+                             consumed=len(messages), started=started)
+
+
 class EnrichStage(Stage[EnrichReport]):
     """Turns ``internal.ingested`` records into stored contexts and ``internal.enriched``."""
 
@@ -123,74 +228,23 @@ class EnrichStage(Stage[EnrichReport]):
                          poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
         self.catalog = catalog
         self.topics = topics or EnrichTopics()
-        self.enricher = Enricher(refcats=refcats, lightcurves=lightcurves, chunker=chunker,
-                                 radii=radii, rules=rules, cache_rows=cache_rows)
-        self.clock = clock
+        self.batches = EnrichBatches(catalog=catalog, refcats=refcats, lightcurves=lightcurves,
+                                     chunker=chunker, retry=self.retry, radii=radii,
+                                     rules=rules, cache_rows=cache_rows, clock=clock)
+        self.enricher = self.batches.enricher
 
     def new_report(self) -> EnrichReport:
         return EnrichReport()
 
     def process(self, messages: Sequence[Message]) -> EnrichReport:
         """Enrich a batch, store and publish its results, then commit its offsets."""
-        started = time.monotonic()
-        report = EnrichReport(consumed=len(messages))
-        records: list[tuple[Message, dict[str, Any]]] = []
-        rejected: list[tuple[Message, PermanentError]] = []
-        for message in messages:
-            try:
-                records.append((message, self.read(message)))
-            except PermanentError as exc:
-                rejected.append((message, exc))
-            except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
-                rejected.append((message, unexpected(STAGE, message, exc)))
-
-        results: list[ObjectEnrichment] = []
-        if records:
-            results = self.retry("stores", lambda: self.enricher.enrich([r for _, r in records]))
-            self.retry("catalog", lambda: self.catalog.write_enrichment(results))
-        self.retry("kafka", lambda: self._publish(records, results, rejected))
+        batch = self.batches.prepare(messages)
+        self.retry("kafka", lambda: self._publish(batch))
         self.retry("kafka", lambda: self.source.commit(messages))
+        return batch.report()
 
-        report.enriched = len(results)
-        report.dead_lettered = len(rejected)
-        for result in results:
-            report.contexts[result.context] = report.contexts.get(result.context, 0) + 1
-        self.count_rejections(report.reasons, rejected)
-        metrics.ALERTS_OUT.labels(STAGE).inc(report.enriched)
-        metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)
-        return report
-
-    def read(self, message: Message) -> dict[str, Any]:
-        """Decode one ``internal.ingested`` record and check the position it carries."""
-        record = lanner_schemas.decode("ingested", message.value)
-        ra, dec = record["object_ra"], record["object_dec"]
-        if not (math.isfinite(ra) and math.isfinite(dec) and -90.0 <= dec <= 90.0):
-            error = PermanentError(f"object position ({ra}, {dec}) is not a sky position")
-            error.reason = "bad_position"
-            raise error
-        return record
-
-    def _publish(self, records: Sequence[tuple[Message, dict[str, Any]]],
-                 results: Sequence[ObjectEnrichment],
-                 rejected: Sequence[tuple[Message, PermanentError]]) -> None:
-        now_ms = int(self.clock() * 1000)
-        for (message, record), result in zip(records, results, strict=True):
-            self.publisher.publish(self.topics.enriched, lanner_schemas.encode("enriched", {
-                "alert_id": record["alert_id"], "object_id": record["object_id"],
-                "survey": record["survey"], "mjd": record["mjd"], "band": record["band"],
-                "mag": record.get("mag"), "ra": result.ra, "dec": result.dec,
-                "chunk_id": result.chunk_id, "context": result.context,
-                "context_catalog": result.catalog, "context_source_id": result.source_id,
-                "context_separation_arcsec": result.separation_arcsec,
-                "context_offset_semimajor": result.offset_semimajor,
-                "context_reason": result.reason,
-                "matches": [{"catalog": m.catalog, "source_id": m.source_id,
-                             "separation_arcsec": m.separation_arcsec, "rank": m.rank}
-                            for m in result.matches],
-                "features": {name: None if value is None else float(value)
-                             for name, value in result.features.items()},
-                "source_timestamp_ms": record.get("source_timestamp_ms"),
-                "ingested_ms": record["ingested_ms"], "enriched_ms": now_ms,
-            }), key=message.key or record["object_id"].encode())
-        self.dead_letter(self.topics.dlq, rejected)
+    def _publish(self, batch: PreparedBatch) -> None:
+        for key, value in batch.enriched:
+            self.publisher.publish(self.topics.enriched, value, key=key)
+        self.dead_letter(self.topics.dlq, batch.rejected)
         self.publisher.flush(60.0)

@@ -69,6 +69,56 @@ class Backoff:
         return next_delay
 
 
+class Retry(Protocol):
+    """Runs a step of a batch until it works, retrying `TransientError` (`retry`, bound to a
+    stage)."""
+
+    def __call__(self, store: str, action: Callable[[], T]) -> T: ...
+
+
+def retry(stage: str, store: str, action: Callable[[], T], *, backoff: Backoff,
+          stopping: threading.Event) -> T:
+    """Run ``action``; on a `TransientError` wait and run it again until it works (other
+    exceptions propagate at once). Once ``stopping`` is set a transient failure is raised, so
+    that a stopping process does not wait on a store forever."""
+    next_delay = backoff.delays()
+    while True:
+        try:
+            return action()
+        except TransientError as exc:
+            if stopping.is_set():
+                raise
+            delay = next_delay()
+            metrics.RETRIES.labels(stage, store).inc()
+            log.warning("store unavailable, retrying", stage=stage, store=store,
+                        error=str(exc), retry_in_s=delay)
+            stopping.wait(delay)
+
+
+def dead_letter_headers(stage: str, message: Message, error: PermanentError) -> dict[str, bytes]:
+    """The headers of a rejected message on the dead-letter topic: why it was rejected, by
+    which stage, and where it was read (its value and key go unchanged)."""
+    return {
+        "reason": error.reason.encode(),
+        "error": str(error).encode()[:4000],
+        "stage": stage.encode(),
+        "topic": message.topic.encode(),
+        "partition": str(message.partition).encode(),
+        "offset": str(message.offset).encode(),
+    }
+
+
+def count_rejections(stage: str, reasons: dict[str, int],
+                     rejected: Sequence[tuple[Message, PermanentError]]) -> None:
+    """Tally rejections by reason, in a report's ``reasons`` and in the metrics."""
+    for _, error in rejected:
+        reasons[error.reason] = reasons.get(error.reason, 0) + 1
+        metrics.ALERTS_DLQ.labels(stage, error.reason).inc()
+    if rejected:
+        log.info("dead-lettered messages", stage=stage, count=len(rejected),
+                 reasons=dict(reasons))
+
+
 def unexpected(stage: str, message: Message, exc: Exception) -> PermanentError:
     """A bug met while reading one message: logged, and dead-lettered rather than fatal."""
     log.exception("unexpected error reading a message", stage=stage, topic=message.topic,
@@ -161,40 +211,17 @@ class Stage(ABC, Generic[R]):
         self.stopping.set()
 
     def retry(self, store: str, action: Callable[[], T]) -> T:
-        """Run ``action``; on a `TransientError` wait and run it again until it works (other
-        exceptions propagate at once)."""
-        next_delay = self.backoff.delays()
-        while True:
-            try:
-                return action()
-            except TransientError as exc:
-                if self.stopping.is_set():
-                    raise
-                delay = next_delay()
-                metrics.RETRIES.labels(self.name, store).inc()
-                log.warning("store unavailable, retrying", stage=self.name, store=store,
-                            error=str(exc), retry_in_s=delay)
-                self.stopping.wait(delay)
+        """Run ``action``, retrying transient failures with this stage's back-off (`retry`)."""
+        return retry(self.name, store, action, backoff=self.backoff, stopping=self.stopping)
 
     def dead_letter(self, topic: str, rejected: Sequence[tuple[Message, PermanentError]]) -> None:
         """Queue each rejected message on the dead-letter topic: its original bytes, and
         headers saying why and where it was read (the caller flushes)."""
         for message, error in rejected:
-            self.publisher.publish(topic, message.value, key=message.key, headers={
-                "reason": error.reason.encode(),
-                "error": str(error).encode()[:4000],
-                "stage": self.name.encode(),
-                "topic": message.topic.encode(),
-                "partition": str(message.partition).encode(),
-                "offset": str(message.offset).encode(),
-            })
+            self.publisher.publish(topic, message.value, key=message.key,
+                                   headers=dead_letter_headers(self.name, message, error))
 
     def count_rejections(self, reasons: dict[str, int],
                          rejected: Sequence[tuple[Message, PermanentError]]) -> None:
         """Tally rejections by reason, in the report and in the metrics."""
-        for _, error in rejected:
-            reasons[error.reason] = reasons.get(error.reason, 0) + 1
-            metrics.ALERTS_DLQ.labels(self.name, error.reason).inc()
-        if rejected:
-            log.info("dead-lettered messages", stage=self.name, count=len(rejected),
-                     reasons=dict(reasons))
+        count_rejections(self.name, reasons, rejected)

@@ -1,13 +1,15 @@
-"""``lanner ingest``, ``lanner dr-updates`` and ``lanner run``: the broker's stages as processes."""
+"""``lanner ingest``, ``lanner dr-updates``, ``lanner enrich`` and ``lanner run``: the broker's
+stages as processes."""
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 import typer
 
 from broker.cli.common import check_port, clean_errors, out, stop_on_signals
-from broker.config import get_settings
+from broker.config import Backend, Settings, get_settings
 from broker.exceptions import LannerError
 
 #: What ``--once`` does when the group gives the process nothing to drain (docs/operations.md).
@@ -54,7 +56,6 @@ def dr_updates(
         "--once", help=f"Drain what is on the topic, then exit; {ONCE_BOUND}")] = False,
 ) -> None:
     """Run the dr-updates stage: data-release changes (dr.updates) into the dr_objects catalog."""
-    from broker.config import Backend  # noqa: PLC0415
     from broker.factory import Factory  # noqa: PLC0415
     from consumers import dr_updates as dr_stage  # noqa: PLC0415
 
@@ -79,30 +80,89 @@ def dr_updates(
         factory.close()
 
 
+class EnrichEngine(enum.StrEnum):
+    """The stream library the enrich stage runs on (bench/enrich.py measures both)."""
+
+    confluent = "confluent"
+    """The confluent-kafka loop of `consumers.enrich`."""
+
+    faust = "faust"
+    """The faust-streaming agent of `consumers.enrich_faust` (the ``faust`` extra)."""
+
+
+def _check_enrich_group(settings: Settings, engine: EnrichEngine) -> None:
+    """Refuse to start while members of the other engine are in the stage's consumer group.
+
+    Both engines use the same group (its committed offsets are the stage's progress, whichever
+    engine runs), but Kafka refuses a member whose partition assignors share none with the
+    group's, and neither client gives up on that: the newcomer would wait forever, silently.
+    """
+    from broker.storage.kafka import FAUST_ASSIGNOR, group_assignor  # noqa: PLC0415
+
+    group = settings.enrich_group
+    assignor, members = group_assignor(settings.kafka_bootstrap, group)
+    if members and assignor and (assignor == FAUST_ASSIGNOR) != (engine is EnrichEngine.faust):
+        other = "faust" if assignor == FAUST_ASSIGNOR else "confluent"
+        raise LannerError(f"consumer group {group} has {members} live member(s) of the {other} "
+                          f"engine (partition assignor {assignor!r}); the engines share the "
+                          "group but cannot be in it together: stop them first (a killed "
+                          "process's member stays until its session times out, "
+                          "LANNER_KAFKA_SESSION_TIMEOUT_S)")
+
+
 @clean_errors
 def enrich(
     once: Annotated[bool, typer.Option(
-        "--once", help=f"Drain what is on internal.ingested, then exit; {ONCE_BOUND}")] = False,
+        "--once", help=f"Drain what is on internal.ingested, then exit; {ONCE_BOUND} "
+        "Confluent engine only.")] = False,
+    engine: Annotated[EnrichEngine, typer.Option(
+        "--engine", help="Stream library: the confluent-kafka loop or the faust-streaming "
+        "agent (same enrichment, same outputs, same consumer group).")
+    ] = EnrichEngine.confluent,
 ) -> None:
     """Run the enrich stage: every ingested alert's object cross-matched against the reference
     catalogs and put in context (docs/context.md), onto internal.enriched."""
     from broker.factory import Factory  # noqa: PLC0415
-    from consumers import enrich as enrich_stage  # noqa: PLC0415
 
-    stopping = stop_on_signals()
+    if engine is EnrichEngine.faust and once:
+        raise LannerError("--once needs the confluent engine: the faust engine runs until it "
+                          "is stopped (SIGTERM or Ctrl-C)")
     settings = get_settings()
-    factory = Factory(settings)
-    try:
-        factory.ensure_topics()
-        stage = enrich_stage.build(factory)
-        stage.stopping = stopping
-        total = stage.run(once=once)
-        contexts = ", ".join(f"{n} {label}" for label, n in sorted(total.contexts.items()))
-        out.print(f"enriched {total.enriched} alerts ({contexts or 'none'}), "
-                  f"{total.dead_lettered} to the dead-letter topic, from {total.consumed} "
-                  "records", highlight=False)
-    finally:
-        factory.close()
+    if engine is EnrichEngine.faust:
+        if settings.backend is Backend.embedded:
+            raise LannerError("the faust engine needs Kafka (LANNER_BACKEND=services or "
+                              "lanner services up)")
+        try:
+            from consumers import enrich_faust  # noqa: PLC0415
+        except ImportError as exc:
+            raise LannerError(f"the faust engine needs faust-streaming (pip install "
+                              f"'lanner[faust]'): {exc}") from None
+        # The faust worker installs its own SIGTERM and SIGINT handlers (a clean stop).
+        factory = Factory(settings)
+        try:
+            factory.ensure_topics()
+            _check_enrich_group(settings, engine)
+            total = enrich_faust.build(factory).run()
+        finally:
+            factory.close()
+    else:
+        from consumers import enrich as enrich_stage  # noqa: PLC0415
+
+        stopping = stop_on_signals()
+        factory = Factory(settings)
+        try:
+            factory.ensure_topics()
+            if settings.backend is Backend.services:
+                _check_enrich_group(settings, engine)
+            stage = enrich_stage.build(factory)
+            stage.stopping = stopping
+            total = stage.run(once=once)
+        finally:
+            factory.close()
+    contexts = ", ".join(f"{n} {label}" for label, n in sorted(total.contexts.items()))
+    out.print(f"enriched {total.enriched} alerts ({contexts or 'none'}), "
+              f"{total.dead_lettered} to the dead-letter topic, from {total.consumed} "
+              "records", highlight=False)
 
 
 @clean_errors
@@ -129,7 +189,6 @@ def run(
     """
     import socket  # noqa: PLC0415
 
-    from broker.config import Backend  # noqa: PLC0415
     from broker.supervisor import Supervisor, lanner_child  # noqa: PLC0415
 
     stopping = stop_on_signals()

@@ -463,8 +463,12 @@ class CrossMatcher:
                                                   cand_row[best], sep[best])
         if not len(cand_pos):
             return
-        ids_out = np.empty(len(cand_pos), dtype=cold[int(cand_rank[0])][0].ids.dtype)
-        for rank, sel in _runs(cand_rank):
+        runs = _runs(cand_rank)
+        # Each chunk read from a store holds string ids as fixed-width strings as wide as its
+        # own longest: the output takes the widest, or a longer id would be cut short.
+        id_dtype = np.result_type(*(cold[rank][0].ids.dtype for rank, _ in runs))
+        ids_out = np.empty(len(cand_pos), dtype=id_dtype)
+        for rank, sel in runs:
             ids_out[sel] = cold[rank][0].ids[cand_row[sel]]
         partial.add(cand_pos, ids_out, sep)
 

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import structlog
 from cassandra import OperationTimedOut
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
@@ -18,6 +19,7 @@ from cassandra.cluster import (
     Session,
 )
 from cassandra.concurrent import execute_concurrent
+from cassandra.connection import ConnectionBusy
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType
 
@@ -35,6 +37,7 @@ _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 # The driver warns at INFO about defaults we set on purpose; keep its chatter out of our logs.
 logging.getLogger("cassandra").setLevel(logging.WARNING)
+log = structlog.get_logger(__name__)
 
 
 def make_cluster(hosts: list[str], port: int, *, connect_timeout: float = 10.0) -> Cluster:
@@ -184,16 +187,40 @@ class CassandraLightCurves:
                 origin.offset if origin else None, data, stripped))
         if not per_partition:
             return
-        statements = [(statement, ()) for statement in per_partition.values()]
-        try:
-            results = execute_concurrent(self.connection.session(), statements,
-                                         concurrency=self.concurrency, raise_on_first_error=False)
-        except (NoHostAvailable, OperationTimedOut) as exc:
-            raise ServiceUnavailableError(f"Cassandra write failed: {exc}") from exc
-        failures = [result for ok, result in results if not ok]
-        if failures:
-            msg = f"{len(failures)} of {len(statements)} Cassandra writes failed: {failures[0]}"
-            raise ServiceUnavailableError(msg)
+        self._send([(statement, ()) for statement in per_partition.values()])
+
+    def _send(self, statements: list[tuple[BatchStatement, tuple]]) -> None:
+        """Send every statement, up to ``concurrency`` in flight; raise if any fails.
+
+        The driver refuses a request outright (`ConnectionBusy`, never sent) while the
+        connection's socket buffer is full, which large requests in flight cause: an object's
+        first realistic packet carries a year of history and its stamps, a few hundred kB.
+        Sending the whole batch again refuses about as many again (realistic batches of 500
+        alerts failed that way for minutes on end), so the refused statements alone are sent
+        again, half as many at a time, as long as each round gets some through; any other
+        failure, or a round that gets none through, is a `ServiceUnavailableError` for the
+        stage to retry.
+        """
+        session = self.connection.session()
+        pending, concurrency = statements, self.concurrency
+        while True:
+            try:
+                results = execute_concurrent(session, pending, concurrency=concurrency,
+                                             raise_on_first_error=False)
+            except (NoHostAvailable, OperationTimedOut) as exc:
+                raise ServiceUnavailableError(f"Cassandra write failed: {exc}") from exc
+            failed = [(statement, result) for statement, (ok, result)
+                      in zip(pending, results, strict=True) if not ok]
+            if not failed:
+                return
+            refused = [statement for statement, result in failed if _refused_busy(result)]
+            if len(refused) < len(failed) or len(failed) == len(pending):
+                msg = (f"{len(failed)} of {len(statements)} Cassandra writes failed: "
+                       f"{failed[0][1]}")
+                raise ServiceUnavailableError(msg)
+            log.debug("Cassandra connection busy, sending refused writes again",
+                      refused=len(refused), of=len(statements))
+            pending, concurrency = refused, max(1, concurrency // 2)
 
     def _rows(self, query: str, args: tuple) -> list[Row]:
         try:
@@ -287,3 +314,12 @@ class CassandraLightCurves:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _refused_busy(error: object) -> bool:
+    """True for a request the driver refused because the connection was busy (not sent)."""
+    if isinstance(error, ConnectionBusy):
+        return True
+    if not isinstance(error, NoHostAvailable) or not error.errors:
+        return False
+    return all(isinstance(e, ConnectionBusy) for e in error.errors.values())

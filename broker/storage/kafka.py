@@ -113,6 +113,30 @@ def produce_all(producer: Producer, topic: str, messages: Iterable[tuple[bytes |
     return sent
 
 
+#: The partition assignor the members of a faust-streaming app announce (faust's own); those of
+#: librdkafka are range, roundrobin and cooperative-sticky. A group's members must share one.
+FAUST_ASSIGNOR = "faust"
+
+
+def group_assignor(bootstrap: str, group: str, *, timeout: float = 15.0) -> tuple[str, int]:
+    """The partition assignor the live members of consumer group ``group`` agreed on, and how
+    many members it has (``""`` and 0 for a group without members, or unknown).
+
+    Raises
+    ------
+    ServiceUnavailableError
+        If Kafka does not answer within ``timeout`` seconds.
+    """
+    # Kept referenced until the answer is in: the futures die with their client.
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        futures = admin.describe_consumer_groups([group], request_timeout=timeout)
+        description = futures[group].result(timeout)
+    except (KafkaException, TimeoutError) as exc:
+        raise ServiceUnavailableError(f"cannot describe consumer group {group}: {exc}") from exc
+    return description.partition_assignor or "", len(description.members)
+
+
 def _headers(raw: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]]
              | None) -> dict[str, bytes]:
     """The headers of a consumed message as `Message` holds them: a null value (Kafka allows

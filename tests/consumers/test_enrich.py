@@ -3,7 +3,6 @@ idempotent results, one internal.enriched record per alert, reloads picked up.""
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -18,30 +17,10 @@ from broker.domain.sky import angular_separation_deg
 from broker.simulator import AlertSimulator
 from broker.storage.refcat import open_catalog_file
 from broker.streaming import lanner_schemas, wire
+from tests.support.alerts import offset, placed
 from tests.support.catalogs import HIPPARCOS, OPENNGC, SIRIUS
 
 SCHEMA_ID = 1101
-
-
-def _offset(ra: float, dec: float, east_arcsec: float, north_arcsec: float) -> tuple[float,
-                                                                                        float]:
-    """A point offset on the tangent plane (small offsets)."""
-    dec2 = dec + north_arcsec / 3600.0
-    ra2 = (ra + east_arcsec / 3600.0 / math.cos(math.radians(dec))) % 360.0
-    return ra2, dec2
-
-
-def _placed(record: dict[str, Any], object_id: int, ra: float, dec: float) -> dict[str, Any]:
-    """A simulated Rubin packet moved to (ra, dec) with a new object id."""
-    placed = copy.deepcopy(record)
-    for source in [placed["diaSource"], *(placed["prvDiaSources"] or []),
-                   *(placed["prvDiaForcedSources"] or [])]:
-        source["ra"], source["dec"] = ra, dec
-        if "diaObjectId" in source:
-            source["diaObjectId"] = object_id
-    placed["diaObject"]["ra"], placed["diaObject"]["dec"] = ra, dec
-    placed["diaObject"]["diaObjectId"] = object_id
-    return placed
 
 
 def _galaxy(table: pa.Table, name: str) -> dict[str, Any]:
@@ -84,10 +63,10 @@ def test_contexts_of_placed_alerts(harness, loaded_catalogs, tmp_path) -> None:
     m31 = _galaxy(ngc, "NGC0224")
     small = _galaxy(ngc, "IC0002")  # 0.98' x 0.32', PA 142: semi-major 29.4''
     along = math.radians(small["pa_deg"])
-    off_ra, off_dec = _offset(small["ra_deg"], small["dec_deg"],
+    off_ra, off_dec = offset(small["ra_deg"], small["dec_deg"],
                               0.6 * 29.4 * math.sin(along), 0.6 * 29.4 * math.cos(along))
     places = {
-        "star": (*_offset(SIRIUS[1], SIRIUS[2], 0.3, 0.2), "variable_star"),
+        "star": (*offset(SIRIUS[1], SIRIUS[2], 0.3, 0.2), "variable_star"),
         "nucleus": (m31["ra_deg"], m31["dec_deg"], "nuclear"),
         "disk": (off_ra, off_dec, "supernova_like"),
         "empty": (*_empty_sky(ngc), "orphan"),
@@ -96,7 +75,7 @@ def test_contexts_of_placed_alerts(harness, loaded_catalogs, tmp_path) -> None:
     object_ids = {}
     for i, (name, (ra, dec, _)) in enumerate(places.items()):
         object_ids[name] = 900_000_000_000 + i
-        packet = wire.encode(_placed(records[i], object_ids[name], ra, dec), SCHEMA_ID)
+        packet = wire.encode(placed(records[i], object_ids[name], ra, dec), SCHEMA_ID)
         harness.produce(harness.topics.lsst, packet, key=str(object_ids[name]).encode())
     assert harness.ingest_once().archived == len(places)
     report = harness.enrich_once()
@@ -153,7 +132,7 @@ def test_a_reloaded_catalog_is_picked_up(harness) -> None:
     harness.refcats.load("stars", [pa.record_batch({"sid": [1], "ra": [10.0], "dec": [5.0]})],
                          "sid", "ra", "dec", kind="star")
     record = next(iter(AlertSimulator(schema="11.1", seed=5, cutouts=False).packets(1)))
-    harness.produce(harness.topics.lsst, wire.encode(_placed(record, 800_000_000_001, 10.0,
+    harness.produce(harness.topics.lsst, wire.encode(placed(record, 800_000_000_001, 10.0,
                                                              5.0), SCHEMA_ID))
     harness.ingest_once()
     stage = harness.enrich_stage()
@@ -165,7 +144,7 @@ def test_a_reloaded_catalog_is_picked_up(harness) -> None:
                              "sid", "ra", "dec", kind="star")
         # Once the stage's list of catalogs is older than its TTL, the new version is read.
         stage.enricher.catalogs.clock = lambda: 1e12
-        later = _placed(record, 800_000_000_001, 10.0, 5.0)
+        later = placed(record, 800_000_000_001, 10.0, 5.0)
         later["diaSource"]["diaSourceId"] += 1
         later["diaSource"]["midpointMjdTai"] += 1.0
         harness.produce(harness.topics.lsst, wire.encode(later, SCHEMA_ID))

@@ -304,3 +304,33 @@ def test_empty_batch_and_empty_chunks() -> None:
                         ["one"], 1.0)["one"]
     np.testing.assert_array_equal(got.index, [1])
     np.testing.assert_array_equal(got.ids, [5])
+
+
+class StringIdSource:
+    """Chunks with string ids, each chunk's array as wide as its own longest id (as the stores
+    build them), unlike `InMemoryChunkSource`'s slices of one array."""
+
+    def __init__(self, inner: InMemoryChunkSource) -> None:
+        self.inner = inner
+
+    def load(self, catalog: str, chunk_ids: Sequence[int]) -> dict[int, ChunkRows]:
+        return {chunk: ChunkRows(ids=np.array([str(i) for i in rows.ids.tolist()]),
+                                 ra=rows.ra, dec=rows.dec)
+                for chunk, rows in self.inner.load(catalog, chunk_ids).items()}
+
+
+@pytest.mark.parametrize("tree_after", PATHS)
+def test_string_ids_of_different_widths_are_kept_whole(tree_after: int) -> None:
+    """A batch over chunks whose ids differ in width returns each id whole (a short id's chunk
+    first once cut the longer ids of the others to its width)."""
+    chunker = Chunker(85, 12)
+    ra, dec = np.array([10.0, 100.0, 200.0]), np.array([10.0, -30.0, 45.0])
+    order = np.argsort(chunker.locate(ra, dec))  # the shortest id in the first chunk
+    ra, dec = ra[order], dec[order]
+    ids = np.array(["NGC1", "IC0803 NED01", "NGC3794"])
+    source = StringIdSource(InMemoryChunkSource.from_arrays({"cat": (ids, ra, dec)}, chunker,
+                                                            OVERLAP_DEG))
+    matcher = CrossMatcher(source, chunker, ChunkCache(), OVERLAP_DEG, tree_after=tree_after)
+    got = matcher.match(ra, dec + 0.5 / 3600, ["cat"], 1.0, mode="all")["cat"]
+    assert dict(zip(got.index.tolist(), got.ids.tolist(), strict=True)) == {
+        0: "NGC1", 1: "IC0803 NED01", 2: "NGC3794"}
