@@ -224,7 +224,7 @@ def empty_enrichment(run: Run) -> None:
 def lanner(env: dict[str, str], *args: str) -> subprocess.Popen:
     """A ``lanner`` process; its output goes to temporary files (a pipe left unread would
     block a process that logs much, a store retrying for instance)."""
-    files = {"stdout": tempfile.TemporaryFile(), "stderr": tempfile.TemporaryFile()}
+    files = {"stdout": tempfile.TemporaryFile(), "stderr": tempfile.TemporaryFile()}  # noqa: SIM115 (closed in OUTPUTS)
     process = subprocess.Popen([sys.executable, "-m", "broker.cli", *args], cwd=REPO,
                                env=env, **files)
     OUTPUTS[process.pid] = files

@@ -35,8 +35,10 @@ from broker.enricher import Enricher
 from broker.exceptions import PermanentError
 from broker.factory import Factory
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
+from broker.storage.watchlists import Hit, WatchlistStore
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
+from broker.watching import WatchMatcher
 from consumers.stage import Backoff, Retry, Stage, count_rejections, unexpected
 
 log = structlog.get_logger(__name__)
@@ -86,7 +88,7 @@ def build(factory: Factory, *, source: MessageSource | None = None,
         source=source,
         publisher=factory.publisher() if publisher is None else publisher,
         catalog=factory.catalog, refcats=factory.refcats, lightcurves=factory.lightcurves,
-        chunker=factory.chunker,
+        chunker=factory.chunker, watchlists=factory.watchlists, watch_poll_s=s.watch_poll_s,
         topics=topics, radii=s.enrich_radius_arcsec, cache_rows=s.enrich_cache_rows,
         batch_size=s.enrich_batch_size if batch_size is None else batch_size,
         poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
@@ -124,6 +126,9 @@ def enriched_record(message: Message, record: Mapping[str, Any], result: ObjectE
                     for m in result.matches],
         "features": {name: None if value is None else float(value)
                      for name, value in result.features.items()},
+        "watchlists": [{"watchlist_id": w.watchlist_id, "cone_id": w.cone_id,
+                        "cone_name": w.cone_name, "separation_arcsec": w.separation_arcsec}
+                       for w in result.watches],
         "source_timestamp_ms": record.get("source_timestamp_ms"),
         "ingested_ms": record["ingested_ms"], "enriched_ms": enriched_ms,
     })
@@ -168,11 +173,15 @@ class EnrichBatches:
     def __init__(self, *, catalog: ObjectCatalog, refcats: ReferenceCatalogs,
                  lightcurves: LightCurveArchive, chunker: Chunker, retry: Retry,
                  radii: Mapping[str, float] | None = None, rules: ContextRules | None = None,
-                 cache_rows: int = 20_000_000, clock: Callable[[], float] = time.time) -> None:
+                 cache_rows: int = 20_000_000, clock: Callable[[], float] = time.time,
+                 watchlists: WatchlistStore | None = None, watch_poll_s: float = 2.0) -> None:
         self.catalog = catalog
         self.retry = retry
+        self.watchlists = watchlists
+        watch = (None if watchlists is None
+                 else WatchMatcher(watchlists, poll_s=watch_poll_s))
         self.enricher = Enricher(refcats=refcats, lightcurves=lightcurves, chunker=chunker,
-                                 radii=radii, rules=rules, cache_rows=cache_rows)
+                                 radii=radii, rules=rules, cache_rows=cache_rows, watch=watch)
         self.clock = clock
 
     def prepare(self, messages: Sequence[Message]) -> PreparedBatch:
@@ -193,6 +202,12 @@ class EnrichBatches:
         if records:
             results = self.retry("stores", lambda: self.enricher.enrich([r for _, r in records]))
             self.retry("catalog", lambda: self.catalog.write_enrichment(results))
+            hits = [Hit(w.watchlist_id, w.cone_id, r.alert_id, r.object_id,
+                        w.separation_arcsec, r.alert_mjd, live=True)
+                    for r in results for w in r.watches]
+            if hits and self.watchlists is not None:
+                store = self.watchlists
+                self.retry("watchlists", lambda: store.add_hits(hits))
         now_ms = int(self.clock() * 1000)
         enriched = [enriched_record(message, record, result, now_ms)
                     for (message, record), result in zip(records, results, strict=True)]
@@ -223,6 +238,8 @@ class EnrichStage(Stage[EnrichReport]):
         backoff: Backoff | None = None,
         once_wait: float = DEFAULT_ONCE_WAIT_S,
         clock: Callable[[], float] = time.time,
+        watchlists: WatchlistStore | None = None,
+        watch_poll_s: float = 2.0,
     ) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
                          poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
@@ -230,7 +247,8 @@ class EnrichStage(Stage[EnrichReport]):
         self.topics = topics or EnrichTopics()
         self.batches = EnrichBatches(catalog=catalog, refcats=refcats, lightcurves=lightcurves,
                                      chunker=chunker, retry=self.retry, radii=radii,
-                                     rules=rules, cache_rows=cache_rows, clock=clock)
+                                     rules=rules, cache_rows=cache_rows, clock=clock,
+                                     watchlists=watchlists, watch_poll_s=watch_poll_s)
         self.enricher = self.batches.enricher
 
     def new_report(self) -> EnrichReport:

@@ -252,11 +252,11 @@ def test_a_moving_star_is_judged_where_it_has_moved_to(harness) -> None:
     harness.refcats.load("fast", [pa.record_batch({
         "sid": [7], "ra": [star[0]], "dec": [star[1]], "pmra": [1000.0], "pmdec": [0.0]})],
         "sid", "ra", "dec", kind="star", motion=MotionSpec("pmra", "pmdec", 2000.0))
-    now = _offset(*star, years * 1.0, 0.0)
+    now = offset(*star, years * 1.0, 0.0)
     for record, object_id, (ra, dec) in ((records[0], 800_000_000_010, now),
                                          (records[1], 800_000_000_011, star)):
         harness.produce(harness.topics.lsst,
-                        wire.encode(_placed(record, object_id, ra, dec), SCHEMA_ID),
+                        wire.encode(placed(record, object_id, ra, dec), SCHEMA_ID),
                         key=str(object_id).encode())
     harness.ingest_once()
     harness.enrich_once()
@@ -286,7 +286,7 @@ def test_a_large_galaxy_is_seen_to_its_catalogs_overlap(harness) -> None:
                and isolated(g))
     semi_major_arcsec = big["majax_arcmin"] * 30.0
     along = math.radians(big["pa_deg"])
-    where = _offset(big["ra_deg"], big["dec_deg"], 0.8 * semi_major_arcsec * math.sin(along),
+    where = offset(big["ra_deg"], big["dec_deg"], 0.8 * semi_major_arcsec * math.sin(along),
                     0.8 * semi_major_arcsec * math.cos(along))
     assert 0.8 * semi_major_arcsec > 120.0  # well beyond the default 1' overlap
 
@@ -303,7 +303,7 @@ def test_a_large_galaxy_is_seen_to_its_catalogs_overlap(harness) -> None:
         {"ngc_wide": 10.0 / 60.0, "ngc_narrow": 1.0 / 60.0})
     record = next(iter(AlertSimulator(schema="11.1", seed=11, cutouts=False).packets(1)))
     harness.produce(harness.topics.lsst,
-                    wire.encode(_placed(record, 800_000_000_020, *where), SCHEMA_ID),
+                    wire.encode(placed(record, 800_000_000_020, *where), SCHEMA_ID),
                     key=b"800000000020")
     harness.ingest_once()
     harness.enrich_once()
@@ -330,7 +330,7 @@ def test_alerts_at_ra_360_and_the_poles_are_matched_like_any_other(harness) -> N
     records = list(AlertSimulator(schema="11.1", seed=13, cutouts=False).packets(len(alerts)))
     for record, (object_id, (ra, dec, _)) in zip(records, alerts.items(), strict=True):
         harness.produce(harness.topics.lsst,
-                        wire.encode(_placed(record, object_id, ra, dec), SCHEMA_ID),
+                        wire.encode(placed(record, object_id, ra, dec), SCHEMA_ID),
                         key=str(object_id).encode())
     assert harness.ingest_once().archived == len(alerts)
     assert harness.enrich_once().enriched == len(alerts)
@@ -339,3 +339,48 @@ def test_alerts_at_ra_360_and_the_poles_are_matched_like_any_other(harness) -> N
         assert (context["context"], context["source_id"]) == ("variable_star", star), object_id
         expected = angular_separation_deg(ra, dec, *stars[int(star)]) * 3600.0
         assert context["separation_arcsec"] == pytest.approx(expected, abs=0.01)
+
+
+def test_watchlist_cones_are_matched_live_and_their_hits_stored_once(harness, tmp_path) -> None:
+    from broker.domain.watchlists import Cones
+
+    watchlists = harness.factory(tmp_path).watchlists
+    records = list(AlertSimulator(schema="11.1", seed=17, cutouts=False).packets(3))
+    places = {800_000_000_040: (150.0, 20.0), 800_000_000_041: (150.0, 20.2),
+              800_000_000_042: (40.0, -30.0)}
+    alice = watchlists.create("alice", "hosts", Cones(
+        ["near", "wide", "elsewhere"], np.array([150.0, 150.0, 300.0]),
+        np.array([20.0005, 20.1, 0.0]), np.array([3.0, 1800.0, 10.0])))
+    bob = watchlists.create("bob", "mine", Cones(["b"], np.array([40.0]), np.array([-30.0]),
+                                                 np.array([1.0])), visibility="public")
+    for record, (object_id, (ra, dec)) in zip(records, places.items(), strict=True):
+        harness.produce(harness.topics.lsst,
+                        wire.encode(placed(record, object_id, ra, dec), SCHEMA_ID),
+                        key=str(object_id).encode())
+    harness.ingest_once()
+    stage = harness.enrich_stage(watchlists=watchlists)
+    try:
+        stage.run(once=True, idle_polls=3)
+    finally:
+        stage.source.close()
+    by_object = {r["object_id"]: r for r in (lanner_schemas.decode("enriched", m.value)
+                                             for m in harness.outputs(harness.enriched))}
+    assert [(w["watchlist_id"], w["cone_name"]) for w in by_object["800000000040"][
+        "watchlists"]] == [(alice.watchlist_id, "near"), (alice.watchlist_id, "wide")]
+    assert by_object["800000000040"]["watchlists"][0]["separation_arcsec"] == pytest.approx(
+        1.8, abs=0.01)
+    assert [w["cone_name"] for w in by_object["800000000041"]["watchlists"]] == ["wide"]
+    assert [(w["watchlist_id"], w["cone_name"]) for w in by_object["800000000042"][
+        "watchlists"]] == [(bob.watchlist_id, "b")]
+    hits = watchlists.hits(alice.watchlist_id, "alice")
+    assert sorted((h["cone_name"], h["object_id"], h["live"]) for h in hits) == [
+        ("near", "800000000040", True), ("wide", "800000000040", True),
+        ("wide", "800000000041", True)]
+    assert [h["object_id"] for h in watchlists.hits(bob.watchlist_id, None)] == ["800000000042"]
+    # Redelivered: the hits are there once.
+    again = harness.enrich_stage(watchlists=watchlists, group="lanner-enrich-again")
+    try:
+        again.run(once=True, idle_polls=3)
+    finally:
+        again.source.close()
+    assert len(watchlists.hits(alice.watchlist_id, "alice")) == 3
