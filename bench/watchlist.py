@@ -1,0 +1,211 @@
+"""Benchmark: watchlist matching, in memory and live on the real services.
+
+1. ``batch_ms``: ``--cones`` cones (default 1,000,000) uniform on the sky with radii
+   log-uniform between 1'' and 1,800'' (so every filing order of the index is used, and a
+   tenth of the cones are wider than 8'), indexed by `broker.domain.watchlists.ConeIndex`;
+   then batches of ``--batch`` positions (default 10,000, uniform on the sky) are matched,
+   ``--repeats`` times; the median time per batch, one core. ``build_s`` is the index's build.
+2. ``live_after_s`` (needs `lanner services up`; skipped with ``--no-live``): fresh topics,
+   keyspace and database; `lanner ingest`, `lanner enrich` and `lanner serve` run; a user and
+   a token are made with `lanner users add` / `lanner tokens issue`; the ``--cones`` cones are
+   uploaded as CSV over the API (``upload_s``), with one more cone around a chosen position;
+   from the upload's answer on, a simulated packet at that position is produced every 0.5 s,
+   and ``live_after_s`` is the time from the answer to the first ``internal.enriched`` record
+   that names the cone.
+3. ``retro_s``: the retroactive match of a list against the archive is not built yet: null.
+
+The last line of output is one JSON object::
+
+    {"cones": ..., "batch": ..., "batch_ms": ..., "build_s": ..., "live_after_s": ...,
+     "upload_s": ..., "retro_s": null, "archive_objects": null, "matches_per_batch": ...}
+
+Run: ``python bench/watchlist.py [--cones N] [--batch N] [--no-live]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from confluent_kafka import Consumer  # noqa: E402
+
+from broker.config import Settings  # noqa: E402
+from broker.domain.watchlists import ConeIndex  # noqa: E402
+from broker.simulator import AlertSimulator  # noqa: E402
+from broker.storage.kafka import KafkaClients  # noqa: E402
+from broker.streaming import lanner_schemas, wire  # noqa: E402
+from tests.support.alerts import placed  # noqa: E402
+
+_TOPICS = ("LANNER_TOPIC_ALERTS_LSST", "LANNER_TOPIC_ALERTS_ZTF", "LANNER_TOPIC_INGESTED",
+           "LANNER_TOPIC_ENRICHED", "LANNER_TOPIC_DLQ")
+
+
+def _sky(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+
+
+def cones(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ra, dec = _sky(rng, n)
+    return ra, dec, np.exp(rng.uniform(math.log(1.0), math.log(1800.0), n))
+
+
+def in_memory(n: int, batch: int, repeats: int, seed: int) -> dict[str, Any]:
+    ra, dec, radius = cones(n, seed)
+    started = time.perf_counter()
+    index = ConeIndex(ra, dec, radius)
+    build = time.perf_counter() - started
+    rng = np.random.default_rng(seed + 1)
+    times, found = [], []
+    for _ in range(repeats):
+        pra, pdec = _sky(rng, batch)
+        started = time.perf_counter()
+        points, _, _ = index.match(pra, pdec)
+        times.append(time.perf_counter() - started)
+        found.append(points.size)
+    batch_ms = statistics.median(times) * 1000.0
+    print(f"{n:,} cones indexed in {build:.2f} s; {batch:,} positions matched in "
+          f"{batch_ms:.1f} ms (median of {repeats}), {statistics.median(found):.0f} matches "
+          "per batch", flush=True)
+    return {"cones": n, "batch": batch, "batch_ms": round(batch_ms, 2),
+            "build_s": round(build, 3), "matches_per_batch": statistics.median(found)}
+
+
+def _env(run: str) -> dict[str, str]:
+    return {**os.environ, "LANNER_BACKEND": "services",
+            "LANNER_TOPIC_ALERTS_LSST": f"bench.{run}.lsst",
+            "LANNER_TOPIC_ALERTS_ZTF": f"bench.{run}.ztf",
+            "LANNER_TOPIC_INGESTED": f"bench.{run}.ingested",
+            "LANNER_TOPIC_ENRICHED": f"bench.{run}.enriched",
+            "LANNER_TOPIC_DLQ": f"bench.{run}.dlq",
+            "LANNER_CASSANDRA_KEYSPACE": f"bench_{run}", "LANNER_MARIADB_DATABASE": f"bench_{run}",
+            "LANNER_INGEST_GROUP": f"bench-{run}-ingest",
+            "LANNER_ENRICH_GROUP": f"bench-{run}-enrich", "LANNER_LOG_LEVEL": "WARNING"}
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "broker.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        msg = f"lanner {' '.join(args)} failed: {done.stderr[-2000:]}"
+        raise RuntimeError(msg)
+    return done.stdout
+
+
+def _first_hit(settings: Settings, clients: KafkaClients, env: dict[str, str],
+               watchlist_id: int, target: tuple[float, float], answered: float,
+               seed: int) -> float | None:
+    """Produce a packet at ``target`` every 0.5 s until an enriched record names the cone;
+    the seconds from ``answered`` to that record (None after two minutes)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"bench-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([env["LANNER_TOPIC_ENRICHED"]])
+    producer = clients.producer(**{"linger.ms": 0})
+    packets = iter(AlertSimulator(schema="11.1", seed=seed).packets(1000))
+    next_send = answered
+    object_id = 990_000_000_000
+    try:
+        while time.monotonic() - answered < 120:
+            if time.monotonic() >= next_send:
+                object_id += 1
+                record = placed(next(packets), object_id, *target)
+                producer.produce(env["LANNER_TOPIC_ALERTS_LSST"], key=str(object_id).encode(),
+                                 value=wire.encode(record, 1101))
+                producer.poll(0)
+                next_send += 0.5
+            for message in consumer.consume(num_messages=100, timeout=0.1):
+                if message.error() is not None:
+                    continue
+                enriched = lanner_schemas.decode("enriched", message.value())
+                if any(w["watchlist_id"] == watchlist_id and w["cone_name"] == "target"
+                       for w in enriched["watchlists"]):
+                    return time.monotonic() - answered
+    finally:
+        consumer.close()
+    return None
+
+
+def live(settings: Settings, n: int, seed: int, port: int) -> dict[str, Any]:
+    from bench.pipeline import _cleanup  # noqa: PLC0415
+
+    env = _env(uuid.uuid4().hex[:8])
+    clients = KafkaClients(bootstrap=settings.kafka_bootstrap, partitions=2)
+    clients.ensure_topics([env[k] for k in _TOPICS])
+    logs = tempfile.TemporaryDirectory(prefix="lanner-bench-")
+    workers = []
+    try:
+        _cli(env, "users", "add", "bench", "--tier", "power")
+        token = _cli(env, "tokens", "issue", "bench").strip().splitlines()[-1]
+        for args in (("ingest",), ("enrich",), ("serve", "--port", str(port))):
+            log = Path(logs.name, f"{args[0]}.log").open("wb")  # noqa: SIM115 (closed below)
+            workers.append((subprocess.Popen([sys.executable, "-m", "broker.cli", *args],
+                                             cwd=REPO, env=env, stdout=log, stderr=log), log))
+        time.sleep(10)
+        ra, dec, radius = cones(n, seed)
+        target = (123.456, -23.456)
+        body = io.StringIO()
+        body.write("name,ra,dec,radius\n")
+        body.writelines(f"c{i},{a:.7f},{d:.7f},{r:.3f}\n"
+                        for i, (a, d, r) in enumerate(zip(ra, dec, radius, strict=True)))
+        body.write(f"target,{target[0]},{target[1]},2\n")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/watchlists?name=bench", method="POST",
+            data=body.getvalue().encode(), headers={"Authorization": f"Bearer {token}",
+                                                    "Content-Type": "text/csv"})
+        started = time.monotonic()
+        with urllib.request.urlopen(request, timeout=600) as answer:  # noqa: S310 (loopback)
+            watchlist_id = json.loads(answer.read())["watchlist_id"]
+        answered = time.monotonic()
+        live_after = _first_hit(settings, clients, env, watchlist_id, target, answered, seed)
+    finally:
+        for worker, _ in workers:
+            worker.terminate()
+        for worker, log in workers:
+            worker.wait(60)
+            log.close()
+        _cleanup(settings, env)
+        logs.cleanup()
+    print(f"upload of {n + 1:,} cones answered in {answered - started:.1f} s; first live hit "
+          f"{live_after if live_after is None else round(live_after, 2)} s after", flush=True)
+    return {"live_after_s": None if live_after is None else round(live_after, 2),
+            "upload_s": round(answered - started, 2)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cones", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--port", type=int, default=18_480)
+    parser.add_argument("--no-live", action="store_true", help="only the in-memory part")
+    args = parser.parse_args(argv)
+    result = in_memory(args.cones, args.batch, args.repeats, args.seed)
+    result.update({"live_after_s": None, "upload_s": None})
+    if not args.no_live:
+        result.update(live(Settings(), args.cones, args.seed, args.port))
+    result.update({"retro_s": None, "archive_objects": None})
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
