@@ -19,7 +19,7 @@ Needs `lanner services up` and the ``faust`` extra. Everything lives in a run of
    ratios 0.25 to 1, position angles uniform), written as Parquet in a temporary folder and
    loaded like any catalog file. Loading 1e7 rows takes about a minute here. They are loaded
    after ingest, so that ingest does not share the disk with MariaDB writing out the fresh
-   load (a first run in the other order stalled ingest: BENCHMARKS.md).
+   load.
 3. Enrich, one process of each engine (`lanner enrich --engine confluent|faust`) over the
    ingested records: a first unmeasured confluent run (``--once``) over ``internal.ingested``
    brings the catalogs' pages into MariaDB's and the system's caches, so that the measured runs
@@ -28,7 +28,9 @@ Needs `lanner services up` and the ``faust`` extra. Everything lives in a run of
    topic of ``internal.ingested`` and left to join its group, then every ingested record copied
    there (same key, same partition); the rate is alerts over the time from the first record
    copied to the last ``internal.enriched`` record made (its ``enriched_ms``). Each run is a
-   new process: its chunk cache starts empty, as after a restart.
+   new process: its chunk cache starts empty, as after a restart. The CPU time the engine's
+   process used meanwhile (from /proc) is reported per alert: the two engines run the same
+   enrichment code, so the difference is what their Kafka clients cost.
 
 Per-core figures divide by every core of the machine (the services share them). The figure of
 each engine is the median of its rounds. Prints human lines, then one JSON object as the last
@@ -224,7 +226,9 @@ def empty_enrichment(run: Run) -> None:
 def lanner(env: dict[str, str], *args: str) -> subprocess.Popen:
     """A ``lanner`` process; its output goes to temporary files (a pipe left unread would
     block a process that logs much, a store retrying for instance)."""
-    files = {"stdout": tempfile.TemporaryFile(), "stderr": tempfile.TemporaryFile()}  # noqa: SIM115 (closed in OUTPUTS)
+    # They outlive this call (read once the process has ended), and go with the interpreter.
+    files = {"stdout": tempfile.TemporaryFile(),  # noqa: SIM115
+             "stderr": tempfile.TemporaryFile()}  # noqa: SIM115
     process = subprocess.Popen([sys.executable, "-m", "broker.cli", *args], cwd=REPO,
                                env=env, **files)
     OUTPUTS[process.pid] = files
@@ -255,6 +259,12 @@ def stop(processes: list[subprocess.Popen]) -> None:
         process.wait(timeout=120)
         if process.returncode != 0:
             raise died(process)
+
+
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """User and system CPU time of a live process so far (Linux: /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_joined(bootstrap: str, group: str, topic: str, processes: list[subprocess.Popen],
@@ -353,6 +363,7 @@ def enrich(run: Run, engine: str, round_: int, ingested: list[Any]) -> dict[str,
     try:
         wait_joined(settings.kafka_bootstrap, env["LANNER_ENRICH_GROUP"], source, [process])
         producer = clients.producer()
+        cpu_before = cpu_seconds(process)
         started_ms = time.time() * 1000
         for message in ingested:  # the same bytes on the same partitions
             while True:
@@ -365,6 +376,7 @@ def enrich(run: Run, engine: str, round_: int, ingested: list[Any]) -> dict[str,
             producer.poll(0)
         producer.flush(120)
         enriched = read_topic(settings.kafka_bootstrap, output, len(ingested), 3600, [process])
+        cpu = cpu_seconds(process) - cpu_before
     finally:
         stop([process])
     records = [lanner_schemas.decode("enriched", m.value()) for m in enriched]
@@ -374,9 +386,10 @@ def enrich(run: Run, engine: str, round_: int, ingested: list[Any]) -> dict[str,
     elapsed = (max(r["enriched_ms"] for r in records) - started_ms) / 1000
     rate = alerts / elapsed
     print(f"enrich, {engine} engine (round {round_}): {alerts} alerts in {elapsed:.1f} s: "
-          f"{rate:.0f} alerts/s", flush=True)
+          f"{rate:.0f} alerts/s; the engine's process used {cpu:.1f} s of CPU "
+          f"({cpu / alerts * 1000:.2f} ms per alert)", flush=True)
     return {"engine": engine, "round": round_, "seconds": round(elapsed, 2),
-            "alerts_per_s": round(rate, 1)}
+            "alerts_per_s": round(rate, 1), "cpu_ms_per_alert": round(cpu / alerts * 1000, 3)}
 
 
 def _interrupt(signum: int, _frame: object) -> None:
