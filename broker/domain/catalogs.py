@@ -195,6 +195,25 @@ def profile_json(shape: CatalogShape | None,
     return data
 
 
+def _numeric_columns(what: str, named: dict[str, str],
+                     columns: CatalogColumns) -> dict[str, Column]:
+    """The planned data columns of the input, by input name, after checking that each of
+    ``named`` (role -> input column) is one and numeric; ValueError naming those that are not."""
+    stored = {c.source: c for c in columns.data}
+    missing = [f"{role} {col!r}" for role, col in named.items() if col not in stored]
+    if missing:
+        shown = ", ".join(c.source for c in columns.data[:20])
+        msg = (f"the {what} columns {', '.join(missing)} are not data columns of the input "
+               f"(its data columns: {shown})")
+        raise ValueError(msg)
+    not_numeric = [f"{role} {col!r}" for role, col in named.items()
+                   if stored[col].kind not in ("int64", "float64")]
+    if not_numeric:
+        msg = f"the {what} columns {', '.join(not_numeric)} are not numeric"
+        raise ValueError(msg)
+    return stored
+
+
 def plan_motion(motion: MotionSpec | None, columns: CatalogColumns) -> CatalogMotion | None:
     """Check proper-motion columns against a catalog's planned columns: both must be numeric
     data columns of the input, the epoch a finite Julian year. Raises ValueError naming what
@@ -204,19 +223,8 @@ def plan_motion(motion: MotionSpec | None, columns: CatalogColumns) -> CatalogMo
     if not math.isfinite(motion.epoch_jyear) or not 1000.0 <= motion.epoch_jyear <= 3000.0:
         msg = f"epoch {motion.epoch_jyear} is not a Julian year (e.g. 1991.25, 2016.0)"
         raise ValueError(msg)
-    stored = {c.source: c for c in columns.data}
-    named = {"pmra": motion.pmra_col, "pmdec": motion.pmdec_col}
-    missing = [f"{role} {col!r}" for role, col in named.items() if col not in stored]
-    if missing:
-        shown = ", ".join(c.source for c in columns.data[:20])
-        msg = (f"the proper-motion columns {', '.join(missing)} are not data columns of the "
-               f"input (its data columns: {shown})")
-        raise ValueError(msg)
-    not_numeric = [f"{role} {col!r}" for role, col in named.items()
-                   if stored[col].kind not in ("int64", "float64")]
-    if not_numeric:
-        msg = f"the proper-motion columns {', '.join(not_numeric)} are not numeric"
-        raise ValueError(msg)
+    stored = _numeric_columns("proper-motion", {"pmra": motion.pmra_col,
+                                                "pmdec": motion.pmdec_col}, columns)
     return CatalogMotion(stored[motion.pmra_col].name, stored[motion.pmdec_col].name,
                          float(motion.epoch_jyear))
 
@@ -258,20 +266,9 @@ def plan_profile(kind: str, shape: ShapeSpec | None,
     if shape.axes not in AXIS_KINDS:
         msg = f"shape axes {shape.axes!r} is not one of {', '.join(AXIS_KINDS)}"
         raise ValueError(msg)
-    stored = {c.source: c for c in columns.data}
     named = {"major": shape.major_col, "minor": shape.minor_col, "pa": shape.pa_col}
-    missing = [f"{role} {col!r}" for role, col in named.items()
-               if col is not None and col not in stored]
-    if missing:
-        shown = ", ".join(c.source for c in columns.data[:20])
-        msg = (f"the shape columns {', '.join(missing)} are not data columns of the input "
-               f"(its data columns: {shown})")
-        raise ValueError(msg)
-    not_numeric = [f"{role} {col!r}" for role, col in named.items()
-                   if col is not None and stored[col].kind not in ("int64", "float64")]
-    if not_numeric:
-        msg = f"the shape columns {', '.join(not_numeric)} are not numeric"
-        raise ValueError(msg)
+    stored = _numeric_columns("shape", {r: c for r, c in named.items() if c is not None},
+                              columns)
     return kind, CatalogShape(
         major=stored[shape.major_col].name,
         minor=stored[shape.minor_col].name if shape.minor_col else None,

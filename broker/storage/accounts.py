@@ -1,9 +1,8 @@
 """Users, tokens and request counts, on shard 0 of the catalog's shard set.
 
 The tables (``users``, ``tokens``, ``request_counts``) are small and read on every request, so
-they live on one shard, like the reference-catalog registry: a MariaDB server, or the first
-SQLite file in embedded mode. The rules (names, tiers, token format, hashing) are in
-`broker.domain.accounts`; this module only stores and finds.
+they live on shard 0 (`broker.storage.shard0`). The rules (names, tiers, token format,
+hashing) are in `broker.domain.accounts`; this module only stores and finds.
 
 Counting requests: one upsert and one read of ``(subject, hour)`` per request, in one
 transaction, so that every API worker process counts into the same row; rows of hours before
@@ -12,10 +11,9 @@ the previous one are deleted when a new hour's first row is made.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from broker.domain.accounts import (
@@ -30,12 +28,11 @@ from broker.domain.accounts import (
 from broker.exceptions import ConflictError, NotFoundError
 from broker.storage import schema
 from broker.storage.dialect import column_list, q
+from broker.storage.shard0 import Shard0Tables, utc
 from broker.storage.shards import ShardSet
 
 T = TypeVar("T")
 
-#: The shard that holds the account tables.
-ACCOUNTS_SHARD = 0
 TABLES = ("users", "tokens", "request_counts")
 _USER_COLUMNS = schema.columns("users")
 _TOKEN_COLUMNS = schema.columns("tokens")
@@ -66,48 +63,14 @@ class TokenInfo:
         return self.revoked_at is None
 
 
-def _utc(value: Any) -> datetime:
-    """A stored time as an aware UTC datetime (MariaDB gives naive ones, SQLite text)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+class AccountStore(Shard0Tables):
+    """The accounts of the API over a shard set (tables on shard 0)."""
 
-
-class AccountStore:
-    """The accounts of the API over a shard set (tables on `ACCOUNTS_SHARD`)."""
+    TABLES = TABLES
 
     def __init__(self, shards: ShardSet, *, clock: Callable[[], datetime] | None = None) -> None:
-        self.shards = shards
-        self.dialect = shards.dialect
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self._ready = False
-        self._lock = threading.Lock()
+        super().__init__(shards, clock=clock)
         self._last_purged_hour = -1
-
-    def setup(self) -> None:
-        """Create the tables if they are missing (idempotent, cheap after the first call)."""
-        with self._lock:
-            if self._ready:
-                return
-            self.shards.ensure_database()
-            statements = [s for t in TABLES
-                          for s in self.dialect.create_statements(schema.table(t))]
-
-            def work(cursor: Any) -> None:
-                for statement in statements:
-                    cursor.execute(statement)
-                for table in TABLES:
-                    self.dialect.add_missing_columns(cursor, schema.table(table))
-
-            self.shards.run(ACCOUNTS_SHARD, work)
-            self._ready = True
-
-    def _run(self, work: Callable[[Any], T], *, write: bool = True) -> T:
-        self.setup()
-        return self.shards.run(ACCOUNTS_SHARD, work, write=write)
-
-    def _now(self) -> Any:
-        return self.dialect.time_value(self.clock())
 
     # -- users
 
@@ -139,14 +102,14 @@ class AccountStore:
         if row is None:
             msg = f"no user {name}"
             raise NotFoundError(msg)
-        return User(row[0], Tier(row[1]), _utc(row[2]), bool(row[3]))
+        return User(row[0], Tier(row[1]), utc(row[2]), bool(row[3]))
 
     def list_users(self) -> list[User]:
         def work(cursor: Any) -> list[tuple]:
             cursor.execute(f"SELECT {column_list(_USER_COLUMNS)} FROM users ORDER BY name")
             return list(cursor.fetchall())
 
-        return [User(r[0], Tier(r[1]), _utc(r[2]), bool(r[3]))
+        return [User(r[0], Tier(r[1]), utc(r[2]), bool(r[3]))
                 for r in self._run(work, write=False)]
 
     def set_tier(self, name: str, tier: str) -> User:
@@ -234,7 +197,7 @@ class AccountStore:
             return None
         if not secret_matches(secret, row[0]):
             return None
-        return User(row[2], Tier(row[3]), _utc(row[4]), False)
+        return User(row[2], Tier(row[3]), utc(row[4]), False)
 
     # -- request counting
 
@@ -260,5 +223,5 @@ class AccountStore:
 
 
 def _token_info(row: tuple) -> TokenInfo:
-    return TokenInfo(row[0], row[1], row[2], _utc(row[3]),
-                     None if row[4] is None else _utc(row[4]))
+    return TokenInfo(row[0], row[1], row[2], utc(row[3]),
+                     None if row[4] is None else utc(row[4]))

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,11 +26,10 @@ from broker.domain.watchlists import MAX_RADIUS_ARCSEC, Cones
 from broker.exceptions import ConflictError, NotFoundError
 from broker.storage import schema
 from broker.storage.dialect import column_list
-from broker.storage.shards import ShardSet
+from broker.storage.shard0 import Shard0Tables, utc
 
 T = TypeVar("T")
 
-WATCH_SHARD = 0
 TABLES = ("watchlists", "watchlist_cones", "watch_hits")
 _COLUMNS = schema.columns("watchlists")
 _CONE_COLUMNS = schema.columns("watchlist_cones")
@@ -67,15 +65,9 @@ class Hit:
     live: bool
 
 
-def _utc(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _watchlist(row: Sequence[Any]) -> Watchlist:
     return Watchlist(int(row[0]), row[1], row[2], row[3], float(row[4]), int(row[5]),
-                     int(row[6]), _utc(row[7]), _utc(row[8]))
+                     int(row[6]), utc(row[7]), utc(row[8]))
 
 
 def check_visibility(visibility: str) -> str:
@@ -85,36 +77,10 @@ def check_visibility(visibility: str) -> str:
     return visibility
 
 
-class WatchlistStore:
-    """Watchlists over a shard set (tables on `WATCH_SHARD`)."""
+class WatchlistStore(Shard0Tables):
+    """Watchlists over a shard set (tables on shard 0)."""
 
-    def __init__(self, shards: ShardSet, *, clock: Callable[[], datetime] | None = None) -> None:
-        self.shards = shards
-        self.dialect = shards.dialect
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self._ready = False
-        self._lock = threading.Lock()
-
-    def setup(self) -> None:
-        with self._lock:
-            if self._ready:
-                return
-            self.shards.ensure_database()
-            statements = [s for t in TABLES
-                          for s in self.dialect.create_statements(schema.table(t))]
-
-            def work(cursor: Any) -> None:
-                for statement in statements:
-                    cursor.execute(statement)
-                for table in TABLES:
-                    self.dialect.add_missing_columns(cursor, schema.table(table))
-
-            self.shards.run(WATCH_SHARD, work)
-            self._ready = True
-
-    def _run(self, work: Callable[[Any], T], *, write: bool = True) -> T:
-        self.setup()
-        return self.shards.run(WATCH_SHARD, work, write=write)
+    TABLES = TABLES
 
     # -- reads
 
@@ -287,7 +253,7 @@ class WatchlistStore:
 
         return [{"cone_id": int(r[0]), "cone_name": r[1], "alert_id": int(r[2]),
                  "object_id": r[3], "separation_arcsec": float(r[4]), "mjd": float(r[5]),
-                 "live": bool(r[6]), "found_at": _utc(r[7])}
+                 "live": bool(r[6]), "found_at": utc(r[7])}
                 for r in self._run(work, write=False)]
 
 
