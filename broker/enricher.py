@@ -159,10 +159,12 @@ class Enricher:
                    else replace(result, features=f) for result in contexts]
         if self.watch is not None:
             self.watch.refresh()
-            watched = self.watch.match(np.array([r.ra for r in results]),
-                                       np.array([r.dec for r in results]))
-            results = [replace(r, watches=tuple(w)) if w else r
-                       for r, w in zip(results, watched, strict=True)]
+            ra = np.array([r.ra for r in results])
+            dec = np.array([r.dec for r in results])
+            watched = self.watch.match(ra, dec)
+            mapped = self.watch.match_maps(ra, dec)
+            results = [replace(r, watches=tuple(w), maps=tuple(m)) if w or m else r
+                       for r, w, m in zip(results, watched, mapped, strict=True)]
         return results
 
     def features(self, records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

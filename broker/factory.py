@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from broker.storage.accounts import AccountStore
     from broker.storage.shards import ShardSet
     from broker.storage.watchlists import WatchlistStore
+    from broker.storage.watchmaps import WatchmapStore
     from broker.streaming.memory import MemoryBroker
 
 
@@ -112,6 +113,15 @@ class Factory:
         from broker.storage.watchlists import WatchlistStore  # noqa: PLC0415
 
         store = WatchlistStore(self.shards)
+        store.setup()
+        return store
+
+    @cached_property
+    def watchmaps(self) -> WatchmapStore:
+        """Watchmaps and their hits (shard 0 of the catalog's shard set)."""
+        from broker.storage.watchmaps import WatchmapStore  # noqa: PLC0415
+
+        store = WatchmapStore(self.shards)
         store.setup()
         return store
 

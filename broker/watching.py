@@ -22,10 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import structlog
+from mocpy import MOC
 
 from broker.domain.enrichment import WatchMatch
 from broker.domain.watchlists import ConeIndex
+from broker.domain.watchmaps import contains, from_text
 from broker.storage.watchlists import WatchlistStore
+from broker.storage.watchmaps import WatchmapStore
 
 log = structlog.get_logger(__name__)
 
@@ -41,11 +44,13 @@ class _List:
 
 
 class WatchMatcher:
-    """Every watchlist's cones, re-read when their versions change."""
+    """Every watchlist's cones and every watchmap's MOC, re-read when their versions change."""
 
-    def __init__(self, store: WatchlistStore, *, poll_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: WatchlistStore, *, maps: WatchmapStore | None = None,
+                 poll_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.maps = maps
+        self._mocs: dict[int, tuple[int, MOC]] = {}
         self.poll_s = poll_s
         self.clock = clock
         self._lists: dict[int, _List] = {}
@@ -81,7 +86,30 @@ class WatchMatcher:
                 changed = True
             if changed:
                 self._rebuild()
+            if self.maps is not None:
+                changed |= self._refresh_maps(self.maps)
             return changed
+
+    def _refresh_maps(self, maps: WatchmapStore) -> bool:
+        versions = maps.versions()
+        changed = False
+        for gone in set(self._mocs) - set(versions):
+            del self._mocs[gone]
+            changed = True
+        for watchmap_id, version in versions.items():
+            held = self._mocs.get(watchmap_id)
+            if held is None or held[0] != version:
+                self._mocs[watchmap_id] = (version, from_text(maps.moc(watchmap_id)))
+                changed = True
+        return changed
+
+    def match_maps(self, ra: np.ndarray, dec: np.ndarray) -> list[list[int]]:
+        """For each position, the watchmaps it lies in (by id)."""
+        out: list[list[int]] = [[] for _ in range(len(ra))]
+        for watchmap_id, (_, moc) in sorted(self._mocs.items()):
+            for i in np.flatnonzero(contains(moc, ra, dec)).tolist():
+                out[i].append(watchmap_id)
+        return out
 
     def _rebuild(self) -> None:
         started = time.perf_counter()

@@ -36,6 +36,7 @@ from broker.exceptions import PermanentError
 from broker.factory import Factory
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import Hit, WatchlistStore
+from broker.storage.watchmaps import MapHit, WatchmapStore
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
 from broker.watching import WatchMatcher
@@ -88,7 +89,8 @@ def build(factory: Factory, *, source: MessageSource | None = None,
         source=source,
         publisher=factory.publisher() if publisher is None else publisher,
         catalog=factory.catalog, refcats=factory.refcats, lightcurves=factory.lightcurves,
-        chunker=factory.chunker, watchlists=factory.watchlists, watch_poll_s=s.watch_poll_s,
+        chunker=factory.chunker, watchlists=factory.watchlists, watchmaps=factory.watchmaps,
+        watch_poll_s=s.watch_poll_s,
         topics=topics, radii=s.enrich_radius_arcsec, cache_rows=s.enrich_cache_rows,
         batch_size=s.enrich_batch_size if batch_size is None else batch_size,
         poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
@@ -129,6 +131,7 @@ def enriched_record(message: Message, record: Mapping[str, Any], result: ObjectE
         "watchlists": [{"watchlist_id": w.watchlist_id, "cone_id": w.cone_id,
                         "cone_name": w.cone_name, "separation_arcsec": w.separation_arcsec}
                        for w in result.watches],
+        "watchmaps": list(result.maps),
         "source_timestamp_ms": record.get("source_timestamp_ms"),
         "ingested_ms": record["ingested_ms"], "enriched_ms": enriched_ms,
     })
@@ -174,12 +177,14 @@ class EnrichBatches:
                  lightcurves: LightCurveArchive, chunker: Chunker, retry: Retry,
                  radii: Mapping[str, float] | None = None, rules: ContextRules | None = None,
                  cache_rows: int = 20_000_000, clock: Callable[[], float] = time.time,
-                 watchlists: WatchlistStore | None = None, watch_poll_s: float = 2.0) -> None:
+                 watchlists: WatchlistStore | None = None,
+                 watchmaps: WatchmapStore | None = None, watch_poll_s: float = 2.0) -> None:
         self.catalog = catalog
         self.retry = retry
         self.watchlists = watchlists
+        self.watchmaps = watchmaps
         watch = (None if watchlists is None
-                 else WatchMatcher(watchlists, poll_s=watch_poll_s))
+                 else WatchMatcher(watchlists, maps=watchmaps, poll_s=watch_poll_s))
         self.enricher = Enricher(refcats=refcats, lightcurves=lightcurves, chunker=chunker,
                                  radii=radii, rules=rules, cache_rows=cache_rows, watch=watch)
         self.clock = clock
@@ -208,6 +213,11 @@ class EnrichBatches:
             if hits and self.watchlists is not None:
                 store = self.watchlists
                 self.retry("watchlists", lambda: store.add_hits(hits))
+            in_maps = [MapHit(m, r.alert_id, r.object_id, r.ra, r.dec, r.alert_mjd, live=True)
+                       for r in results for m in r.maps]
+            if in_maps and self.watchmaps is not None:
+                maps = self.watchmaps
+                self.retry("watchmaps", lambda: maps.add_hits(in_maps))
         now_ms = int(self.clock() * 1000)
         enriched = [enriched_record(message, record, result, now_ms)
                     for (message, record), result in zip(records, results, strict=True)]
@@ -239,6 +249,7 @@ class EnrichStage(Stage[EnrichReport]):
         once_wait: float = DEFAULT_ONCE_WAIT_S,
         clock: Callable[[], float] = time.time,
         watchlists: WatchlistStore | None = None,
+        watchmaps: WatchmapStore | None = None,
         watch_poll_s: float = 2.0,
     ) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
@@ -248,7 +259,8 @@ class EnrichStage(Stage[EnrichReport]):
         self.batches = EnrichBatches(catalog=catalog, refcats=refcats, lightcurves=lightcurves,
                                      chunker=chunker, retry=self.retry, radii=radii,
                                      rules=rules, cache_rows=cache_rows, clock=clock,
-                                     watchlists=watchlists, watch_poll_s=watch_poll_s)
+                                     watchlists=watchlists, watchmaps=watchmaps,
+                                     watch_poll_s=watch_poll_s)
         self.enricher = self.batches.enricher
 
     def new_report(self) -> EnrichReport:

@@ -167,7 +167,8 @@ class FaustEnrich:
         self.batches = EnrichBatches(
             catalog=factory.catalog, refcats=factory.refcats, lightcurves=factory.lightcurves,
             chunker=factory.chunker, retry=self._retry, radii=radii, cache_rows=cache_rows,
-            watchlists=factory.watchlists, watch_poll_s=factory.settings.watch_poll_s)
+            watchlists=factory.watchlists, watchmaps=factory.watchmaps,
+            watch_poll_s=factory.settings.watch_poll_s)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrich-stores")
         self.source = self._raw_topic(topics.ingested)
         self.enriched = self._raw_topic(topics.enriched)

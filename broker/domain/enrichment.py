@@ -60,6 +60,8 @@ class ObjectEnrichment:
     features: Mapping[str, int | float | None] = field(default_factory=dict)
     #: The watchlists' cones the object's position lies in at this alert.
     watches: tuple[WatchMatch, ...] = ()
+    #: The watchmaps (their ids) the object's position lies in at this alert.
+    maps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from broker.exceptions import NotFoundError
 from broker.storage import schema
 from broker.storage.shards import ShardSet
 
@@ -60,6 +61,24 @@ class Shard0Tables:
 
     def _now(self) -> Any:
         return self.dialect.time_value(self.clock())
+
+
+def readable(what: str, key: int, owner: str | None, visibility: str | None,
+             caller: str | None) -> None:
+    """Raise `NotFoundError` unless ``caller`` may read the thing (it exists, and is public or
+    the caller's): another user's private thing does not exist, as far as the caller can tell
+    (404, never 403)."""
+    if owner is None or (visibility != "public" and owner != caller):
+        msg = f"no {what} {key}"
+        raise NotFoundError(msg)
+
+
+def owned(what: str, key: int, owner: str, caller: str | None) -> None:
+    """Raise `NotFoundError` unless ``caller`` owns a thing it may read: a public thing of
+    another user can be read, not changed."""
+    if owner != caller:
+        msg = f"no {what} {key} of yours"
+        raise NotFoundError(msg)
 
 
 def utc(value: Any) -> datetime:

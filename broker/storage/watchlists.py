@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from broker.domain.watchlists import MAX_RADIUS_ARCSEC, Cones
-from broker.exceptions import ConflictError, NotFoundError
+from broker.exceptions import ConflictError
 from broker.storage import schema
 from broker.storage.dialect import column_list
-from broker.storage.shard0 import Shard0Tables, utc
+from broker.storage.shard0 import Shard0Tables, owned, readable, utc
 
 T = TypeVar("T")
 
@@ -94,18 +94,16 @@ class WatchlistStore(Shard0Tables):
 
         row = self._run(work, write=False)
         found = None if row is None else _watchlist(row)
-        if found is None or (found.visibility != "public" and found.owner != caller):
-            msg = f"no watchlist {watchlist_id}"
-            raise NotFoundError(msg)
+        readable("watchlist", watchlist_id, found.owner if found else None,
+                 found.visibility if found else None, caller)
+        assert found is not None
         return found
 
     def owned(self, watchlist_id: int, caller: str | None) -> Watchlist:
         """A watchlist ``caller`` owns; `NotFoundError` otherwise (a public list of another
         user can be read, not changed: that is 404 too, as if it were not there to change)."""
         found = self.get(watchlist_id, caller)
-        if found.owner != caller:
-            msg = f"no watchlist {watchlist_id} of yours"
-            raise NotFoundError(msg)
+        owned("watchlist", watchlist_id, found.owner, caller)
         return found
 
     def visible(self, caller: str | None) -> list[Watchlist]:
