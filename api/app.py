@@ -13,7 +13,8 @@ Routes (OpenAPI documentation at ``/docs``):
 - ``GET /api/v1/me``, ``GET|POST /api/v1/users`` (admin), ``GET|POST /api/v1/tokens``,
   ``DELETE /api/v1/tokens/{token_id}`` (`api.routers.accounts`; tokens and tiers in `api.auth`)
 - ``GET|POST /api/v1/watchlists``, ``GET|PUT|DELETE /api/v1/watchlists/{id}``,
-  ``GET /api/v1/watchlists/{id}/hits`` (`api.routers.watchlists`)
+  ``GET /api/v1/watchlists/{id}/hits`` (`api.routers.watchlists`), and the same for
+  ``/api/v1/watchmaps`` (`api.routers.watchmaps`)
 
 Every error answer is ``{"detail": "<one line>"}`` (see `api.errors`).
 """
@@ -30,7 +31,7 @@ from api import errors
 from api.auth import get_caller
 from api.dependencies import LazyStores
 from api.middleware import ObservedApp
-from api.routers import accounts, cone, home, objects, scs, status, watchlists
+from api.routers import accounts, cone, home, objects, scs, status, watchlists, watchmaps
 from broker import lanner_version
 from broker.config import get_settings
 from broker.factory import Factory
@@ -82,6 +83,6 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(ObservedApp)
     watchlists.install(app)
-    for module in (objects, cone, scs, status, accounts, watchlists, home):
+    for module in (objects, cone, scs, status, accounts, watchlists, watchmaps, home):
         app.include_router(module.router)
     return app

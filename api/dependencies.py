@@ -12,6 +12,7 @@ from broker.queries import ArchiveQueries
 from broker.storage.accounts import AccountStore
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
+from broker.storage.watchmaps import WatchmapStore
 
 
 class LazyStores:
@@ -30,6 +31,7 @@ class LazyStores:
         self._refcats_lock = threading.Lock()
         self._accounts_lock = threading.Lock()
         self._watchlists_lock = threading.Lock()
+        self._watchmaps_lock = threading.Lock()
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -55,6 +57,11 @@ class LazyStores:
     def watchlists(self) -> WatchlistStore:
         with self._watchlists_lock:
             return self.factory.watchlists
+
+    @property
+    def watchmaps(self) -> WatchmapStore:
+        with self._watchmaps_lock:
+            return self.factory.watchmaps
 
 
 async def get_stores(request: Request) -> LazyStores:

@@ -87,7 +87,7 @@ class HitsOut(BaseModel):
     next: str | None = Field(description="Pass as `after` for the next page; null at the end.")
 
 
-async def _body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -110,7 +110,7 @@ async def _cones(request: Request, caller: Authenticated, default_radius: float)
     if fmt is None:
         raise HTTPException(status_code=415, detail=f"the body is {kind or 'untyped'}: send "
                             "text/csv or application/json")
-    body = await _body(request, caller.limits.max_upload_bytes)
+    body = await read_body(request, caller.limits.max_upload_bytes)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:

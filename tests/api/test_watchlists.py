@@ -148,7 +148,7 @@ def test_bodies_above_the_tier_are_413_before_they_are_read_whole(api) -> None:
     from fastapi import HTTPException
     from starlette.requests import Request
 
-    from api.routers.watchlists import _body
+    from api.routers.watchlists import read_body
 
     received: list[int] = []
 
@@ -158,7 +158,7 @@ def test_bodies_above_the_tier_are_413_before_they_are_read_whole(api) -> None:
 
     request = Request({"type": "http", "method": "POST", "headers": []}, receive)
     with pytest.raises(HTTPException) as refused:
-        asyncio.run(_body(request, 1_000_000))
+        asyncio.run(read_body(request, 1_000_000))
     assert refused.value.status_code == 413
     assert len(received) == 1_000_000 // 65536 + 1
     rows = LIMITS[Tier.user].max_watchlist_rows

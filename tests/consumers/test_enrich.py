@@ -353,12 +353,19 @@ def test_watchlist_cones_are_matched_live_and_their_hits_stored_once(harness, tm
         np.array([20.0005, 20.1, 0.0]), np.array([3.0, 1800.0, 10.0])))
     bob = watchlists.create("bob", "mine", Cones(["b"], np.array([40.0]), np.array([-30.0]),
                                                  np.array([1.0])), visibility="public")
+    # A watchmap (a 1-degree disc) around the first two positions, none near the third.
+    from astropy import units as u
+    from mocpy import MOC
+
+    factory_maps = harness.factory(tmp_path / "maps").watchmaps
+    disc = factory_maps.create("carol", "gw", MOC.from_cone(
+        lon=150.0 * u.deg, lat=20.0 * u.deg, radius=1.0 * u.deg, max_depth=12), source="moc")
     for record, (object_id, (ra, dec)) in zip(records, places.items(), strict=True):
         harness.produce(harness.topics.lsst,
                         wire.encode(placed(record, object_id, ra, dec), SCHEMA_ID),
                         key=str(object_id).encode())
     harness.ingest_once()
-    stage = harness.enrich_stage(watchlists=watchlists)
+    stage = harness.enrich_stage(watchlists=watchlists, watchmaps=factory_maps)
     try:
         stage.run(once=True, idle_polls=3)
     finally:
@@ -377,6 +384,10 @@ def test_watchlist_cones_are_matched_live_and_their_hits_stored_once(harness, tm
         ("near", "800000000040", True), ("wide", "800000000040", True),
         ("wide", "800000000041", True)]
     assert [h["object_id"] for h in watchlists.hits(bob.watchlist_id, None)] == ["800000000042"]
+    assert [by_object[f"80000000004{i}"]["watchmaps"] for i in range(3)] == [
+        [disc.watchmap_id], [disc.watchmap_id], []]
+    assert sorted(h["object_id"] for h in factory_maps.hits(disc.watchmap_id, "carol")) == [
+        "800000000040", "800000000041"]
     # Redelivered: the hits are there once.
     again = harness.enrich_stage(watchlists=watchlists, group="lanner-enrich-again")
     try:
