@@ -140,6 +140,24 @@ class FeaturesOut(_FeatureFields):
     """The object's light-curve features from its whole history (docs/features.md)."""
 
 
+class WatchlistMembership(BaseModel):
+    """A watchlist cone the object has been found in."""
+
+    watchlist_id: int
+    owner: str
+    name: str
+    cone_id: int
+    cone_name: str
+
+
+class WatchmapMembership(BaseModel):
+    """A watchmap the object has been found in."""
+
+    watchmap_id: int
+    owner: str
+    name: str
+
+
 class ObjectOut(ObjectFields):
     """One object: its stored row, latest magnitudes, context, counterparts and links."""
 
@@ -151,6 +169,12 @@ class ObjectOut(ObjectFields):
     features: FeaturesOut | None = Field(
         None, description="Its features from the enrich stage (docs/features.md); null before "
         "enrich saw it.")
+    watchlists: list[WatchlistMembership] = Field(
+        default_factory=list, description="The watchlist cones it has been found in that the "
+        "caller may see (their own lists and public ones).")
+    watchmaps: list[WatchmapMembership] = Field(
+        default_factory=list, description="The watchmaps it has been found in that the caller "
+        "may see.")
     links: ObjectLinks
 
     @classmethod

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from api.dependencies import Archive
+from api.auth import CallerDep
+from api.dependencies import Archive, LazyStores, get_stores
 from api.errors import INVALID, NOT_FOUND, UNAVAILABLE
 from api.models import (
     CatalogConeRow,
@@ -17,6 +18,8 @@ from api.models import (
     LightCurveOut,
     ObjectLinks,
     ObjectOut,
+    WatchlistMembership,
+    WatchmapMembership,
 )
 from broker.queries import CutoutKind
 
@@ -36,7 +39,8 @@ ObjectId = Annotated[str, Path(min_length=1, max_length=64,
                 "links to its light curve and cutouts.",
     responses={**NOT_FOUND, **UNAVAILABLE},
 )
-def get_object(object_id: ObjectId, archive: Archive, request: Request) -> ObjectOut:
+def get_object(object_id: ObjectId, archive: Archive, request: Request, caller: CallerDep,
+               stores: Annotated[LazyStores, Depends(get_stores)]) -> ObjectOut:
     row = archive.get_object(object_id)
     links = ObjectLinks(
         self=str(request.url_for("get_object", object_id=object_id)),
@@ -47,7 +51,13 @@ def get_object(object_id: ObjectId, archive: Archive, request: Request) -> Objec
         crossmatches=str(request.url_for("get_crossmatches", object_id=object_id)),
     )
     context, matches, features = archive.enrichment(object_id)
-    return ObjectOut.from_row(row, links, context, matches, features)
+    out = ObjectOut.from_row(row, links, context, matches, features)
+    # Only the watchlists and watchmaps the caller may see: their own, and public ones.
+    out.watchlists = [WatchlistMembership(**m)
+                      for m in stores.watchlists.for_object(object_id, caller.name)]
+    out.watchmaps = [WatchmapMembership(**m)
+                     for m in stores.watchmaps.for_object(object_id, caller.name)]
+    return out
 
 
 @router.get(

@@ -138,6 +138,21 @@ class WatchlistStore(Shard0Tables):
 
         return {int(a): int(b) for a, b in self._run(work, write=False)}
 
+    def for_object(self, object_id: str, caller: str | None) -> list[dict[str, Any]]:
+        """The watchlist cones an object has been found in that ``caller`` may see (their own
+        lists and public ones), by watchlist then cone."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(
+                "SELECT DISTINCT w.watchlist_id, w.owner, w.name, c.cone_id, c.name FROM "
+                "watch_hits h JOIN watchlists w ON w.watchlist_id = h.watchlist_id JOIN "
+                "watchlist_cones c ON c.watchlist_id = h.watchlist_id AND c.cone_id = h.cone_id "
+                "WHERE h.object_id = %s AND (w.owner = %s OR w.visibility = 'public') "
+                "ORDER BY w.watchlist_id, c.cone_id", [object_id, caller or ""])
+            return list(cursor.fetchall())
+
+        return [{"watchlist_id": int(r[0]), "owner": r[1], "name": r[2], "cone_id": int(r[3]),
+                 "cone_name": r[4]} for r in self._run(work, write=False)]
+
     # -- writes
 
     def create(self, owner: str, name: str, cones: Cones, *, visibility: str = "private",

@@ -105,6 +105,19 @@ class WatchmapStore(Shard0Tables):
         row = self._run(work, write=False)
         return "" if row is None else str(row[0])
 
+    def for_object(self, object_id: str, caller: str | None) -> list[dict[str, Any]]:
+        """The watchmaps an object has been found in that ``caller`` may see."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(
+                "SELECT DISTINCT m.watchmap_id, m.owner, m.name FROM watchmap_hits h JOIN "
+                "watchmaps m ON m.watchmap_id = h.watchmap_id WHERE h.object_id = %s AND "
+                "(m.owner = %s OR m.visibility = 'public') ORDER BY m.watchmap_id",
+                [object_id, caller or ""])
+            return list(cursor.fetchall())
+
+        return [{"watchmap_id": int(r[0]), "owner": r[1], "name": r[2]}
+                for r in self._run(work, write=False)]
+
     def versions(self) -> dict[int, int]:
         def work(cursor: Any) -> list[tuple]:
             cursor.execute("SELECT watchmap_id, version FROM watchmaps")

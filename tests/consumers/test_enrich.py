@@ -344,7 +344,8 @@ def test_alerts_at_ra_360_and_the_poles_are_matched_like_any_other(harness) -> N
 def test_watchlist_cones_are_matched_live_and_their_hits_stored_once(harness, tmp_path) -> None:
     from broker.domain.watchlists import Cones
 
-    watchlists = harness.factory(tmp_path).watchlists
+    factory = harness.factory(tmp_path)
+    watchlists = factory.watchlists
     records = list(AlertSimulator(schema="11.1", seed=17, cutouts=False).packets(3))
     places = {800_000_000_040: (150.0, 20.0), 800_000_000_041: (150.0, 20.2),
               800_000_000_042: (40.0, -30.0)}
@@ -357,7 +358,7 @@ def test_watchlist_cones_are_matched_live_and_their_hits_stored_once(harness, tm
     from astropy import units as u
     from mocpy import MOC
 
-    factory_maps = harness.factory(tmp_path / "maps").watchmaps
+    factory_maps = factory.watchmaps
     disc = factory_maps.create("carol", "gw", MOC.from_cone(
         lon=150.0 * u.deg, lat=20.0 * u.deg, radius=1.0 * u.deg, max_depth=12), source="moc")
     for record, (object_id, (ra, dec)) in zip(records, places.items(), strict=True):
@@ -388,6 +389,27 @@ def test_watchlist_cones_are_matched_live_and_their_hits_stored_once(harness, tm
         [disc.watchmap_id], [disc.watchmap_id], []]
     assert sorted(h["object_id"] for h in factory_maps.hits(disc.watchmap_id, "carol")) == [
         "800000000040", "800000000041"]
+    # The object API lists the lists and maps an object is in that the caller may see.
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    headers = {}
+    for name in ("alice", "bob", "carol"):
+        factory.accounts.add_user(name)
+        headers[name] = {"Authorization": f"Bearer {factory.accounts.issue_token(name)[0].text}"}
+    with TestClient(create_app(factory)) as http:
+        def seen(object_id: str, who: dict[str, str]) -> tuple[list, list]:
+            body = http.get(f"/api/v1/objects/{object_id}", headers=who).json()
+            return ([(w["name"], w["cone_name"]) for w in body["watchlists"]],
+                    [m["name"] for m in body["watchmaps"]])
+
+        assert seen("800000000040", headers["alice"]) == ([("hosts", "near"),
+                                                           ("hosts", "wide")], [])
+        assert seen("800000000040", headers["carol"]) == ([], ["gw"])
+        assert seen("800000000040", {}) == ([], [])
+        assert seen("800000000042", {}) == ([("mine", "b")], [])  # bob's list is public
+        assert seen("800000000042", headers["alice"]) == ([("mine", "b")], [])
     # Redelivered: the hits are there once.
     again = harness.enrich_stage(watchlists=watchlists, group="lanner-enrich-again")
     try:
