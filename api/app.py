@@ -31,10 +31,21 @@ from api import errors
 from api.auth import get_caller
 from api.dependencies import LazyStores
 from api.middleware import ObservedApp
-from api.routers import accounts, cone, home, objects, scs, status, watchlists, watchmaps
+from api.routers import (
+    accounts,
+    cone,
+    home,
+    jobs,
+    objects,
+    scs,
+    status,
+    watchlists,
+    watchmaps,
+)
 from broker import lanner_version
 from broker.config import get_settings
 from broker.factory import Factory
+from broker.retro import JobRunner, JobStore
 
 DESCRIPTION = """\
 Objects, light curves, cutouts and cone search over Lanner's alert archive.
@@ -67,11 +78,19 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     built = factory if factory is not None else Factory(get_settings())
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         structlog.get_logger("api").info("api started", backend=built.settings.backend.value)
+        runner = None
+        if built.settings.api_jobs:
+            stores: LazyStores = app.state.stores
+            runner = JobRunner(JobStore(built.shards), lambda: stores.catalog,
+                               lambda: stores.watchlists, lambda: stores.watchmaps)
+            runner.start()
         try:
             yield
         finally:
+            if runner is not None:
+                runner.stop()
             built.close()
 
     # Every route authenticates and counts its caller (api.auth): the tiers' limits apply to
@@ -83,6 +102,6 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(ObservedApp)
     watchlists.install(app)
-    for module in (objects, cone, scs, status, accounts, watchlists, watchmaps, home):
+    for module in (objects, cone, scs, status, accounts, watchlists, watchmaps, jobs, home):
         app.include_router(module.router)
     return app

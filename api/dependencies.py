@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from broker.factory import Factory
 from broker.queries import ArchiveQueries
+from broker.retro import JobStore
 from broker.storage.accounts import AccountStore
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
@@ -32,6 +33,7 @@ class LazyStores:
         self._accounts_lock = threading.Lock()
         self._watchlists_lock = threading.Lock()
         self._watchmaps_lock = threading.Lock()
+        self._jobs_lock = threading.Lock()
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -62,6 +64,11 @@ class LazyStores:
     def watchmaps(self) -> WatchmapStore:
         with self._watchmaps_lock:
             return self.factory.watchmaps
+
+    @property
+    def jobs(self) -> JobStore:
+        with self._jobs_lock:
+            return self.factory.jobs
 
 
 async def get_stores(request: Request) -> LazyStores:

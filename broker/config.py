@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     enrich_cache_rows: int = Field(
         20_000_000, ge=0, description="Most reference-catalog rows the enrich stage keeps in "
         "its chunk cache (with halos).")
+    api_jobs: bool = Field(
+        True, description="Whether the API process runs the background jobs (the retroactive "
+        "match of new watchlists and watchmaps against the archive), one at a time.")
     watch_poll_s: float = Field(
         2.0, gt=0, le=60, description="Seconds between the enrich stage's reads of the "
         "watchlists' versions: a change made over the API is matched live within this, plus "

@@ -19,6 +19,7 @@ from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCat
 from broker.streaming.queue import MessageSource, Publisher
 
 if TYPE_CHECKING:
+    from broker.retro import JobStore
     from broker.storage.accounts import AccountStore
     from broker.storage.shards import ShardSet
     from broker.storage.watchlists import WatchlistStore
@@ -122,6 +123,15 @@ class Factory:
         from broker.storage.watchmaps import WatchmapStore  # noqa: PLC0415
 
         store = WatchmapStore(self.shards)
+        store.setup()
+        return store
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        """Background jobs (shard 0 of the catalog's shard set)."""
+        from broker.retro import JobStore  # noqa: PLC0415
+
+        store = JobStore(self.shards)
         store.setup()
         return store
 

@@ -57,14 +57,17 @@ class WatchlistOut(BaseModel):
     version: int = Field(description="1, then one more at each replacement of its cones.")
     created_at: datetime
     updated_at: datetime
+    retro_job_id: int | None = Field(
+        None, description="The job matching this version against the archive "
+        "(`/api/v1/jobs/{id}`), in the answer that made or replaced it.")
 
     @classmethod
-    def of(cls, found: Watchlist) -> WatchlistOut:
+    def of(cls, found: Watchlist, job_id: int | None = None) -> WatchlistOut:
         return cls(watchlist_id=found.watchlist_id, owner=found.owner, name=found.name,
                    visibility=found.visibility,
                    default_radius_arcsec=found.default_radius_arcsec, cones=found.cones,
                    version=found.version, created_at=found.created_at,
-                   updated_at=found.updated_at)
+                   updated_at=found.updated_at, retro_job_id=job_id)
 
 
 class HitOut(BaseModel):
@@ -159,7 +162,9 @@ async def create_watchlist(request: Request, caller: Authenticated, stores: Stor
                                        default_radius_arcsec=default_radius)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    return WatchlistOut.of(made)
+    job = await run_in_threadpool(stores.jobs.queue, caller.name, "watchlist_retro",
+                                  made.watchlist_id, made.version)
+    return WatchlistOut.of(made, job.job_id)
 
 
 @router.put("/watchlists/{watchlist_id}", response_model=WatchlistOut,
@@ -174,7 +179,9 @@ async def replace_watchlist(watchlist_id: int, request: Request, caller: Authent
     replaced = await run_in_threadpool(stores.watchlists.replace, watchlist_id, caller.name,
                                        cones, visibility=visibility,
                                        default_radius_arcsec=radius)
-    return WatchlistOut.of(replaced)
+    job = await run_in_threadpool(stores.jobs.queue, caller.name, "watchlist_retro",
+                                  replaced.watchlist_id, replaced.version)
+    return WatchlistOut.of(replaced, job.job_id)
 
 
 @router.get("/watchlists", response_model=list[WatchlistOut], summary="Watchlists",

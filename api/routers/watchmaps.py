@@ -61,14 +61,18 @@ class WatchmapOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     moc: str | None = Field(None, description="The MOC (ASCII), with `moc=true`.")
+    retro_job_id: int | None = Field(
+        None, description="The job matching this version against the archive "
+        "(`/api/v1/jobs/{id}`), in the answer that made or replaced it.")
 
     @classmethod
-    def of(cls, found: Watchmap, moc: str | None = None) -> WatchmapOut:
+    def of(cls, found: Watchmap, moc: str | None = None,
+           job_id: int | None = None) -> WatchmapOut:
         return cls(watchmap_id=found.watchmap_id, owner=found.owner, name=found.name,
                    visibility=found.visibility, source=found.source,
                    credible_level=found.credible_level, area_sq_deg=found.area_sq_deg,
                    version=found.version, created_at=found.created_at,
-                   updated_at=found.updated_at, moc=moc)
+                   updated_at=found.updated_at, moc=moc, retro_job_id=job_id)
 
 
 class MapHitOut(BaseModel):
@@ -129,7 +133,9 @@ async def create_watchmap(
                                        visibility=visibility)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    return WatchmapOut.of(made)
+    job = await run_in_threadpool(stores.jobs.queue, caller.name, "watchmap_retro",
+                                  made.watchmap_id, made.version)
+    return WatchmapOut.of(made, job_id=job.job_id)
 
 
 @router.put("/watchmaps/{watchmap_id}", response_model=WatchmapOut,
@@ -145,7 +151,9 @@ async def replace_watchmap(watchmap_id: int, request: Request, caller: Authentic
     replaced = await run_in_threadpool(stores.watchmaps.replace, watchmap_id, caller.name, moc,
                                        source=kind, credible_level=level,
                                        visibility=visibility)
-    return WatchmapOut.of(replaced)
+    job = await run_in_threadpool(stores.jobs.queue, caller.name, "watchmap_retro",
+                                  replaced.watchmap_id, replaced.version)
+    return WatchmapOut.of(replaced, job_id=job.job_id)
 
 
 @router.get("/watchmaps", response_model=list[WatchmapOut], summary="Watchmaps",

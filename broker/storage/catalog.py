@@ -55,6 +55,9 @@ DIRECTOR_COLUMNS = schema.columns("director")
 #: The tables of the catalog, in creation order.
 TABLES = ("objects", "alert_rows", "director", "layout", "object_context", "object_matches")
 
+#: What `ChunkedCatalog.positions` reads of an object.
+_POSITION_COLUMNS = ("object_id", "ra", "dec", "position_source_id", "position_mjd")
+
 #: Columns of the enrich stage's results (from the felis schema).
 CONTEXT_COLUMNS = schema.columns("object_context")
 MATCH_COLUMNS = schema.columns("object_matches")
@@ -415,6 +418,22 @@ class ChunkedCatalog:
                            column_list(OBJECT_COLUMNS))
         rows = [dict(zip(OBJECT_COLUMNS, r, strict=True)) for r in found]
         return nearest_first(rows, ra, dec, radius_deg, limit, key="object_id")
+
+    def positions(self, shard: int, after: str = "", limit: int = 100_000
+                  ) -> list[tuple[str, float, float, int, float]]:
+        """One page of the objects of a shard, by object id after ``after``: id, ra, dec, and
+        the source id and time of the detection that gave the position (what a retroactive
+        watchlist or watchmap match reports as the alert)."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(f"SELECT {column_list(_POSITION_COLUMNS)} FROM objects WHERE "
+                           "object_id > %s ORDER BY object_id LIMIT %s", [after, limit])
+            return list(cursor.fetchall())
+
+        return [(r[0], float(r[1]), float(r[2]), int(r[3]), float(r[4]))
+                for r in self.shards.run(shard, work, write=False)]
+
+    def shard_count(self) -> int:
+        return len(self.shards)
 
     def counts(self) -> Mapping[str, int]:
         def work(cursor: Any) -> dict[str, int]:

@@ -139,6 +139,13 @@ class ObjectCatalog(Protocol):
     def context(self, object_id: str) -> Row | None:
         """The stored context of an object."""
 
+    def positions(self, shard: int, after: str = "", limit: int = 100_000
+                  ) -> list[tuple[str, float, float, int, float]]:
+        """One page of a shard's objects by id: (id, ra, dec, position source id, its MJD)."""
+
+    def shard_count(self) -> int:
+        """How many shards the objects are spread over."""
+
     def features(self, object_id: str) -> Row | None:
         """The stored feature columns of an object (each None until it is enriched), or None
         for an unknown object."""
