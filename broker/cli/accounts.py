@@ -1,4 +1,5 @@
-"""``lanner users`` and ``lanner tokens``: accounts of the API, made by an operator.
+"""``lanner users``, ``lanner tokens`` and ``lanner jobs``: accounts of the API, made by an
+operator, and the background jobs of its users.
 
 The first admin can only be made here (the API makes users only for an admin's token). A token's
 text is printed once, when it is issued, and is kept nowhere.
@@ -6,11 +7,12 @@ text is printed once, when it is issued, and is kept nowhere.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from broker.cli.common import clean_errors, out
+from broker.cli.common import clean_errors, console, out
 from broker.config import get_settings
 from broker.exceptions import ConflictError, LannerError, NotFoundError
 
@@ -160,3 +162,59 @@ def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id."
     finally:
         factory.close()
     out.print(f"token {info.token_id} of {info.user_name} revoked", highlight=False)
+
+
+jobs = typer.Typer(help="Background jobs: the retroactive matches of watchlists and watchmaps.",
+                   no_args_is_help=True)
+
+
+@jobs.command("list")
+@clean_errors
+def jobs_list(user: Annotated[str, typer.Argument(help="Whose jobs.")]) -> None:
+    """A user's jobs, newest first: id, kind, target, state, progress, hits."""
+    from broker.factory import Factory  # noqa: PLC0415
+
+    factory = Factory(get_settings())
+    try:
+        found = factory.jobs.of(user)
+    finally:
+        factory.close()
+    if not found:
+        out.print(f"user {user} has no jobs", highlight=False)
+    for job in found:
+        out.print(f"{job.job_id} {job.kind} {job.target_id} v{job.target_version} {job.state} "
+                  f"{job.done}/{job.total} objects, {job.hits} hits", highlight=False)
+
+
+@jobs.command("show")
+@clean_errors
+def jobs_show(
+    job_id: Annotated[int, typer.Argument(help="The job's id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Show a progress bar until "
+                                         "the job ends.")] = False,
+) -> None:
+    """A job's state and progress; with --follow, a progress bar until it ends."""
+    from rich.progress import BarColumn, Progress, TextColumn  # noqa: PLC0415
+
+    from broker.factory import Factory  # noqa: PLC0415
+
+    factory = Factory(get_settings())
+    try:
+        job = factory.jobs.get(job_id, None)
+        if follow and job.state in ("queued", "running"):
+            with Progress(TextColumn("{task.description}"), BarColumn(),
+                          TextColumn("{task.completed:,.0f}/{task.total:,.0f} objects"),
+                          console=console) as bar:
+                task = bar.add_task(f"job {job_id} ({job.kind})", total=max(job.total, 1))
+                while job.state in ("queued", "running"):
+                    time.sleep(0.5)
+                    job = factory.jobs.get(job_id, None)
+                    bar.update(task, completed=job.done, total=max(job.total, 1),
+                               description=f"job {job_id} ({job.state}, {job.hits} hits)")
+    except NotFoundError as exc:
+        raise LannerError(str(exc)) from None
+    finally:
+        factory.close()
+    out.print(f"job {job.job_id} {job.kind} of {job.target_id} v{job.target_version}: "
+              f"{job.state}, {job.done:,}/{job.total:,} objects matched, {job.hits:,} hits"
+              + (f"; error: {job.error}" if job.error else ""), highlight=False)

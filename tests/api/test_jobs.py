@@ -85,3 +85,45 @@ def test_new_watchlists_and_watchmaps_are_matched_against_the_archive(harness,
         assert _wait(client, again["retro_job_id"], tokens["alice"])["state"] == "done"
         assert len(client.get(f"/api/v1/watchlists/{made['watchlist_id']}/hits",
                               headers=tokens["alice"]).json()["hits"]) == 5
+
+
+def test_the_command_line_shows_jobs_with_a_progress_bar(tmp_path, monkeypatch) -> None:
+    import threading
+
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+    from broker.config import Backend, get_settings
+    from broker.domain.watchlists import Cones
+    from broker.factory import Factory
+    from broker.retro import JobRunner
+
+    monkeypatch.setenv("LANNER_BACKEND", "embedded")
+    monkeypatch.setenv("LANNER_STATE_DIR", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    factory = Factory(get_settings())
+    try:
+        assert factory.settings.backend is Backend.embedded
+        made = factory.watchlists.create("alice", "l", Cones(["a"], np.array([1.0]),
+                                                             np.array([1.0]),
+                                                             np.array([2.0])))
+        job = factory.jobs.queue("alice", "watchlist_retro", made.watchlist_id, made.version)
+        runner = CliRunner()
+        shown = runner.invoke(app, ["jobs", "show", str(job.job_id)])
+        assert shown.exit_code == 0, shown.output
+        assert f"job {job.job_id} watchlist_retro of {made.watchlist_id} v1: queued" in (
+            shown.output)
+        # --follow waits for the job, run meanwhile by a runner on another thread.
+        jobs = JobRunner(factory.jobs, lambda: factory.catalog, lambda: factory.watchlists,
+                         lambda: factory.watchmaps)
+        threading.Timer(1.0, jobs.run_once).start()
+        followed = runner.invoke(app, ["jobs", "show", str(job.job_id), "--follow"])
+        assert followed.exit_code == 0, followed.output
+        assert "done, 0/0 objects matched, 0 hits" in followed.output
+        assert f"{job.job_id} watchlist_retro" in runner.invoke(app, ["jobs", "list",
+                                                                      "alice"]).output
+        missing = runner.invoke(app, ["jobs", "show", "12345"])
+        assert (missing.exit_code, "no job 12345" in missing.output) == (1, True)
+    finally:
+        factory.close()
+        get_settings.cache_clear()
