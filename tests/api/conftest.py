@@ -86,3 +86,19 @@ def client(loaded: Loaded, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     factory = make_factory(loaded, tmp_path_factory.mktemp("api-factory"))
     with TestClient(create_app(factory)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def owners_api(harness, tmp_path) -> Iterator[tuple[TestClient, Factory,
+                                                     dict[str, dict[str, str]]]]:
+    """A fresh app on the harness's backend with two users, alice and bob: the client, its
+    factory, and each user's ``Authorization`` header."""
+    factory = harness.factory(tmp_path)
+    tokens = {}
+    for name in ("alice", "bob"):
+        factory.accounts.add_user(name)
+        token, _ = factory.accounts.issue_token(name)
+        tokens[name] = {"Authorization": f"Bearer {token.text}"}
+    with TestClient(create_app(factory)) as client:
+        yield client, factory, tokens
+

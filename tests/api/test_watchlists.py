@@ -8,9 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.app import create_app
 from broker.domain.accounts import LIMITS, Tier
 from broker.storage.watchlists import Hit
 
@@ -18,15 +16,8 @@ CSV = "name,ra,dec,radius\nSN 2024abc,10.5,-20.25,5\nM31,10.6847,41.269,\n"
 
 
 @pytest.fixture
-def api(harness, tmp_path) -> Iterator[tuple[TestClient, Any, dict[str, dict[str, str]]]]:
-    factory = harness.factory(tmp_path)
-    tokens = {}
-    for name in ("alice", "bob"):
-        factory.accounts.add_user(name)
-        token, _ = factory.accounts.issue_token(name)
-        tokens[name] = {"Authorization": f"Bearer {token.text}"}
-    with TestClient(create_app(factory)) as client:
-        yield client, factory, tokens
+def api(owners_api: Any) -> Any:
+    return owners_api
 
 
 def _csv(headers: dict[str, str]) -> dict[str, str]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.app import create_app
 from broker.domain.watchmaps import area_sq_deg, moc_from_skymap
 from tests.support.data import REPO_ROOT
 
@@ -16,15 +13,8 @@ SKYMAPS = REPO_ROOT / "tests" / "data" / "skymaps"
 
 
 @pytest.fixture
-def api(harness, tmp_path) -> Iterator[tuple[TestClient, Any, dict[str, dict[str, str]]]]:
-    factory = harness.factory(tmp_path)
-    tokens = {}
-    for name in ("alice", "bob"):
-        factory.accounts.add_user(name)
-        token, _ = factory.accounts.issue_token(name)
-        tokens[name] = {"Authorization": f"Bearer {token.text}"}
-    with TestClient(create_app(factory)) as client:
-        yield client, factory, tokens
+def api(owners_api: Any) -> Any:
+    return owners_api
 
 
 def test_skymap_and_moc_uploads(api) -> None:
