@@ -7,8 +7,8 @@
    ``--repeats`` times; the median time per batch, one core. ``build_s`` is the index's build.
 2. ``live_after_s`` (needs `lanner services up`; skipped with ``--no-live``): fresh topics,
    keyspace and database; `lanner ingest`, `lanner enrich` and `lanner serve` run; a user and
-   a token are made with `lanner users add` / `lanner tokens issue`; the ``--cones`` cones are
-   uploaded as CSV over the API (``upload_s``), with one more cone around a chosen position;
+   a token are made with `lanner users add` / `lanner tokens issue`; ``--cones`` cones (one of
+   them around a chosen position) are uploaded as CSV over the API (``upload_s``);
    from the upload's answer on, a simulated packet at that position is produced every 0.5 s,
    and ``live_after_s`` is the time from the answer to the first ``internal.enriched`` record
    that names the cone.
@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -159,7 +160,8 @@ def live(settings: Settings, n: int, seed: int, port: int) -> dict[str, Any]:
             workers.append((subprocess.Popen([sys.executable, "-m", "broker.cli", *args],
                                              cwd=REPO, env=env, stdout=log, stderr=log), log))
         time.sleep(10)
-        ra, dec, radius = cones(n, seed)
+        # n cones in all (the tier's most): n - 1 random ones and the target.
+        ra, dec, radius = cones(n - 1, seed)
         target = (123.456, -23.456)
         body = io.StringIO()
         body.write("name,ra,dec,radius\n")
@@ -171,8 +173,12 @@ def live(settings: Settings, n: int, seed: int, port: int) -> dict[str, Any]:
             data=body.getvalue().encode(), headers={"Authorization": f"Bearer {token}",
                                                     "Content-Type": "text/csv"})
         started = time.monotonic()
-        with urllib.request.urlopen(request, timeout=600) as answer:  # noqa: S310 (loopback)
-            watchlist_id = json.loads(answer.read())["watchlist_id"]
+        try:
+            with urllib.request.urlopen(request, timeout=600) as answer:  # noqa: S310
+                watchlist_id = json.loads(answer.read())["watchlist_id"]
+        except urllib.error.HTTPError as exc:
+            msg = f"the upload was refused: {exc.code} {exc.read()[:500]!r}"
+            raise RuntimeError(msg) from None
         answered = time.monotonic()
         live_after = _first_hit(settings, clients, env, watchlist_id, target, answered, seed)
     finally:
@@ -183,7 +189,7 @@ def live(settings: Settings, n: int, seed: int, port: int) -> dict[str, Any]:
             log.close()
         _cleanup(settings, env)
         logs.cleanup()
-    print(f"upload of {n + 1:,} cones answered in {answered - started:.1f} s; first live hit "
+    print(f"upload of {n:,} cones answered in {answered - started:.1f} s; first live hit "
           f"{live_after if live_after is None else round(live_after, 2)} s after", flush=True)
     return {"live_after_s": None if live_after is None else round(live_after, 2),
             "upload_s": round(answered - started, 2)}
