@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         True, description="Whether the API process runs the background jobs (the retroactive "
         "match of new watchlists and watchmaps against the archive), one at a time.")
     watch_poll_s: float = Field(
-        2.0, gt=0, le=60, description="Seconds between the enrich stage's reads of the "
+        1.0, gt=0, le=60, description="Seconds between the enrich stage's reads of the "
         "watchlists' versions: a change made over the API is matched live within this, plus "
         "the time to load the changed list and one batch.")
 

@@ -47,7 +47,7 @@ class WatchMatcher:
     """Every watchlist's cones and every watchmap's MOC, re-read when their versions change."""
 
     def __init__(self, store: WatchlistStore, *, maps: WatchmapStore | None = None,
-                 poll_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 poll_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.maps = maps
         self._mocs: dict[int, tuple[int, MOC]] = {}

@@ -178,7 +178,7 @@ class EnrichBatches:
                  radii: Mapping[str, float] | None = None, rules: ContextRules | None = None,
                  cache_rows: int = 20_000_000, clock: Callable[[], float] = time.time,
                  watchlists: WatchlistStore | None = None,
-                 watchmaps: WatchmapStore | None = None, watch_poll_s: float = 2.0) -> None:
+                 watchmaps: WatchmapStore | None = None, watch_poll_s: float = 1.0) -> None:
         self.catalog = catalog
         self.retry = retry
         self.watchlists = watchlists
@@ -250,7 +250,7 @@ class EnrichStage(Stage[EnrichReport]):
         clock: Callable[[], float] = time.time,
         watchlists: WatchlistStore | None = None,
         watchmaps: WatchmapStore | None = None,
-        watch_poll_s: float = 2.0,
+        watch_poll_s: float = 1.0,
     ) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
                          poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)

@@ -130,3 +130,25 @@ def test_the_matcher_follows_changes_by_polling_versions(store: WatchlistStore) 
     assert [(m.watchlist_id, m.cone_name) for m in matcher.match(
         np.array([30.0]), np.array([0.0]))[0]] == [(other.watchlist_id, "d")]
     assert matcher.cones == 1
+
+
+def test_the_packed_copy_is_the_rows(store: WatchlistStore) -> None:
+    n = 300_000  # about 12 MB packed: several parts
+    rng = np.random.default_rng(3)
+    cones = Cones([f"cone {i}" for i in range(n)], rng.uniform(0, 360, n),
+                  rng.uniform(-90, 90, n), rng.uniform(1, 1800, n))
+    made = store.create("alice", "big", cones)
+    parts = store.shards.run(0, lambda c: (c.execute(
+        "SELECT COUNT(*) FROM watchlist_packs WHERE watchlist_id = %s", [made.watchlist_id]),
+        c.fetchone())[1], write=False)
+    assert int(parts[0]) >= 3
+    packed = store.cones(made.watchlist_id)
+    rows = store._cone_rows(made.watchlist_id)
+    assert packed[0].tolist() == rows[0].tolist() == list(range(1, n + 1))
+    assert packed[1] == rows[1] == cones.name
+    for a, b, c in zip(packed[2:], rows[2:], (cones.ra, cones.dec, cones.radius_arcsec),
+                       strict=True):
+        assert np.array_equal(a, b)
+        assert np.array_equal(a, c)
+    store.replace(made.watchlist_id, "alice", _cones(2))
+    assert store.cones(made.watchlist_id)[1] == ["c0", "c1"]
