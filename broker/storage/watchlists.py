@@ -31,6 +31,8 @@ from broker.storage.shard0 import Shard0Tables, owned, readable, utc
 T = TypeVar("T")
 
 TABLES = ("watchlists", "watchlist_cones", "watchlist_packs", "watch_hits")
+#: Hits stored by plain INSERTs at most; more go by the backend's bulk insert.
+BULK_HITS = 5_000
 #: Largest part of a packed list (below MariaDB's default 16 MiB packet, with room to spare).
 PACK_PART_BYTES = 4 * 2**20
 _COLUMNS = schema.columns("watchlists")
@@ -265,11 +267,23 @@ class WatchlistStore(Shard0Tables):
         if not rows:
             return 0
 
-        def work(cursor: Any) -> int:
-            cursor.executemany(self.dialect.insert_ignore("watch_hits", _HIT_COLUMNS), rows)
-            return int(cursor.rowcount)
+        if len(rows) <= BULK_HITS or not isinstance(now, datetime):
+            def work(cursor: Any) -> int:
+                cursor.executemany(self.dialect.insert_ignore("watch_hits", _HIT_COLUMNS), rows)
+                return int(cursor.rowcount)
 
-        return self._run(work)
+            return self._run(work)
+        # A retroactive match can find millions: the backend's bulk insert (MariaDB's LOAD
+        # DATA, which skips stored keys too) instead of one statement per row.
+        columns = {name: [r[i] for r in rows] for i, name in enumerate(_HIT_COLUMNS)
+                   if name != "found_at"}
+        columns["live"] = [int(v) for v in columns["live"]]  # BOOLEAN is TINYINT: 0 or 1
+        table = pa.table({name: pa.array(values) for name, values in columns.items()})
+        table = table.append_column("found_at", pa.array([now] * len(rows),
+                                                         type=pa.timestamp("us")))
+        with tempfile.TemporaryDirectory(prefix="lanner-hits-") as folder:
+            return self._run(lambda cursor: self.dialect.bulk_insert(
+                cursor, "watch_hits", _HIT_COLUMNS, table, folder))
 
     def hits(self, watchlist_id: int, caller: str | None, *, limit: int = 100,
              after: tuple[float, int, int] | None = None) -> list[dict[str, Any]]:

@@ -152,3 +152,19 @@ def test_the_packed_copy_is_the_rows(store: WatchlistStore) -> None:
         assert np.array_equal(a, c)
     store.replace(made.watchlist_id, "alice", _cones(2))
     assert store.cones(made.watchlist_id)[1] == ["c0", "c1"]
+
+
+def test_many_hits_go_by_the_bulk_path_and_are_still_stored_once(store: WatchlistStore) -> None:
+    from broker.storage.watchlists import BULK_HITS
+
+    made = store.create("alice", "many", _cones(3))
+    n = BULK_HITS + 1500
+    hits = [Hit(made.watchlist_id, 1 + i % 3, 10_000 + i, f"o{i}", 0.25, 60000.0 + i / 1e4,
+                live=i % 3 == 0) for i in range(n)]
+    assert store.add_hits(hits[:100]) == 100
+    assert store.add_hits(hits) == n - 100  # the first hundred were stored already
+    assert store.add_hits(hits) == 0
+    stored = store.hits(made.watchlist_id, "alice", limit=n + 10)
+    assert len(stored) == n
+    assert sum(h["live"] for h in stored) == sum(h.live for h in hits)
+    assert {h["cone_name"] for h in stored} == {"c0", "c1", "c2"}
