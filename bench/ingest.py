@@ -44,7 +44,7 @@ from broker.config import Settings  # noqa: E402
 from broker.domain.alerts import rubin_object_id  # noqa: E402
 from broker.simulator import AlertSimulator, PacketProfile  # noqa: E402
 from broker.storage.cassandra import CassandraConnection  # noqa: E402
-from broker.storage.kafka import KafkaClients, produce_all  # noqa: E402
+from broker.storage.kafka import KafkaClients, produce_all, produce_at_rate  # noqa: E402
 from broker.storage.shards import MariaDBShards  # noqa: E402
 from broker.streaming import lanner_schemas, wire  # noqa: E402
 
@@ -182,15 +182,8 @@ def latency(settings: Settings, rate: float, seconds: float, seed: int,
     workers = [_ingest(env) for _ in range(processes)]
     try:
         time.sleep(8)  # let the consumers set up and join their group before the clock starts
-        producer = clients.producer(**{"linger.ms": 0})
-        started = time.monotonic()
-        for i, (key, value) in enumerate(messages):
-            delay = started + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            producer.produce(env["LANNER_TOPIC_ALERTS_LSST"], value=value, key=key)
-            producer.poll(0)
-        producer.flush(60)
+        produce_at_rate(clients.producer(**{"linger.ms": 0}), env["LANNER_TOPIC_ALERTS_LSST"],
+                        messages, rate)
         records = _read_ingested(settings.kafka_bootstrap, env["LANNER_TOPIC_INGESTED"], expected,
                                  seconds + 120)
     finally:

@@ -48,7 +48,7 @@ from broker.config import Settings  # noqa: E402
 from broker.data import CATALOGS  # noqa: E402
 from broker.simulator import AlertSimulator, PacketProfile  # noqa: E402
 from broker.storage.cassandra import CassandraConnection  # noqa: E402
-from broker.storage.kafka import KafkaClients, produce_all  # noqa: E402
+from broker.storage.kafka import KafkaClients, produce_all, produce_at_rate  # noqa: E402
 from broker.storage.shards import MariaDBShards  # noqa: E402
 from broker.streaming import lanner_schemas  # noqa: E402
 
@@ -216,15 +216,8 @@ def latency(settings: Settings, rate: float, seconds: float, processes: int, par
         clients, workers = _start(settings, env, processes, partitions)
         reader = Reader(settings.kafka_bootstrap, env["LANNER_TOPIC_ENRICHED"])
         reader.start()
-        producer = clients.producer(**{"linger.ms": 0})
-        started = time.monotonic()
-        for i, (key, value) in enumerate(messages):
-            delay = started + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            producer.produce(env["LANNER_TOPIC_ALERTS_LSST"], value=value, key=key)
-            producer.poll(0)
-        producer.flush(60)
+        produce_at_rate(clients.producer(**{"linger.ms": 0}), env["LANNER_TOPIC_ALERTS_LSST"],
+                        messages, rate)
         reader.wait_for(count, seconds + 600)
         reader.stopping.set()
         reader.join(30)
