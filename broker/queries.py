@@ -19,6 +19,8 @@ from typing import Protocol
 
 from broker.exceptions import NotFoundError, UnknownCatalogError
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs, Row
+from broker.storage.watchlists import WatchlistStore
+from broker.storage.watchmaps import WatchmapStore
 
 #: The archive's own catalog; reference catalogs (`lanner catalog load`) are read by name.
 OBJECTS = "objects"
@@ -47,6 +49,12 @@ class Stores(Protocol):
 
     @property
     def catalog(self) -> ObjectCatalog: ...
+
+    @property
+    def watchlists(self) -> WatchlistStore: ...
+
+    @property
+    def watchmaps(self) -> WatchmapStore: ...
 
     @property
     def refcats(self) -> ReferenceCatalogs: ...
@@ -126,6 +134,13 @@ class ArchiveQueries:
         columns (each None before enrich)."""
         return (self.catalog.context(object_id), self.catalog.matches(object_id),
                 self.catalog.features(object_id))
+
+    def memberships(self, object_id: str, caller: str | None
+                    ) -> tuple[list[Row], list[Row]]:
+        """The watchlist cones and the watchmaps an object was found in that ``caller`` may
+        see (their own, and public ones; anonymous: public ones only)."""
+        return (self._stores.watchlists.for_object(object_id, caller),
+                self._stores.watchmaps.for_object(object_id, caller))
 
     def lightcurve(self, object_id: str) -> LightCurve:
         """Detections and forced photometry of an object, oldest first.

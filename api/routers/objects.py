@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.auth import CallerDep
-from api.dependencies import Archive, LazyStores, get_stores
+from api.dependencies import Archive
 from api.errors import INVALID, NOT_FOUND, UNAVAILABLE
 from api.models import (
     CatalogConeRow,
@@ -39,8 +39,8 @@ ObjectId = Annotated[str, Path(min_length=1, max_length=64,
                 "links to its light curve and cutouts.",
     responses={**NOT_FOUND, **UNAVAILABLE},
 )
-def get_object(object_id: ObjectId, archive: Archive, request: Request, caller: CallerDep,
-               stores: Annotated[LazyStores, Depends(get_stores)]) -> ObjectOut:
+def get_object(object_id: ObjectId, archive: Archive, request: Request,
+               caller: CallerDep) -> ObjectOut:
     row = archive.get_object(object_id)
     links = ObjectLinks(
         self=str(request.url_for("get_object", object_id=object_id)),
@@ -52,11 +52,9 @@ def get_object(object_id: ObjectId, archive: Archive, request: Request, caller: 
     )
     context, matches, features = archive.enrichment(object_id)
     out = ObjectOut.from_row(row, links, context, matches, features)
-    # Only the watchlists and watchmaps the caller may see: their own, and public ones.
-    out.watchlists = [WatchlistMembership(**m)
-                      for m in stores.watchlists.for_object(object_id, caller.name)]
-    out.watchmaps = [WatchmapMembership(**m)
-                     for m in stores.watchmaps.for_object(object_id, caller.name)]
+    lists, maps = archive.memberships(object_id, caller.name)
+    out.watchlists = [WatchlistMembership(**m) for m in lists]
+    out.watchmaps = [WatchmapMembership(**m) for m in maps]
     return out
 
 

@@ -144,9 +144,8 @@ async def replace_watchmap(watchmap_id: int, request: Request, caller: Authentic
                            stores: Stores, kind: _Kind = "moc", credible_level: _Level = 0.9,
                            visibility: _Visibility | None = None) -> WatchmapOut:
     assert caller.name is not None
-    current = await run_in_threadpool(stores.watchmaps.get, watchmap_id, caller.name)
-    if current.owner != caller.name:
-        raise HTTPException(status_code=404, detail=f"no watchmap {watchmap_id} of yours")
+    # Owned, checked before the body is read: nobody else's upload is parsed.
+    await run_in_threadpool(stores.watchmaps.owned, watchmap_id, caller.name)
     moc, level = await _area(request, caller, kind, credible_level)
     replaced = await run_in_threadpool(stores.watchmaps.replace, watchmap_id, caller.name, moc,
                                        source=kind, credible_level=level,

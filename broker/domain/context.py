@@ -37,6 +37,9 @@ The tests (tests/domain/test_context.py) check the geometry against astropy's se
 position angles and against points built by rotating unit vectors, on ellipse edges at several
 position angles, across RA 0/360 and at dec ±89.9 and ±90, and check the rules on constructed
 cases and on the bundled Hipparcos and OpenNGC catalogs.
+
+Why one file: the rules, their thresholds (`ContextRules`) and the geometry they judge by are
+one argument, read together with docs/context.md; the geometry has no other user.
 """
 
 from __future__ import annotations

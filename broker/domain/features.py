@@ -25,6 +25,10 @@ Everything per band is vectorised with numpy over the object's few hundred point
 dominated by reading the row dicts. The tests (tests/domain/test_features.py) check each feature
 on light curves built by hand, the invariants above, real ZTF and Rubin sample packets, and the
 UCDs and units against felis's validator.
+
+Why one file: `FEATURES` (the column catalogue the felis schema and the docs are checked
+against) and `compute_features` describe the same columns, and a feature's definition and its
+code are read together; about half the file is that catalogue.
 """
 
 from __future__ import annotations

@@ -21,6 +21,12 @@ twice, batches written in any order, or an older packet after a newer one leave 
 
 The director is written last: until it is, a repeated batch rewrites the history, which is
 harmless, whereas a director ahead of the rows would make ingest skip unwritten history.
+
+Why one file: `ChunkedCatalog` is one store whose writes (alert rows, object rows, director,
+enrichment results) share one placement, one transaction per shard and one idempotency rule,
+stated above; the reads use the same placement. At about 500 lines it stays whole; a second
+table family would get its own store, as the reference catalogs (`broker.storage.refcat`) and
+the shard-0 tables (`broker.storage.shard0`) have.
 """
 
 from __future__ import annotations

@@ -87,6 +87,13 @@ class WatchmapStore(Shard0Tables):
         assert found is not None
         return found
 
+    def owned(self, watchmap_id: int, caller: str | None) -> Watchmap:
+        """A watchmap ``caller`` owns; `NotFoundError` otherwise (a public map of another user
+        can be read, not changed)."""
+        found = self.get(watchmap_id, caller)
+        owned("watchmap", watchmap_id, found.owner, caller)
+        return found
+
     def visible(self, caller: str | None) -> list[Watchmap]:
         """The caller's watchmaps and everyone's public ones, by owner then name."""
         def work(cursor: Any) -> list[tuple]:
@@ -148,8 +155,7 @@ class WatchmapStore(Shard0Tables):
     def replace(self, watchmap_id: int, caller: str, moc: MOC, *, source: str,
                 credible_level: float | None = None,
                 visibility: str | None = None) -> Watchmap:
-        current = self.get(watchmap_id, caller)
-        owned("watchmap", watchmap_id, current.owner, caller)
+        current = self.owned(watchmap_id, caller)
         visibility = check_visibility(visibility or current.visibility)
         self._run(lambda cursor: cursor.execute(
             "UPDATE watchmaps SET moc = %s, area_sq_deg = %s, source = %s, credible_level = %s, "
@@ -159,8 +165,7 @@ class WatchmapStore(Shard0Tables):
         return self.get(watchmap_id, caller)
 
     def delete(self, watchmap_id: int, caller: str) -> None:
-        current = self.get(watchmap_id, caller)
-        owned("watchmap", watchmap_id, current.owner, caller)
+        self.owned(watchmap_id, caller)
 
         def work(cursor: Any) -> None:
             for table in ("watchmap_hits", "watchmaps"):

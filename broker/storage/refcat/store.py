@@ -6,6 +6,13 @@ file input are already their own modules.
 
 See the package docstring for the versioned tables, the bulk load and the lock; the row-level
 change protocol is in `broker.storage.refcat.changes`.
+
+Why one file of about 700 lines: it is one class, `ChunkedRefCatalogs`, whose parts share its
+lock, registry cache and version resolution (a load writes version k+1 and flips the registry;
+`apply` and the reads resolve the same registry). The parts that stand alone already live beside
+it: the row-level change protocol in `changes.py`, the input files in `files.py`, the domain
+planning in `broker.domain.catalogs`. Splitting the class by method would spread one locking and
+versioning story over several files.
 """
 
 from __future__ import annotations
