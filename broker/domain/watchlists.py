@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cdshealpix import cdshealpix as _healpix
 from cdshealpix.nested import neighbours
 
 from broker.domain.sky import HPX_ORDER, hpx29
@@ -41,10 +42,11 @@ MAX_ORDER = 16
 MAX_ERRORS_SHOWN = 100
 
 # A cell at order k is about 58.6 / 2**k degrees across; the narrowest cells (near the poles
-# and the base cells' corners) are about half that. A cone whose radius is under a third of the
-# nominal width lies within its centre's cell and that cell's eight neighbours.
+# and the base cells' corners) are about half that. A cone whose radius is under 0.45 of the
+# nominal width (0.9 of the narrowest) lies within its centre's cell and that cell's eight
+# neighbours; the tests check it against brute force, cones at cell corners and poles included.
 _CELL_DEG_AT_ORDER_0 = 58.6
-_SAFETY = 1.0 / 3.0
+_SAFETY = 0.45
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,11 +244,27 @@ def parse_cones(body: str, fmt: str, *, default_radius_arcsec: float,
 
 
 def order_for_radius(radius_arcsec: np.ndarray) -> np.ndarray:
-    """The order each cone is filed at: the deepest (at most `MAX_ORDER`) whose cells are wide
-    enough that the cone lies in its centre's cell and that cell's eight neighbours."""
+    """The deepest order (at most `MAX_ORDER`) whose cells are wide enough that a cone of this
+    radius lies within its centre's cell and that cell's eight neighbours."""
     radius_deg = np.maximum(np.asarray(radius_arcsec, dtype=np.float64), 1e-3) / 3600.0
     order = np.floor(np.log2(_CELL_DEG_AT_ORDER_0 * _SAFETY / radius_deg))
     return np.clip(order, 0, MAX_ORDER).astype(np.int8)
+
+
+def max_cell_radius_deg(order: int) -> float:
+    """The largest distance from a cell's centre to any of its points at ``order`` (degrees):
+    HEALPix's ``max_pixrad`` (the centre-to-corner distance of the most distorted cell, near
+    the polar caps' edge), plus 5 % for edges that bulge past their corners. The tests check
+    it against random points, polar caps included."""
+    nside = 2 ** order
+
+    def unit(z: float, phi: float) -> np.ndarray:
+        s = math.sqrt(max(0.0, 1.0 - z * z))
+        return np.array([s * math.cos(phi), s * math.sin(phi), z])
+
+    a = unit(2.0 / 3.0, math.pi / (4 * nside))
+    b = unit(1.0 - (1.0 - 1.0 / nside) ** 2 / 3.0, 0.0)
+    return 1.05 * math.degrees(math.atan2(float(np.linalg.norm(np.cross(a, b))), float(a @ b)))
 
 
 def _cells(deep: np.ndarray, order: int) -> np.ndarray:
@@ -264,19 +282,33 @@ def separation_arcsec(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray,
     return np.degrees(2.0 * np.arcsin(np.sqrt(np.clip(s, 0.0, 1.0)))) * 3600.0
 
 
-#: Deepest order whose every cell gets a slot in a dense offsets table (12 * 4**9 cells, 12 MB
-#: of int32): a lookup there is one index, not a binary search.
+#: Deepest order whose every cell gets a slot in a dense offsets table (12 * 4**9 cells, 25 MB
+#: of int64): a lookup there is one index, not a binary search.
 DENSE_MAX_ORDER = 9
+#: Cones whose own order is deeper than `DENSE_MAX_ORDER` are filed at that order instead while
+#: they are sparse there (at most this many per occupied cell on average): a dense lookup is
+#: cheaper than a binary search, and a few more candidates cost less than another level. A
+#: crowded deep level (a field's worth of small cones) keeps its own order.
+MERGE_OCCUPANCY = 2.0
+#: Added to the radius in the float32 declination prefilter: far more than float32's rounding
+#: of a declination (under 1e-5 degrees), so the prefilter never drops a cone's true match.
+_PREFILTER_SLACK_DEG = 1e-4
+#: Cones filed per build step: bounds the memory of their 9 candidate cells.
+_BUILD_STEP = 262_144
 
 
 @dataclass(frozen=True, slots=True)
 class _Level:
     order: int
-    cells: np.ndarray  # sorted cells of the cones filed at this order
+    cells: np.ndarray  # sorted cells the cones filed at this order overlap
     cones: np.ndarray  # the cone (position in the index's arrays) of each cell entry
     #: Dense levels: ``offsets[c]:offsets[c + 1]`` are the entries of cell c. Sparse levels:
     #: None, and `cells` is binary-searched.
     offsets: np.ndarray | None
+    #: Each entry's cone's declination, and its radius plus `_PREFILTER_SLACK_DEG` (degrees,
+    #: float32): the declination test reads them in entry order, not scattered over the cones.
+    dec: np.ndarray
+    reach: np.ndarray
 
     def lookup(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The first entry and the number of entries of each wanted cell."""
@@ -290,27 +322,76 @@ class _Level:
         return first[back], (last - first)[back]
 
 
+def _overlapped(ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray, deep: np.ndarray,
+                order: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cells at ``order`` each cone may overlap, as (cone, cell) pairs: its centre's cell,
+    and those of the eight neighbours whose centre is within the cone's radius plus
+    `max_cell_radius_deg` of the cone's centre (no point of a farther cell can be in the
+    cone). The caller guarantees the cones lie within their centre cell's 3 x 3 block."""
+    centre = _cells(deep, order)
+    near = neighbours(centre.astype(np.uint64), order)  # (n, 9): the cell itself included
+    flat = near.ravel()
+    valid = flat >= 0
+    lon = np.zeros(flat.size)
+    lat = np.zeros(flat.size)
+    if valid.any():
+        cells = flat[valid].astype(np.uint64)
+        lon_v, lat_v = np.empty(cells.size), np.empty(cells.size)
+        _healpix.healpix_to_lonlat(np.full(cells.size, order, dtype=np.uint8), cells, 0.5, 0.5,
+                                   lon_v, lat_v, np.uint16(0))
+        lon[valid], lat[valid] = np.degrees(lon_v), np.degrees(lat_v)
+    cone = np.repeat(np.arange(ra.size), near.shape[1])
+    # Haversine against the reach's, without the inverse trigonometry (the build is dominated
+    # by these nine tests per cone).
+    reach = np.radians(radius_arcsec / 3600.0 + max_cell_radius_deg(order))
+    limit = np.sin(np.minimum(reach, math.pi) / 2.0) ** 2
+    d1, d2 = np.radians(dec), np.radians(lat)
+    cos1 = np.cos(d1)
+    hav = (np.sin((d2 - d1[cone]) / 2.0) ** 2
+           + cos1[cone] * np.cos(d2) * np.sin((np.radians(lon) - np.radians(ra)[cone]) / 2.0) ** 2)
+    keep = valid & ((flat == np.repeat(centre, near.shape[1])) | (hav <= limit[cone]))
+    return cone[keep], flat[keep]
+
+
 class ConeIndex:
     """Cones (of any number of watchlists) to match batches of positions against; `match`
-    answers with indices into the arrays it was built from."""
+    answers with indices into the arrays it was built from.
+
+    Each cone is filed at one order (see `order_for_radius` and `MERGE_OCCUPANCY`) in every
+    cell of that order it may overlap, so a position looks up one cell per order: its own.
+    """
 
     def __init__(self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray) -> None:
-        self.ra = np.asarray(ra, dtype=np.float64)
+        self.ra = np.asarray(ra, dtype=np.float64) % 360.0
         self.dec = np.asarray(dec, dtype=np.float64)
         self.radius_arcsec = np.asarray(radius_arcsec, dtype=np.float64)
         orders = order_for_radius(self.radius_arcsec)
         deep = hpx29(self.ra, self.dec) if self.ra.size else np.zeros(0, dtype=np.int64)
+        for order in np.unique(orders[orders > DENSE_MAX_ORDER]).tolist():
+            members = orders == order
+            occupied = np.unique(_cells(deep[members], DENSE_MAX_ORDER)).size
+            if members.sum() <= MERGE_OCCUPANCY * occupied:
+                orders[members] = DENSE_MAX_ORDER
         self.levels: list[_Level] = []
         for order in np.unique(orders).tolist():
             members = np.flatnonzero(orders == order)
-            cells = _cells(deep[members], int(order))
+            parts_cone, parts_cell = [], []
+            for lo in range(0, members.size, _BUILD_STEP):
+                part = members[lo:lo + _BUILD_STEP]
+                cone, cell = _overlapped(self.ra[part], self.dec[part], self.radius_arcsec[part],
+                                         deep[part], int(order))
+                parts_cone.append(part[cone])
+                parts_cell.append(cell)
+            cells = np.concatenate(parts_cell)
             sort = np.argsort(cells, kind="stable")
             cells = cells[sort]
+            cones = np.concatenate(parts_cone)[sort]
             offsets = None
             if order <= DENSE_MAX_ORDER:
-                offsets = np.searchsorted(cells, np.arange(12 * 4 ** int(order) + 1)).astype(
-                    np.int64)
-            self.levels.append(_Level(int(order), cells, members[sort], offsets))
+                offsets = np.searchsorted(cells, np.arange(12 * 4 ** int(order) + 1))
+            self.levels.append(_Level(
+                int(order), cells, cones, offsets, self.dec[cones].astype(np.float32),
+                (self.radius_arcsec[cones] / 3600.0 + _PREFILTER_SLACK_DEG).astype(np.float32)))
 
     def __len__(self) -> int:
         return int(self.ra.size)
@@ -324,33 +405,25 @@ class ConeIndex:
         found_points: list[np.ndarray] = []
         found_cones: list[np.ndarray] = []
         deep = hpx29(ra, dec) if ra.size and self.levels else np.zeros(0, dtype=np.int64)
+        every = np.arange(ra.size)
+        dec32 = dec.astype(np.float32)
         for level in self.levels:
-            cells = _cells(deep, level.order)
-            near = np.asarray(neighbours(cells.astype(np.uint64), level.order),
-                              dtype=np.int64)  # (n, 9), the cell itself included; -1: none
-            points = np.repeat(np.arange(ra.size), near.shape[1])
-            wanted = near.ravel()
-            keep = wanted >= 0
-            points, wanted = points[keep], wanted[keep]
-            start, counts = level.lookup(wanted)
+            start, counts = level.lookup(_cells(deep, level.order))
             hit = counts > 0
             if not hit.any():
                 continue
-            points, start, counts = points[hit], start[hit], counts[hit]
+            points, start, counts = every[hit], start[hit], counts[hit]
             total = int(counts.sum())
             # The entries start[i] .. start[i] + counts[i] - 1 of every hit, flattened.
-            offsets = np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(total)
-            found_points.append(np.repeat(points, counts))
-            found_cones.append(level.cones[offsets])
-        if not found_points:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, np.zeros(0, dtype=np.float64)
-        points = np.concatenate(found_points)
-        cones = np.concatenate(found_cones)
-        # Most candidates of the 3 x 3 cells are far off in declination alone: a subtraction
-        # drops them before the trigonometry.
-        near = np.abs(dec[points] - self.dec[cones]) * 3600.0 <= self.radius_arcsec[cones]
-        points, cones = points[near], cones[near]
+            entries = np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(total)
+            points = np.repeat(points, counts)
+            # Most candidates are far off in declination alone: a subtraction drops them
+            # before the trigonometry.
+            near = np.abs(dec32[points] - level.dec[entries]) <= level.reach[entries]
+            found_points.append(points[near])
+            found_cones.append(level.cones[entries[near]])
+        points = np.concatenate(found_points) if found_points else np.zeros(0, dtype=np.int64)
+        cones = np.concatenate(found_cones) if found_cones else np.zeros(0, dtype=np.int64)
         distance = separation_arcsec(ra[points], dec[points], self.ra[cones], self.dec[cones])
         inside = distance <= self.radius_arcsec[cones]
         points, cones, distance = points[inside], cones[inside], distance[inside]

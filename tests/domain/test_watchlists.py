@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from broker.domain.watchlists import (
+    DENSE_MAX_ORDER,
     MAX_RADIUS_ARCSEC,
     ConeIndex,
     UploadError,
+    max_cell_radius_deg,
     order_for_radius,
     parse_cones,
     separation_arcsec,
@@ -102,12 +104,12 @@ def test_order_for_radius_keeps_a_cone_within_nine_cells() -> None:
     orders = order_for_radius(np.array([0.1, 1.0, 60.0, 1800.0]))
     assert orders.tolist() == sorted(orders.tolist(), reverse=True)  # wider: coarser
     assert orders[-1] >= 1
-    # The nominal cell width at the chosen order is at least three radii, and one order deeper
-    # it would not be (unless the order is the deepest).
+    # The radius is at most 0.45 of the nominal cell width at the chosen order, and one order
+    # deeper it would not be (unless the order is the deepest).
     radius_deg = np.array([0.1, 1.0, 60.0, 1800.0]) / 3600
     width_deg = 58.6 / 2.0 ** orders.astype(float)
-    assert np.all(width_deg / 3 >= radius_deg)
-    assert np.all((width_deg / 2 / 3 < radius_deg) | (orders == 16))
+    assert np.all(width_deg * 0.45 >= radius_deg)
+    assert np.all((width_deg / 2 * 0.45 < radius_deg) | (orders == 16))
 
 
 def test_the_index_finds_exactly_what_brute_force_finds() -> None:
@@ -145,3 +147,125 @@ def test_the_index_finds_exactly_what_brute_force_finds() -> None:
     assert np.all(distance <= radius[cones])
     assert ConeIndex(np.zeros(0), np.zeros(0), np.zeros(0)).match(pra, pdec)[0].size == 0
     assert index.match(np.zeros(0), np.zeros(0))[0].size == 0
+
+
+@pytest.mark.parametrize("order", [5, 9, 12, 16])
+def test_no_point_of_a_cell_is_farther_than_max_cell_radius(order: int) -> None:
+    """The bound that decides which neighbour cells a cone is filed in, against random points
+    (a quarter of them in the polar caps, where cells are most distorted)."""
+    from astropy import units as u
+    from cdshealpix.nested import healpix_to_lonlat, lonlat_to_healpix
+
+    rng = np.random.default_rng(order)
+    n = 400_000
+    ra = rng.uniform(0, 360, n)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    dec[: n // 4] = 90 - rng.uniform(0, 3 * 58.6 / 2**order, n // 4)
+    cells = lonlat_to_healpix(ra * u.deg, dec * u.deg, order)
+    lon, lat = healpix_to_lonlat(cells, order)
+    distance = separation_arcsec(ra, dec, lon.deg, lat.deg) / 3600
+    bound = max_cell_radius_deg(order)
+    assert distance.max() <= bound
+    assert distance.max() > 0.85 * bound  # and it is not so loose that it files cones widely
+
+
+def _brute_force(index_ra: np.ndarray, index_dec: np.ndarray, radius: np.ndarray,
+                 pra: np.ndarray, pdec: np.ndarray) -> set[tuple[int, int]]:
+    want = set()
+    for i in range(pra.size):
+        d = separation_arcsec(np.full(index_ra.size, pra[i]), np.full(index_ra.size, pdec[i]),
+                              index_ra, index_dec)
+        want |= {(i, int(c)) for c in np.flatnonzero(d <= radius)}
+    return want
+
+
+def _inside_near_edges(rng: np.random.Generator, ra: np.ndarray, dec: np.ndarray,
+                       radius: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    pick = rng.choice(ra.size, m)
+    along = rng.uniform(0, 2 * math.pi, m)
+    frac = rng.uniform(0.95, 1.02, m) * radius[pick] / 3600.0  # some just outside
+    pdec = np.clip(dec[pick] + frac * np.cos(along), -90, 90)
+    pra = (ra[pick] + frac * np.sin(along) / np.maximum(np.cos(np.radians(pdec)), 1e-6)) % 360
+    return pra, pdec
+
+
+def test_cones_at_cell_corners_are_found_in_every_cell_they_reach() -> None:
+    """Cones centred on and next to the corners of the cells they are filed in (where a cone
+    spills into up to three other cells), and positions just inside and outside their edges."""
+    from cdshealpix.nested import vertices
+
+    rng = np.random.default_rng(11)
+    radius = np.exp(rng.uniform(math.log(1.0), math.log(MAX_RADIUS_ARCSEC), 3000))
+    orders = order_for_radius(radius)
+    ra = np.empty(radius.size)
+    dec = np.empty(radius.size)
+    for order in np.unique(orders).tolist():
+        members = np.flatnonzero(orders == order)
+        cells = rng.integers(0, 12 * 4**order, members.size).astype(np.uint64)
+        lon, lat = vertices(cells, order)
+        which = rng.integers(0, 4, members.size)
+        ra[members] = lon.deg[np.arange(members.size), which]
+        dec[members] = lat.deg[np.arange(members.size), which]
+    nudge = rng.uniform(-1, 1, (2, radius.size)) * radius / 3600 * 0.3
+    ra = (ra + nudge[0] / np.maximum(np.cos(np.radians(dec)), 1e-6)) % 360
+    dec = np.clip(dec + nudge[1], -90, 90)
+    index = ConeIndex(ra, dec, radius)
+    pra, pdec = _inside_near_edges(rng, ra, dec, radius, 6000)
+    points, cones, _ = index.match(pra, pdec)
+    got = {(int(p), int(c)) for p, c in zip(points, cones, strict=True)}
+    want = _brute_force(ra, dec, radius, pra, pdec)
+    assert got == want
+    assert len(want) > 4000
+
+
+def test_a_crowded_field_of_small_cones_keeps_its_own_order() -> None:
+    """100,000 cones of 1-3 arcsec in half a square degree are too crowded to merge into the
+    dense order: they keep their deep order (a binary-searched level), and still match exactly."""
+    rng = np.random.default_rng(3)
+    n = 100_000
+    ra = 150.0 + rng.uniform(-0.35, 0.35, n)
+    dec = 2.0 + rng.uniform(-0.35, 0.35, n)
+    radius = rng.uniform(1.0, 3.0, n)
+    index = ConeIndex(ra, dec, radius)
+    assert [level.order for level in index.levels] != [DENSE_MAX_ORDER]
+    assert all(level.offsets is None for level in index.levels if level.order > DENSE_MAX_ORDER)
+    pra, pdec = _inside_near_edges(rng, ra, dec, radius, 2000)
+    pra = np.concatenate([pra, 150.0 + rng.uniform(-0.4, 0.4, 2000)])
+    pdec = np.concatenate([pdec, 2.0 + rng.uniform(-0.4, 0.4, 2000)])
+    points, cones, _ = index.match(pra, pdec)
+    got = {(int(p), int(c)) for p, c in zip(points, cones, strict=True)}
+    assert got == _brute_force(ra, dec, radius, pra, pdec)
+    assert len(got) > 1500
+
+
+@pytest.mark.parametrize("order", [5, 9, 16])
+def test_the_widest_cone_of_an_order_stays_within_its_cells_neighbours(order: int) -> None:
+    """The claim `order_for_radius` rests on, checked directly: a cone of the widest radius
+    filed at an order, centred on cell corners (polar caps and base-cell corners, where cells
+    are narrowest, included), has every point of its edge in its centre's 3 x 3 block."""
+    from astropy import units as u
+    from cdshealpix.nested import lonlat_to_healpix, neighbours, vertices
+
+    rng = np.random.default_rng(order)
+    width = 58.6 / 2**order
+    radius_deg = width * 0.45 * 0.999
+    assert order_for_radius(np.array([radius_deg * 3600]))[0] == order or order == 16
+    n = 20_000
+    # Cells everywhere, near both poles, and around the base cells' corners (z = +-2/3).
+    ra = rng.uniform(0, 360, n)
+    z = np.concatenate([rng.uniform(-1, 1, n // 4), rng.uniform(0.98, 1, n // 4),
+                        rng.uniform(-1, -0.98, n // 4), rng.choice([-2 / 3, 2 / 3], n // 4)])
+    cells = lonlat_to_healpix(ra * u.deg, np.degrees(np.arcsin(z)) * u.deg, order)
+    lon, lat = vertices(cells, order)
+    which = rng.integers(0, 4, n)
+    cra = lon.deg[np.arange(n), which] + rng.normal(0, width * 0.01, n)
+    cdec = np.clip(lat.deg[np.arange(n), which] + rng.normal(0, width * 0.01, n), -90, 90)
+    centre = lonlat_to_healpix((cra % 360) * u.deg, cdec * u.deg, order)
+    block = neighbours(centre, order)  # (n, 9)
+    from astropy.coordinates import SkyCoord
+
+    centres = SkyCoord(cra % 360, cdec, unit="deg")
+    for angle in np.linspace(0, 360, 48, endpoint=False):
+        edge = centres.directional_offset_by(angle * u.deg, radius_deg * u.deg)
+        cell = lonlat_to_healpix(edge.ra, edge.dec, order).astype(np.int64)
+        assert np.all((block == cell[:, None]).any(axis=1)), angle
