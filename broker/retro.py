@@ -5,7 +5,8 @@ are made or replaced; `JobRunner` (a thread of the API process) claims queued jo
 time and runs them: every object of every shard, a page at a time, is matched against the
 list's cones (`broker.domain.watchlists.ConeIndex`) or the map's MOC, and each object found is
 stored as a hit (``live`` false) for the detection that gave the object's position. Progress
-(objects matched of the total counted at the start) is written after every page, so the API
+(objects read of those the job expects to read: the archive's count, times the cover's share of
+the sky when only the cells the list or map covers are read) is written after every page, so the API
 and `lanner jobs show --follow` can report it. Hits are stored once whatever happens, so a job
 run twice (an API process killed mid-job, its job queued again) changes nothing; a job whose
 list or map changed again meanwhile stops and leaves the newer version's job to do the work.
@@ -13,11 +14,13 @@ list or map changed again meanwhile stops and leaves the newer version's job to 
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,12 +30,13 @@ import structlog
 
 from broker.domain.watchlists import ConeIndex
 from broker.domain.watchmaps import contains, from_text
+from broker.domain.watchmaps import cover as moc_cover
 from broker.exceptions import NotFoundError
 from broker.storage import schema
 from broker.storage.dialect import column_list
 from broker.storage.shard0 import Shard0Tables, utc
 from broker.storage.stores import ObjectCatalog
-from broker.storage.watchlists import Hit, WatchlistStore
+from broker.storage.watchlists import HitColumns, WatchlistStore
 from broker.storage.watchmaps import MapHit, WatchmapStore
 
 log = structlog.get_logger(__name__)
@@ -141,29 +145,40 @@ class Superseded(Exception):  # noqa: N818 (a signal, not an error)
     """The list or map changed again while its job ran."""
 
 
+#: Above this share of the sky, a job reads every object (a cell filter would save little).
+FULL_SCAN_SHARE = 0.8
+
+
 def run_job(job: Job, jobs: JobStore, catalog: ObjectCatalog, watchlists: WatchlistStore,
             watchmaps: WatchmapStore, *, page: int = PAGE) -> int:
-    """Match every archived object against the job's watchlist or watchmap; the hits found."""
+    """Match every archived object against the job's watchlist or watchmap; the hits found.
+
+    Only the objects in the cells the list's cones (or the map) cover are read (the server
+    picks them), unless those cover most of the sky. A page's hits are stored while the next
+    page is read and matched (one store in flight at a time, waited for before the progress
+    that counts it is written)."""
+    match: Callable[[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray], int]
     if job.kind == "watchlist_retro":
         current = watchlists.get(job.target_id, job.owner)
         if current.version != job.target_version:
             raise Superseded
         cone_ids, _, ra, dec, radius = watchlists.cones(job.target_id)
         index = ConeIndex(ra, dec, radius)
+        cover = index.cover()
 
         def match(ids: list[str], ra_: np.ndarray, dec_: np.ndarray, src: np.ndarray,
                   mjd: np.ndarray) -> int:
             points, cones, distance = index.match(ra_, dec_)
-            return watchlists.add_hits(
-                Hit(job.target_id, int(cone_ids[c]), int(src[p]), ids[p], float(d),
-                    float(mjd[p]), live=False)
-                for p, c, d in zip(points.tolist(), cones.tolist(), distance.tolist(),
-                                   strict=True))
+            return watchlists.add_hit_columns(HitColumns(
+                np.full(points.size, job.target_id, dtype=np.int64), cone_ids[cones],
+                src[points], [ids[p] for p in points.tolist()], distance, mjd[points],
+                np.zeros(points.size, dtype=bool)))
     else:
         current_map = watchmaps.get(job.target_id, job.owner)
         if current_map.version != job.target_version:
             raise Superseded
         moc = from_text(watchmaps.moc(job.target_id))
+        cover = moc_cover(moc)
 
         def match(ids: list[str], ra_: np.ndarray, dec_: np.ndarray, src: np.ndarray,
                   mjd: np.ndarray) -> int:
@@ -171,23 +186,35 @@ def run_job(job: Job, jobs: JobStore, catalog: ObjectCatalog, watchlists: Watchl
             return watchmaps.add_hits(
                 MapHit(job.target_id, int(src[p]), ids[p], float(ra_[p]), float(dec_[p]),
                        float(mjd[p]), live=False) for p in inside)
-
+    cells = cover if cover.share <= FULL_SCAN_SHARE else None
     total = int(catalog.counts().get("objects", 0))
+    if cells is not None:  # estimated: the archive's objects in the cover's share of the sky
+        total = math.ceil(total * cells.share)
     done = hits = 0
     jobs.progress(job.job_id, done, total, hits)
-    for shard in range(catalog.shard_count()):
-        after = ""
-        while True:
-            rows = catalog.positions(shard, after, page)
-            if not rows:
-                break
-            after = rows[-1][0]
-            ids = [r[0] for r in rows]
-            hits += match(ids, np.array([r[1] for r in rows]), np.array([r[2] for r in rows]),
-                          np.array([r[3] for r in rows], dtype=np.int64),
-                          np.array([r[4] for r in rows]))
-            done += len(rows)
-            jobs.progress(job.job_id, done, max(total, done), hits)
+    with ThreadPoolExecutor(1, thread_name_prefix="lanner-retro-store") as store:
+        pending: Future[int] | None = None
+        for shard in range(catalog.shard_count()):
+            after = ""
+            while True:
+                rows = catalog.positions(shard, after, page, cells)
+                if not rows:
+                    break
+                after = rows[-1][0]
+                work = store.submit(
+                    match, [r[0] for r in rows], np.array([r[1] for r in rows]),
+                    np.array([r[2] for r in rows]), np.array([r[3] for r in rows], dtype=np.int64),
+                    np.array([r[4] for r in rows]))
+                if pending is not None:
+                    hits += pending.result()
+                    jobs.progress(job.job_id, done, max(total, done), hits)
+                pending = work
+                # Read: every object of the page, matched or (outside the cover) not.
+                done += len(rows)
+        if pending is not None:
+            hits += pending.result()
+    done = max(done, total)
+    jobs.progress(job.job_id, done, done, hits)
     return hits
 
 

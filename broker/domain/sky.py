@@ -128,6 +128,49 @@ def hpx29(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return np.asarray(cdshealpix.lonlat_to_healpix(lon, lat, HPX_ORDER), dtype=np.int64)
 
 
+#: Most cells a `SkyCells` cover holds (an IN list the database bisects per row).
+MAX_COVER_CELLS = 200_000
+#: Deepest order a `SkyCells` cover is made at.
+MAX_COVER_ORDER = 9
+
+
+@dataclass(frozen=True)
+class SkyCells:
+    """Distinct HEALPix nested cells at one order, sorted: the part of the sky where a
+    retroactive match can find anything (the rest of the archive need not be read)."""
+
+    order: int
+    cells: np.ndarray
+
+    @property
+    def share(self) -> float:
+        """The share of the sky the cells cover."""
+        return float(self.cells.size) / (12 * 4**self.order)
+
+
+def sky_cells(parts: Iterable[tuple[int, np.ndarray]]) -> SkyCells:
+    """The cells, at the deepest order up to `MAX_COVER_ORDER` that needs at most
+    `MAX_COVER_CELLS` of them, that hold every cell of ``parts`` ((order, nested cells)
+    pairs, any orders): a cell deeper than the cover's is replaced by its parent, a coarser
+    one by all its children."""
+    parts = [(int(order), np.unique(np.asarray(cells, dtype=np.int64))) for order, cells in parts]
+    for order in range(MAX_COVER_ORDER, -1, -1):
+        # An upper bound of the count first, so a coarse cell is never expanded needlessly.
+        bound = sum(c.size * 4 ** max(order - o, 0) for o, c in parts)
+        if bound > MAX_COVER_CELLS and order > 0:
+            deduped = sum(np.unique(c >> 2 * (o - order)).size for o, c in parts if o >= order)
+            if deduped + sum(c.size * 4 ** (order - o) for o, c in parts if o < order) \
+                    > MAX_COVER_CELLS:
+                continue
+        pieces = [np.unique(c >> 2 * (o - order)) if o >= order
+                  else ((c << 2 * (order - o))[:, None]
+                        + np.arange(4 ** (order - o), dtype=np.int64)).ravel()
+                  for o, c in parts]
+        cells = np.unique(np.concatenate(pieces)) if pieces else np.zeros(0, dtype=np.int64)
+        return SkyCells(order, cells)
+    raise AssertionError("order 0 has 12 cells")  # pragma: no cover
+
+
 def angular_separation_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray,
                            dec2: np.ndarray) -> np.ndarray:
     """Great-circle distance in degrees (Vincenty form: accurate at all separations)."""

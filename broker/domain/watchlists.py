@@ -30,7 +30,7 @@ import numpy as np
 from cdshealpix import cdshealpix as _healpix
 from cdshealpix.nested import neighbours
 
-from broker.domain.sky import HPX_ORDER, hpx29
+from broker.domain.sky import HPX_ORDER, SkyCells, hpx29, sky_cells
 
 #: Largest cone radius (30 arcmin): a wider area is a watchmap (a MOC), not a cone.
 MAX_RADIUS_ARCSEC = 1800.0
@@ -395,6 +395,11 @@ class ConeIndex:
 
     def __len__(self) -> int:
         return int(self.ra.size)
+
+    def cover(self) -> SkyCells:
+        """Cells holding every position any cone can match (the cells the cones are filed in,
+        at one order): what a retroactive match needs to read of the archive."""
+        return sky_cells((level.order, level.cells) for level in self.levels)
 
     def match(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (position, cone) pair with the position inside the cone (distance <= radius):

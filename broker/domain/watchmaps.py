@@ -25,6 +25,8 @@ import numpy as np
 from astropy.io import fits
 from mocpy import MOC
 
+from broker.domain.sky import MAX_COVER_CELLS, MAX_COVER_ORDER, SkyCells
+
 #: Square degrees of the whole sky.
 SKY_SQ_DEG = 4.0 * math.pi * (180.0 / math.pi) ** 2
 #: Deepest order of the MOCs Lanner keeps (cells of about 3.2 arcsec; a skymap's own order is
@@ -178,3 +180,13 @@ def to_text(moc: MOC) -> str:
 
 def from_text(text: str) -> MOC:
     return MOC.from_str(text)
+
+
+def cover(moc: MOC) -> SkyCells:
+    """The MOC's cells at the deepest order up to `MAX_COVER_ORDER` that needs at most
+    `MAX_COVER_CELLS` of them (so a retroactive match reads only the archive there)."""
+    for order in range(min(MAX_COVER_ORDER, int(moc.max_order)), -1, -1):
+        cells = np.asarray(moc.degrade_to_order(order).flatten(), dtype=np.int64)
+        if cells.size <= MAX_COVER_CELLS or order == 0:
+            return SkyCells(order, np.unique(cells))
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -30,6 +30,7 @@ import pyarrow as pa
 from broker.domain.archive import ArchiveBatch, Seen
 from broker.domain.catalogs import MotionSpec, ShapeSpec
 from broker.domain.enrichment import ObjectEnrichment
+from broker.domain.sky import SkyCells
 
 Row = dict[str, Any]
 
@@ -139,9 +140,10 @@ class ObjectCatalog(Protocol):
     def context(self, object_id: str) -> Row | None:
         """The stored context of an object."""
 
-    def positions(self, shard: int, after: str = "", limit: int = 100_000
-                  ) -> list[tuple[str, float, float, int, float]]:
-        """One page of a shard's objects by id: (id, ra, dec, position source id, its MJD)."""
+    def positions(self, shard: int, after: str = "", limit: int = 100_000,
+                  cells: SkyCells | None = None) -> list[tuple[str, float, float, int, float]]:
+        """One page of a shard's objects by id: (id, ra, dec, position source id, its MJD);
+        with ``cells``, only those in the cells."""
 
     def shard_count(self) -> int:
         """How many shards the objects are spread over."""

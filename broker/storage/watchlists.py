@@ -69,6 +69,26 @@ class Hit:
     live: bool
 
 
+@dataclass(frozen=True, slots=True)
+class HitColumns:
+    """Many hits as columns (numpy arrays, and a list of object ids)."""
+
+    watchlist_id: np.ndarray
+    cone_id: np.ndarray
+    alert_id: np.ndarray
+    object_id: list[str]
+    separation_arcsec: np.ndarray
+    mjd: np.ndarray
+    live: np.ndarray
+
+    def rows(self) -> list[Hit]:
+        return [Hit(int(w), int(c), int(a), o, float(s), float(m), bool(v))
+                for w, c, a, o, s, m, v in zip(
+                    self.watchlist_id.tolist(), self.cone_id.tolist(), self.alert_id.tolist(),
+                    self.object_id, self.separation_arcsec.tolist(), self.mjd.tolist(),
+                    self.live.tolist(), strict=True)]
+
+
 def _watchlist(row: Sequence[Any]) -> Watchlist:
     return Watchlist(int(row[0]), row[1], row[2], row[3], float(row[4]), int(row[5]),
                      int(row[6]), utc(row[7]), utc(row[8]))
@@ -261,29 +281,46 @@ class WatchlistStore(Shard0Tables):
 
     def add_hits(self, hits: Iterable[Hit]) -> int:
         """Store hits, each once (a hit found again changes nothing); how many were new."""
-        now = self.dialect.time_value(self.clock())
         rows = [(h.watchlist_id, h.cone_id, h.alert_id, h.object_id, h.separation_arcsec,
-                 h.mjd, h.live, now) for h in hits]
+                 h.mjd, h.live) for h in hits]
         if not rows:
             return 0
-
+        now = self.dialect.time_value(self.clock())
         if len(rows) <= BULK_HITS or not isinstance(now, datetime):
             def work(cursor: Any) -> int:
-                cursor.executemany(self.dialect.insert_ignore("watch_hits", _HIT_COLUMNS), rows)
+                cursor.executemany(self.dialect.insert_ignore("watch_hits", _HIT_COLUMNS),
+                                   [(*r, now) for r in rows])
                 return int(cursor.rowcount)
 
             return self._run(work)
-        # A retroactive match can find millions: the backend's bulk insert (MariaDB's LOAD
-        # DATA, which skips stored keys too) instead of one statement per row.
-        columns = {name: [r[i] for r in rows] for i, name in enumerate(_HIT_COLUMNS)
-                   if name != "found_at"}
-        columns["live"] = [int(v) for v in columns["live"]]  # BOOLEAN is TINYINT: 0 or 1
-        table = pa.table({name: pa.array(values) for name, values in columns.items()})
-        table = table.append_column("found_at", pa.array([now] * len(rows),
-                                                         type=pa.timestamp("us")))
+        columns = list(zip(*rows, strict=True))
+        return self.add_hit_columns(
+            HitColumns(np.array(columns[0], dtype=np.int64), np.array(columns[1], dtype=np.int64),
+                       np.array(columns[2], dtype=np.int64), list(columns[3]),
+                       np.array(columns[4]), np.array(columns[5]),
+                       np.array(columns[6], dtype=bool)))
+
+    def add_hit_columns(self, hits: HitColumns) -> int:
+        """`add_hits` for many hits held as columns (a retroactive match's page), with no
+        Python object per hit: MariaDB's LOAD DATA, which skips stored keys too, of rows in
+        primary-key order (the cheapest order for InnoDB to insert)."""
+        if hits.cone_id.size == 0:
+            return 0
+        now = self.dialect.time_value(self.clock())
+        if not isinstance(now, datetime):  # SQLite: plain INSERTs
+            return self.add_hits(hits.rows())
+        order = np.lexsort((hits.alert_id, hits.cone_id, hits.watchlist_id))
+        table = pa.table({
+            "watchlist_id": hits.watchlist_id[order], "cone_id": hits.cone_id[order],
+            "alert_id": hits.alert_id[order],
+            "object_id": pa.array(hits.object_id, type=pa.string()).take(pa.array(order)),
+            "separation_arcsec": hits.separation_arcsec[order], "mjd": hits.mjd[order],
+            "live": hits.live[order].astype(np.int8),  # BOOLEAN is TINYINT: 0 or 1
+            "found_at": pa.nulls(order.size, pa.timestamp("us")).fill_null(
+                pa.scalar(now, pa.timestamp("us")))})
         with tempfile.TemporaryDirectory(prefix="lanner-hits-") as folder:
             return self._run(lambda cursor: self.dialect.bulk_insert(
-                cursor, "watch_hits", _HIT_COLUMNS, table, folder))
+                cursor, "watch_hits", _HIT_COLUMNS, table.select(list(_HIT_COLUMNS)), folder))
 
     def hits(self, watchlist_id: int, caller: str | None, *, limit: int = 100,
              after: tuple[float, int, int] | None = None) -> list[dict[str, Any]]:

@@ -150,3 +150,41 @@ def test_overlap_halos_hold_every_row_within_the_radius_of_a_chunk() -> None:
             near = chunker.locate(moved.ra.deg, moved.dec.deg)
             for i in np.nonzero(near != home)[0]:
                 assert (int(i), int(near[i])) in halo, (ra[i], dec[i], near[i])
+
+
+def test_sky_cells_hold_every_given_cell_at_one_order() -> None:
+    """Deeper cells become their parents, coarser ones all their children, at the deepest
+    order that needs at most MAX_COVER_CELLS cells."""
+    from broker.domain import sky
+
+    rng = np.random.default_rng(5)
+    deep = rng.integers(0, 12 * 4**12, 1000)
+    coarse = np.array([3, 700])
+    cover = sky.sky_cells([(12, deep), (5, coarse)])
+    assert cover.order == sky.MAX_COVER_ORDER
+    want = set((deep >> 2 * (12 - 9)).tolist())
+    for c in coarse.tolist():
+        want |= set(range(c << 8, (c + 1) << 8))
+    assert cover.cells.tolist() == sorted(want)
+    assert cover.share == pytest.approx(len(want) / (12 * 4**9))
+    # Too many cells at order 9: a coarser order, still holding every one.
+    many = rng.integers(0, 12 * 4**9, 400_000)
+    wide = sky.sky_cells([(9, many)])
+    assert wide.order < 9
+    assert wide.cells.size <= sky.MAX_COVER_CELLS
+    assert set((many >> 2 * (9 - wide.order)).tolist()) == set(wide.cells.tolist())
+    # A cone index's cover holds every position that matches.
+    from broker.domain.watchlists import ConeIndex
+
+    ra = rng.uniform(0, 360, 2000)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, 2000)))
+    radius = np.exp(rng.uniform(0, np.log(1800), 2000))
+    index = ConeIndex(ra, dec, radius)
+    index_cover = index.cover()
+    pra = rng.uniform(0, 360, 200_000)
+    pdec = np.degrees(np.arcsin(rng.uniform(-1, 1, 200_000)))
+    points, _, _ = index.match(pra, pdec)
+    cells = sky.hpx29(pra[points], pdec[points]) >> 2 * (29 - index_cover.order)
+    assert points.size > 100
+    assert np.isin(cells, index_cover.cells).all()
+    assert index_cover.share < 0.5

@@ -131,3 +131,15 @@ def test_skymaps_that_do_not_parse() -> None:
     fits.PrimaryHDU(np.zeros(3)).writeto(buffer)
     with pytest.raises(WatchmapError, match="no binary table"):
         moc_from_skymap(buffer.getvalue(), 0.9)
+
+
+def test_a_mocs_cover_holds_the_moc_at_one_order() -> None:
+    from mocpy import MOC
+
+    from broker.domain.watchmaps import cover
+
+    moc = MOC.from_str("3/1-20 9/300000-300100")
+    got = cover(moc)
+    assert got.order == 9
+    assert set(range(300000, 300101)) <= set(got.cells.tolist())
+    assert got.cells.size == 20 * 4**6 + 101

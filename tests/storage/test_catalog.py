@@ -756,3 +756,31 @@ def test_histories_are_the_stored_light_curves(archive: Archive, stream: list[Al
     assert sum(len(h.detections) for h in found.values()) == archive.lightcurves.counts()[
         "detections"]
     assert archive.lightcurves.histories([]) == {}
+
+
+def test_positions_pages_every_object_or_only_those_in_cells(sky: Archive) -> None:
+    """A retroactive match's read: every object of every shard by id pages; with a cover of
+    cells, exactly the objects in them, chosen by the server."""
+    from broker.domain.sky import SkyCells, hpx29
+
+    rows = _positions(sky)
+    every: list[tuple] = []
+    for shard in range(sky.catalog.shard_count()):
+        after = ""
+        while page := sky.catalog.positions(shard, after, 7):
+            assert len(page) <= 7
+            every += page
+            after = page[-1][0]
+    assert sorted(r[0] for r in every) == sorted(r[0] for r in rows)
+    ra = np.array([r[1] for r in rows])
+    dec = np.array([r[2] for r in rows])
+    order = 3
+    cells_of = hpx29(ra, dec) >> 2 * (29 - order)
+    chosen = np.unique(cells_of)[::3]
+    cover = SkyCells(order, chosen)
+    inside: list[tuple] = []
+    for shard in range(sky.catalog.shard_count()):
+        inside += sky.catalog.positions(shard, "", 1_000_000, cover)
+    want = {r[0] for r, c in zip(rows, cells_of.tolist(), strict=True) if c in set(chosen)}
+    assert {r[0] for r in inside} == want
+    assert 0 < len(want) < len(rows)

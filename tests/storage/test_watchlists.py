@@ -168,3 +168,26 @@ def test_many_hits_go_by_the_bulk_path_and_are_still_stored_once(store: Watchlis
     assert len(stored) == n
     assert sum(h["live"] for h in stored) == sum(h.live for h in hits)
     assert {h["cone_name"] for h in stored} == {"c0", "c1", "c2"}
+
+
+def test_hits_as_columns_are_stored_once_value_for_value(store: WatchlistStore) -> None:
+    """A retroactive page's hits as columns, in no particular order: stored with their values,
+    each once (the same page again stores nothing)."""
+    from broker.storage.watchlists import HitColumns
+
+    made = store.create("alice", "columns", _cones(4))
+    rng = np.random.default_rng(8)
+    n = 7_000
+    order = rng.permutation(n)
+    hits = HitColumns(np.full(n, made.watchlist_id, dtype=np.int64), 1 + order % 4,
+                      50_000 + order, [f"obj{i}" for i in order.tolist()],
+                      order / 1000.0, 60_000.0 + order / 1e5, np.zeros(n, dtype=bool))
+    assert store.add_hit_columns(hits) == n
+    assert store.add_hit_columns(hits) == 0
+    stored = {h["alert_id"]: h for h in store.hits(made.watchlist_id, "alice", limit=n + 1)}
+    assert len(stored) == n
+    for i in rng.choice(n, 50, replace=False).tolist():
+        h = stored[50_000 + i]
+        assert (h["cone_id"], h["object_id"], h["live"]) == (1 + i % 4, f"obj{i}", False)
+        assert h["separation_arcsec"] == pytest.approx(i / 1000.0)
+        assert h["mjd"] == pytest.approx(60_000.0 + i / 1e5)
