@@ -1,9 +1,10 @@
 """Benchmark: watchlist matching, in memory and live on the real services.
 
-1. ``batch_ms``: ``--cones`` cones (default 1,000,000) uniform on the sky with radii
-   log-uniform between 1'' and 1,800'' (so every filing order of the index is used, and a
-   tenth of the cones are wider than 8'), indexed by `broker.domain.watchlists.ConeIndex`;
-   then batches of ``--batch`` positions (default 10,000, uniform on the sky) are matched,
+1. ``batch_ms``: ``--cones`` cones (default 1,000,000) uniform on the sky with radii of the
+   ``--radii`` mix (default ``wide``: log-uniform between 1'' and 1,800'', so every filing
+   order of the index is used, and a tenth of the cones are wider than 8'; see `RADII`),
+   indexed by `broker.domain.watchlists.ConeIndex`; then batches of ``--batch`` positions
+   (default 10,000, uniform on the sky) are matched,
    ``--repeats`` times; the median time per batch, one core. ``build_s`` is the index's build.
 2. ``live_after_s`` (needs `lanner services up`; skipped with ``--no-live``): fresh topics,
    keyspace and database; `lanner ingest`, `lanner enrich` and `lanner serve` run; a user and
@@ -67,14 +68,27 @@ def _sky(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
 
 
-def cones(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+#: Radius mixes (arcsec). ``wide``: log-uniform over the whole allowed range, 1'' to 1,800''
+#: (a million such cones cover the sky 1.24 times over: a worst case, where most objects are
+#: hits). ``typical``: log-uniform 1'' to 30'' (the radii catalogue matching uses: 1.5''
+#: Sherlock's synonym radius, 2'' Gaia in Babamul, 30'' its point-source catalogue), and one cone
+#: in a hundred log-uniform 30'' to 1,800'' (galaxies, clusters).
+RADII = ("wide", "typical")
+
+
+def cones(n: int, seed: int, radii: str = "wide") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     ra, dec = _sky(rng, n)
-    return ra, dec, np.exp(rng.uniform(math.log(1.0), math.log(1800.0), n))
+    if radii == "wide":
+        return ra, dec, np.exp(rng.uniform(math.log(1.0), math.log(1800.0), n))
+    radius = np.exp(rng.uniform(math.log(1.0), math.log(30.0), n))
+    wide = rng.random(n) < 0.01
+    radius[wide] = np.exp(rng.uniform(math.log(30.0), math.log(1800.0), int(wide.sum())))
+    return ra, dec, radius
 
 
-def in_memory(n: int, batch: int, repeats: int, seed: int) -> dict[str, Any]:
-    ra, dec, radius = cones(n, seed)
+def in_memory(n: int, batch: int, repeats: int, seed: int, radii: str) -> dict[str, Any]:
+    ra, dec, radius = cones(n, seed, radii)
     started = time.perf_counter()
     index = ConeIndex(ra, dec, radius)
     build = time.perf_counter() - started
@@ -149,7 +163,7 @@ def _first_hit(settings: Settings, clients: KafkaClients, env: dict[str, str],
     return None
 
 
-def live(settings: Settings, n: int, seed: int, port: int) -> dict[str, Any]:
+def live(settings: Settings, n: int, seed: int, port: int, radii: str) -> dict[str, Any]:
     from bench.pipeline import _cleanup  # noqa: PLC0415
 
     env = _env(uuid.uuid4().hex[:8])
@@ -166,7 +180,7 @@ def live(settings: Settings, n: int, seed: int, port: int) -> dict[str, Any]:
                                              cwd=REPO, env=env, stdout=log, stderr=log), log))
         time.sleep(10)
         # n cones in all (the tier's most): n - 1 random ones and the target.
-        ra, dec, radius = cones(n - 1, seed)
+        ra, dec, radius = cones(n - 1, seed, radii)
         target = (123.456, -23.456)
         body = io.StringIO()
         body.write("name,ra,dec,radius\n")
@@ -242,7 +256,8 @@ def _archive(settings: Settings, database: str, n: int, seed: int) -> Any:
     return catalog
 
 
-def retro(settings: Settings, n_cones: int, n_objects: int, seed: int) -> dict[str, Any]:
+def retro(settings: Settings, n_cones: int, n_objects: int, seed: int,
+          radii: str) -> dict[str, Any]:
     from broker.retro import JobStore, run_job  # noqa: PLC0415
     from broker.storage.watchlists import WatchlistStore  # noqa: PLC0415
     from broker.storage.watchmaps import WatchmapStore  # noqa: PLC0415
@@ -254,7 +269,7 @@ def retro(settings: Settings, n_cones: int, n_objects: int, seed: int) -> dict[s
     try:
         shards = catalog.shards
         watchlists = WatchlistStore(shards)
-        ra, dec, radius = cones(n_cones, seed)
+        ra, dec, radius = cones(n_cones, seed, radii)
         made = watchlists.create("bench", "retro", Cones([f"c{i}" for i in range(n_cones)],
                                                          ra, dec, radius))
         jobs = JobStore(shards)
@@ -277,18 +292,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--port", type=int, default=18_480)
+    parser.add_argument("--radii", choices=RADII, default="wide",
+                        help="the cones' radius mix (see RADII)")
     parser.add_argument("--no-live", action="store_true", help="leave out the live part")
     parser.add_argument("--retro", action="store_true", help="also the retroactive part")
     parser.add_argument("--objects", type=int, default=10_000_000,
                         help="archived objects for the retroactive part")
     args = parser.parse_args(argv)
-    result = in_memory(args.cones, args.batch, args.repeats, args.seed)
+    result = in_memory(args.cones, args.batch, args.repeats, args.seed, args.radii)
+    result["radii"] = args.radii
     result.update({"live_after_s": None, "upload_s": None})
     if not args.no_live:
-        result.update(live(Settings(), args.cones, args.seed, args.port))
+        result.update(live(Settings(), args.cones, args.seed, args.port, args.radii))
     result.update({"retro_s": None, "archive_objects": None})
     if args.retro:
-        result.update(retro(Settings(), args.cones, args.objects, args.seed))
+        result.update(retro(Settings(), args.cones, args.objects, args.seed, args.radii))
     print(json.dumps(result))
     return result
 
