@@ -34,6 +34,7 @@ from api.middleware import ObservedApp
 from api.routers import (
     accounts,
     cone,
+    filters,
     home,
     jobs,
     objects,
@@ -102,6 +103,8 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(ObservedApp)
     watchlists.install(app)
-    for module in (objects, cone, scs, status, accounts, watchlists, watchmaps, jobs, home):
+    filters.install(app)
+    for module in (objects, cone, scs, status, accounts, watchlists, watchmaps, filters, jobs,
+                   home):
         app.include_router(module.router)
     return app

@@ -11,6 +11,7 @@ from broker.factory import Factory
 from broker.queries import ArchiveQueries
 from broker.retro import JobStore
 from broker.storage.accounts import AccountStore
+from broker.storage.filters import FilterStore
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
 from broker.storage.watchmaps import WatchmapStore
@@ -34,6 +35,7 @@ class LazyStores:
         self._watchlists_lock = threading.Lock()
         self._watchmaps_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
+        self._filters_lock = threading.Lock()
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -69,6 +71,11 @@ class LazyStores:
     def jobs(self) -> JobStore:
         with self._jobs_lock:
             return self.factory.jobs
+
+    @property
+    def filters(self) -> FilterStore:
+        with self._filters_lock:
+            return self.factory.filters
 
 
 async def get_stores(request: Request) -> LazyStores:

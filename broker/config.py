@@ -180,6 +180,18 @@ class Settings(BaseSettings):
     api_jobs: bool = Field(
         True, description="Whether the API process runs the background jobs (the retroactive "
         "match of new watchlists and watchmaps against the archive), one at a time.")
+    filter_max_share: float = Field(
+        0.05, gt=0, le=1, description="Largest share of the reference window's alerts a filter "
+        "may pass to be enabled (Babamul refuses filters that pass more than 5 % of a night).")
+    filter_reference_days: float = Field(
+        1.0, gt=0, le=30, description="The reference window a filter is checked on when it is "
+        "enabled: this many days of archived alerts, up to the newest.")
+    filter_reference_rows: int = Field(
+        20_000, ge=100, le=1_000_000, description="Most archived alerts read for the check on "
+        "enable (the newest of the window).")
+    filter_daily_cap: int = Field(
+        100_000, ge=1, description="Most alerts a filter publishes in one UTC day, unless its "
+        "owner's tier or an admin sets another cap.")
     watch_poll_s: float = Field(
         1.0, gt=0, le=60, description="Seconds between the enrich stage's reads of the "
         "watchlists' versions: a change made over the API is matched live within this, plus "

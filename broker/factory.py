@@ -21,6 +21,7 @@ from broker.streaming.queue import MessageSource, Publisher
 if TYPE_CHECKING:
     from broker.retro import JobStore
     from broker.storage.accounts import AccountStore
+    from broker.storage.filters import FilterStore
     from broker.storage.shards import ShardSet
     from broker.storage.watchlists import WatchlistStore
     from broker.storage.watchmaps import WatchmapStore
@@ -123,6 +124,15 @@ class Factory:
         from broker.storage.watchmaps import WatchmapStore  # noqa: PLC0415
 
         store = WatchmapStore(self.shards)
+        store.setup()
+        return store
+
+    @cached_property
+    def filters(self) -> FilterStore:
+        """Users' filters and their versions (shard 0 of the catalog's shard set)."""
+        from broker.storage.filters import FilterStore  # noqa: PLC0415
+
+        store = FilterStore(self.shards)
         store.setup()
         return store
 

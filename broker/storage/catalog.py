@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from broker.domain.alerts import flux_to_mag
 from broker.domain.archive import BANDS, ArchiveBatch, ObjectUpdate, PlacedDetection, Seen
 from broker.domain.enrichment import ObjectEnrichment, newest_per_object
 from broker.domain.sky import (
@@ -449,6 +450,73 @@ class ChunkedCatalog:
         return [(r[0], float(r[1]), float(r[2]), int(r[3]), float(r[4]))
                 for r in self.shards.run(shard, work, write=False)]
 
+    def newest_alert_mjd(self) -> float | None:
+        """The time of the newest archived alert (None for an empty archive)."""
+        def work(cursor: Any) -> float | None:
+            cursor.execute("SELECT MAX(mjd) FROM alert_rows")
+            row = cursor.fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        found = [v for v in self.shards.all_shards(work, write=False).values() if v is not None]
+        return max(found) if found else None
+
+    def alerts_between(self, since_mjd: float, until_mjd: float, limit: int, *,
+                       features: Sequence[str] = (), matches: bool = False) -> list[Row]:
+        """The archived alerts with ``since_mjd <= mjd < until_mjd``, newest first, at most
+        ``limit``, as records shaped like ``lanner.enriched`` ones (what a filter's test run
+        and backfill read): the alert row, its object's position, stored context and the
+        named ``features`` (as they are now: an object's features are kept for its newest
+        alert only), and with ``matches`` its counterparts. Memberships of watchlists and
+        watchmaps are the caller's to add (their hits are on shard 0). One read per shard, in
+        parallel: an object's alert rows, row and context share its chunk's shard."""
+        unknown = set(features) - set(FEATURE_COLUMNS)
+        if unknown:
+            msg = f"not feature columns: {', '.join(sorted(unknown))}"
+            raise ValueError(msg)
+        wanted = tuple(dict.fromkeys(features))
+        extra = "".join(f", o.{q(f)}" for f in wanted)
+
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(
+                "SELECT a.source_id, a.object_id, a.survey, a.mjd, a.band, a.psf_flux, o.ra, "
+                "o.`dec`, c.context, c.catalog, c.source_id, c.separation_arcsec, "
+                f"c.offset_semimajor, c.reason{extra} FROM alert_rows a JOIN objects o ON "
+                "o.object_id = a.object_id LEFT JOIN object_context c ON c.object_id = "
+                "a.object_id WHERE a.mjd >= %s AND a.mjd < %s "
+                "ORDER BY a.mjd DESC, a.source_id DESC LIMIT %s", [since_mjd, until_mjd, limit])
+            return list(cursor.fetchall())
+
+        found = [(shard, row) for shard, rows in self.shards.all_shards(work, write=False).items()
+                 for row in rows]
+        found.sort(key=lambda pair: (-float(pair[1][3]), -int(pair[1][0])))
+        found = found[:limit]
+        records: list[Row] = []
+        for _, r in found:
+            records.append({
+                "alert_id": int(r[0]), "object_id": r[1], "survey": r[2], "mjd": float(r[3]),
+                "band": r[4], "mag": flux_to_mag(None if r[5] is None else float(r[5])),
+                "ra": float(r[6]), "dec": float(r[7]), "context": r[8] or "unclear",
+                "context_catalog": r[9], "context_source_id": r[10],
+                "context_separation_arcsec": r[11], "context_offset_semimajor": r[12],
+                "context_reason": r[13] or "",
+                "features": dict(zip(wanted, r[14:], strict=True)), "matches": [],
+                "watchlists": [], "watchmaps": []})
+        if matches and records:
+            by_shard: dict[int, set[str]] = {}
+            for (shard, row) in found:
+                by_shard.setdefault(shard, set()).add(row[1])
+            of: dict[str, list[Row]] = {}
+            for part in self.shards.on_shards(
+                    {shard: _matches_of(sorted(ids)) for shard, ids in by_shard.items()},
+                    write=False).values():
+                for object_id, catalog, source_id, separation, rank in part:
+                    of.setdefault(object_id, []).append(
+                        {"catalog": catalog, "source_id": source_id,
+                         "separation_arcsec": float(separation), "rank": int(rank)})
+            for record in records:
+                record["matches"] = of.get(record["object_id"], [])
+        return records
+
     def shard_count(self) -> int:
         return len(self.shards)
 
@@ -468,6 +536,19 @@ class ChunkedCatalog:
 
     def close(self) -> None:
         """Nothing of its own to release: the shard set belongs to whoever made it."""
+
+
+def _matches_of(object_ids: list[str]) -> Callable[[Any], list[tuple]]:
+    def work(cursor: Any) -> list[tuple]:
+        found: list[tuple] = []
+        for start in range(0, len(object_ids), 1000):
+            part = object_ids[start:start + 1000]
+            cursor.execute("SELECT object_id, catalog, source_id, separation_arcsec, `rank` FROM "
+                           f"object_matches WHERE object_id IN ({marks(len(part))}) "
+                           "ORDER BY object_id, catalog, `rank`", part)
+            found += list(cursor.fetchall())
+        return found
+    return work
 
 
 def cover_rows(shards: ShardSet, placement: ChunkPlacement, cover: Any, table: str,

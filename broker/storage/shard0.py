@@ -10,15 +10,17 @@ adds the columns the felis description gained since) and runs work on that shard
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from broker.exceptions import NotFoundError
 from broker.storage import schema
+from broker.storage.dialect import column_list
 from broker.storage.shards import ShardSet
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: The shard that holds these tables.
 SHARD = 0
@@ -61,6 +63,54 @@ class Shard0Tables:
 
     def _now(self) -> Any:
         return self.dialect.time_value(self.clock())
+
+
+class OwnedRows(Shard0Tables, Generic[R]):
+    """A store of things users own (watchlists, watchmaps, filters): rows of `TABLE` keyed by
+    `KEY`, with ``owner`` and ``visibility`` columns, read as `R` by `_make` from the columns
+    `LISTED`. Ownership is checked here, once for every caller (see `readable`, `owned`)."""
+
+    #: What the thing is called in messages ("watchlist").
+    WHAT = ""
+    #: Its table, key column, and the columns `get` reads, in `_make`'s order.
+    TABLE = ""
+    KEY = ""
+    LISTED: tuple[str, ...] = ()
+
+    def _make(self, row: Sequence[Any]) -> R:
+        raise NotImplementedError
+
+    def get(self, key: int, caller: str | None) -> R:
+        """A thing ``caller`` may read (its own, or a public one); `NotFoundError` for any
+        other, as for one that does not exist."""
+        def work(cursor: Any) -> tuple | None:
+            cursor.execute(f"SELECT {column_list(self.LISTED)} FROM {self.TABLE} "
+                           f"WHERE {self.KEY} = %s", [key])
+            return cursor.fetchone()
+
+        row = self._run(work, write=False)
+        values = None if row is None else dict(zip(self.LISTED, row, strict=True))
+        readable(self.WHAT, key, values["owner"] if values else None,
+                 values["visibility"] if values else None, caller)
+        assert row is not None
+        return self._make(row)
+
+    def owned(self, key: int, caller: str | None) -> R:
+        """A thing ``caller`` owns; `NotFoundError` otherwise (a public thing of another user
+        can be read, not changed: that is 404 too, as if it were not there to change)."""
+        found = self.get(key, caller)
+        owned(self.WHAT, key, found.owner, caller)  # type: ignore[attr-defined]
+        return found
+
+    def visible(self, caller: str | None) -> list[R]:
+        """The caller's things and everyone's public ones, by owner then name."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(f"SELECT {column_list(self.LISTED)} FROM {self.TABLE} WHERE "
+                           "owner = %s OR visibility = 'public' ORDER BY owner, name",
+                           [caller or ""])
+            return list(cursor.fetchall())
+
+        return [self._make(r) for r in self._run(work, write=False)]
 
 
 def readable(what: str, key: int, owner: str | None, visibility: str | None,

@@ -20,7 +20,7 @@ Rows are plain dicts with the column names of the felis schema (``schemas/felis/
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -147,6 +147,13 @@ class ObjectCatalog(Protocol):
 
     def shard_count(self) -> int:
         """How many shards the objects are spread over."""
+
+    def newest_alert_mjd(self) -> float | None:
+        """The time of the newest archived alert (None for an empty archive)."""
+
+    def alerts_between(self, since_mjd: float, until_mjd: float, limit: int, *,
+                       features: Sequence[str] = (), matches: bool = False) -> list[Row]:
+        """Archived alerts in a time window, newest first, shaped like enriched records."""
 
     def features(self, object_id: str) -> Row | None:
         """The stored feature columns of an object (each None until it is enriched), or None

@@ -26,7 +26,7 @@ from broker.domain.watchlists import MAX_RADIUS_ARCSEC, Cones
 from broker.exceptions import ConflictError
 from broker.storage import schema
 from broker.storage.dialect import column_list
-from broker.storage.shard0 import Shard0Tables, owned, readable, utc
+from broker.storage.shard0 import OwnedRows, utc
 
 T = TypeVar("T")
 
@@ -101,43 +101,19 @@ def check_visibility(visibility: str) -> str:
     return visibility
 
 
-class WatchlistStore(Shard0Tables):
+class WatchlistStore(OwnedRows[Watchlist]):
     """Watchlists over a shard set (tables on shard 0)."""
 
     TABLES = TABLES
+    WHAT = "watchlist"
+    TABLE = "watchlists"
+    KEY = "watchlist_id"
+    LISTED = _COLUMNS
 
-    # -- reads
+    # -- reads (get, owned, visible: `OwnedRows`)
 
-    def get(self, watchlist_id: int, caller: str | None) -> Watchlist:
-        """A watchlist ``caller`` may read (its own, or a public one); `NotFoundError` for any
-        other, as for one that does not exist."""
-        def work(cursor: Any) -> tuple | None:
-            cursor.execute(f"SELECT {column_list(_COLUMNS)} FROM watchlists "
-                           "WHERE watchlist_id = %s", [watchlist_id])
-            return cursor.fetchone()
-
-        row = self._run(work, write=False)
-        found = None if row is None else _watchlist(row)
-        readable("watchlist", watchlist_id, found.owner if found else None,
-                 found.visibility if found else None, caller)
-        assert found is not None
-        return found
-
-    def owned(self, watchlist_id: int, caller: str | None) -> Watchlist:
-        """A watchlist ``caller`` owns; `NotFoundError` otherwise (a public list of another
-        user can be read, not changed: that is 404 too, as if it were not there to change)."""
-        found = self.get(watchlist_id, caller)
-        owned("watchlist", watchlist_id, found.owner, caller)
-        return found
-
-    def visible(self, caller: str | None) -> list[Watchlist]:
-        """The caller's watchlists and everyone's public ones, by owner then name."""
-        def work(cursor: Any) -> list[tuple]:
-            cursor.execute(f"SELECT {column_list(_COLUMNS)} FROM watchlists WHERE owner = %s "
-                           "OR visibility = 'public' ORDER BY owner, name", [caller or ""])
-            return list(cursor.fetchall())
-
-        return [_watchlist(r) for r in self._run(work, write=False)]
+    def _make(self, row: Sequence[Any]) -> Watchlist:
+        return _watchlist(row)
 
     def cones(self, watchlist_id: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray,
                                                   np.ndarray]:
@@ -193,6 +169,26 @@ class WatchlistStore(Shard0Tables):
 
         return [{"watchlist_id": int(r[0]), "owner": r[1], "name": r[2], "cone_id": int(r[3]),
                  "cone_name": r[4]} for r in self._run(work, write=False)]
+
+    def hits_for_alerts(self, alert_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Every stored hit of these alerts, of every watchlist (a filter's test run adds them
+        to archived alerts; what a filter may name is checked before)."""
+        found: list[tuple] = []
+        ids = sorted(set(alert_ids))
+        for start in range(0, len(ids), 1000):
+            part = ids[start:start + 1000]
+
+            def work(cursor: Any, part: list[int] = part) -> list[tuple]:
+                cursor.execute(
+                    "SELECT h.alert_id, h.watchlist_id, h.cone_id, c.name, h.separation_arcsec "
+                    "FROM watch_hits h JOIN watchlist_cones c ON c.watchlist_id = "
+                    "h.watchlist_id AND c.cone_id = h.cone_id WHERE h.alert_id IN "
+                    f"({', '.join(['%s'] * len(part))})", part)
+                return list(cursor.fetchall())
+
+            found += self._run(work, write=False)
+        return [{"alert_id": int(r[0]), "watchlist_id": int(r[1]), "cone_id": int(r[2]),
+                 "cone_name": r[3], "separation_arcsec": float(r[4])} for r in found]
 
     # -- writes
 

@@ -21,7 +21,7 @@ from broker.domain.watchmaps import area_sq_deg, to_text
 from broker.exceptions import ConflictError
 from broker.storage import schema
 from broker.storage.dialect import column_list
-from broker.storage.shard0 import Shard0Tables, owned, readable, utc
+from broker.storage.shard0 import OwnedRows, utc
 from broker.storage.watchlists import check_visibility
 
 TABLES = ("watchmaps", "watchmap_hits")
@@ -68,40 +68,33 @@ def _watchmap(row: Sequence[Any]) -> Watchmap:
                     utc(values["created_at"]), utc(values["updated_at"]))
 
 
-class WatchmapStore(Shard0Tables):
-    """Watchmaps over a shard set (tables on shard 0)."""
+class WatchmapStore(OwnedRows[Watchmap]):
+    """Watchmaps over a shard set (tables on shard 0); `get`, `owned` and `visible` come
+    from `OwnedRows`."""
 
     TABLES = TABLES
+    WHAT = "watchmap"
+    TABLE = "watchmaps"
+    KEY = "watchmap_id"
+    LISTED = _LISTED
 
-    def get(self, watchmap_id: int, caller: str | None) -> Watchmap:
-        """A watchmap ``caller`` may read; `NotFoundError` for any other."""
-        def work(cursor: Any) -> tuple | None:
-            cursor.execute(f"SELECT {column_list(_LISTED)} FROM watchmaps "
-                           "WHERE watchmap_id = %s", [watchmap_id])
-            return cursor.fetchone()
+    def _make(self, row: Sequence[Any]) -> Watchmap:
+        return _watchmap(row)
 
-        row = self._run(work, write=False)
-        found = None if row is None else _watchmap(row)
-        readable("watchmap", watchmap_id, found.owner if found else None,
-                 found.visibility if found else None, caller)
-        assert found is not None
+    def hits_for_alerts(self, alert_ids: Sequence[int]) -> list[tuple[int, int]]:
+        """(alert id, watchmap id) of every stored hit of these alerts, of every watchmap."""
+        found: list[tuple[int, int]] = []
+        ids = sorted(set(alert_ids))
+        for start in range(0, len(ids), 1000):
+            part = ids[start:start + 1000]
+
+            def work(cursor: Any, part: list[int] = part) -> list[tuple]:
+                cursor.execute("SELECT alert_id, watchmap_id FROM watchmap_hits WHERE alert_id "
+                               f"IN ({', '.join(['%s'] * len(part))})", part)
+                return list(cursor.fetchall())
+
+            found += [(int(a), int(m)) for a, m in self._run(work, write=False)]
         return found
-
-    def owned(self, watchmap_id: int, caller: str | None) -> Watchmap:
-        """A watchmap ``caller`` owns; `NotFoundError` otherwise (a public map of another user
-        can be read, not changed)."""
-        found = self.get(watchmap_id, caller)
-        owned("watchmap", watchmap_id, found.owner, caller)
-        return found
-
-    def visible(self, caller: str | None) -> list[Watchmap]:
-        """The caller's watchmaps and everyone's public ones, by owner then name."""
-        def work(cursor: Any) -> list[tuple]:
-            cursor.execute(f"SELECT {column_list(_LISTED)} FROM watchmaps WHERE owner = %s OR "
-                           "visibility = 'public' ORDER BY owner, name", [caller or ""])
-            return list(cursor.fetchall())
-
-        return [_watchmap(r) for r in self._run(work, write=False)]
 
     def moc(self, watchmap_id: int) -> str:
         """A watchmap's MOC, as stored (ASCII)."""

@@ -1,0 +1,101 @@
+"""Filters against the archive: what an owner may name, a test run, and the check on enable.
+
+`scope_for` is what a filter's owner may name (loaded reference catalogs, their own and public
+watchlists and watchmaps): a filter is compiled against it when it is saved, tested, enabled
+and loaded by the filters stage, so a list made private or deleted since stops the filter.
+
+`trial` runs a compiled filter over archived alerts: the newest of a time window, at most a
+given number (the caller's tier's row cap, or `Settings.filter_reference_rows` for the check on
+enable), as ``lanner.enriched``-shaped records built by `ObjectCatalog.alerts_between` with
+their stored watchlist and watchmap hits. Objects keep only their newest features and context,
+so an archived alert is judged with its object's features as they are now; the live stream
+judges each alert with its object's features at that alert.
+
+`check_share` is the check on enable: a filter that would pass more than
+`Settings.filter_max_share` of the reference window's alerts is refused, with the share in the
+message (Babamul refuses filters above 5 % of a night).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from broker.domain.filters import ALWAYS, COLUMNS, AlertBatch, Plan, Scope, run
+from broker.exceptions import LannerError
+from broker.storage.stores import ObjectCatalog, ReferenceCatalogs
+from broker.storage.watchlists import WatchlistStore
+from broker.storage.watchmaps import WatchmapStore
+
+#: Passing alerts a test run answers with (its counts cover all it read).
+SHOWN = 100
+
+
+class TooBroadError(LannerError):
+    """A filter that would pass too large a share of alerts to be enabled (422)."""
+
+
+def scope_for(owner: str, *, refcats: ReferenceCatalogs, watchlists: WatchlistStore,
+              watchmaps: WatchmapStore) -> Scope:
+    """What ``owner``'s filters may name."""
+    return Scope(catalogs=frozenset(str(c["name"]) for c in refcats.list()),
+                 watchlists=frozenset(w.watchlist_id for w in watchlists.visible(owner)),
+                 watchmaps=frozenset(m.watchmap_id for m in watchmaps.visible(owner)))
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """A filter run over archived alerts: how many were read and passed, and the first
+    `SHOWN` passing ones (ids, time, position and the filter's output columns)."""
+
+    since_mjd: float
+    until_mjd: float
+    read: int
+    passed: int
+    alerts: list[dict[str, Any]]
+
+    @property
+    def share(self) -> float:
+        return self.passed / self.read if self.read else 0.0
+
+
+def archived_alerts(plan: Plan, since_mjd: float, until_mjd: float, limit: int, *,
+                    catalog: ObjectCatalog, watchlists: WatchlistStore,
+                    watchmaps: WatchmapStore) -> list[dict[str, Any]]:
+    """The newest ``limit`` archived alerts of a window, with what ``plan`` reads."""
+    features = sorted(c for c in plan.columns if COLUMNS[c].group == "feature")
+    records = catalog.alerts_between(since_mjd, until_mjd, limit, features=features,
+                                     matches=bool(plan.catalogs))
+    by_alert = {r["alert_id"]: r for r in records}
+    if plan.watchlists and records:
+        for hit in watchlists.hits_for_alerts(list(by_alert)):
+            by_alert[hit["alert_id"]]["watchlists"].append(hit)
+    if plan.watchmaps and records:
+        for alert_id, watchmap_id in watchmaps.hits_for_alerts(list(by_alert)):
+            by_alert[alert_id]["watchmaps"].append(watchmap_id)
+    return records
+
+
+def trial(plan: Plan, records: Sequence[dict[str, Any]], since_mjd: float,
+          until_mjd: float) -> Trial:
+    """Run ``plan`` over ``records``: the `Trial`."""
+    selection = run(plan, AlertBatch(records))
+    shown = selection.rows[:SHOWN].tolist()
+    alerts = []
+    for position, row in enumerate(shown):
+        record = records[row]
+        alert = {name: record[name] for name in ALWAYS}
+        for name, values in selection.columns.items():
+            alert[name] = values[position].as_py()
+        alerts.append(alert)
+    return Trial(since_mjd, until_mjd, len(records), int(selection.rows.size), alerts)
+
+
+def check_share(result: Trial, max_share: float) -> None:
+    """Refuse (`TooBroadError`) a filter that passed more than ``max_share`` of its trial."""
+    if result.read and result.share > max_share:
+        msg = (f"the filter would pass {result.share:.1%} of alerts ({result.passed:,} of the "
+               f"newest {result.read:,} archived between MJD {result.since_mjd:.3f} and "
+               f"{result.until_mjd:.3f}); a filter may pass at most {max_share:.1%}: narrow it")
+        raise TooBroadError(msg)
