@@ -192,6 +192,18 @@ class Settings(BaseSettings):
     filter_daily_cap: int = Field(
         100_000, ge=1, description="Most alerts a filter publishes in one UTC day, unless its "
         "owner's tier or an admin sets another cap.")
+    filters_group: str = Field("lanner-filters",
+                               description="Consumer group of the filters stage.")
+    filters_instance_id: str | None = Field(
+        None, description="Static consumer-group member id of this filters process.")
+    filters_batch_size: int = Field(2000, ge=1, le=100_000,
+                                    description="Most records one filters batch takes.")
+    filter_poll_s: float = Field(
+        1.0, gt=0, le=60, description="Seconds between the filters stage's reads of the "
+        "filters' versions: a change made over the API is live within this plus one batch.")
+    filter_time_limit_ms: float = Field(
+        500.0, gt=0, description="Longest one filter may take on one batch before it is "
+        "suspended, ms.")
     watch_poll_s: float = Field(
         1.0, gt=0, le=60, description="Seconds between the enrich stage's reads of the "
         "watchlists' versions: a change made over the API is matched live within this, plus "

@@ -196,6 +196,18 @@ class Factory:
             [s.topic_alerts_lsst, s.topic_alerts_ztf, s.topic_ingested, s.topic_enriched,
              s.topic_dlq])
 
+    def create_topics(self, names: list[str]) -> None:
+        """Create topics that do not exist yet (a filter's, when it is enabled), so that a
+        subscriber never meets an unknown topic."""
+        if self.settings.backend is Backend.embedded:
+            for name in names:
+                if name not in self.memory_broker.topics():
+                    self.memory_broker.create_topic(name)
+            return
+        from broker.storage.kafka import KafkaClients  # noqa: PLC0415
+
+        KafkaClients.from_settings(self.settings).ensure_topics(names)
+
     def close(self) -> None:
         for closer in reversed(self._closers):
             closer.close()

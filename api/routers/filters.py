@@ -303,6 +303,7 @@ def enable_filter(filter_id: int, caller: Authenticated, stores: Stores) -> Filt
     owner = _owner(caller)
     found = stores.filters.owned(filter_id, owner)
     _checked_for_enable(_compile(found.text, owner, stores), stores)
+    stores.factory.create_topics([found.topic])
     stores.filters.set_state(filter_id, "enabled", caller=owner)
     return FilterOut.of(stores.filters.get(filter_id, owner))
 

@@ -166,6 +166,30 @@ def enrich(
 
 
 @clean_errors
+def filters(
+    once: Annotated[bool, typer.Option(
+        "--once", help=f"Drain what is on internal.enriched, then exit; {ONCE_BOUND}")] = False,
+) -> None:
+    """Run the filters stage: every enabled user filter (docs/filters.md) on every enriched
+    alert, the passing alerts published on each filter's topic filter.<owner>.<name>."""
+    from broker.factory import Factory  # noqa: PLC0415
+    from consumers import filters as filters_stage  # noqa: PLC0415
+
+    stopping = stop_on_signals()
+    factory = Factory(get_settings())
+    try:
+        factory.ensure_topics()
+        stage = filters_stage.build(factory)
+        stage.stopping = stopping
+        total = stage.run(once=once)
+    finally:
+        factory.close()
+    out.print(f"published {total.published} alerts for {len(total.by_filter)} filters "
+              f"({total.dropped} past daily caps), {total.dead_lettered} to the dead-letter "
+              f"topic, from {total.consumed} records", highlight=False)
+
+
+@clean_errors
 def run(
     ingest_processes: Annotated[int, typer.Option(
         "--ingest", min=1, max=64, help="Ingest processes (one consumer group).")] = 2,
@@ -173,6 +197,8 @@ def run(
         "--dr-updates/--no-dr-updates", help="Run the dr-updates stage.")] = True,
     enrich: Annotated[bool, typer.Option(
         "--enrich/--no-enrich", help="Run the enrich stage.")] = True,
+    run_filters: Annotated[bool, typer.Option(
+        "--filters/--no-filters", help="Run the filters stage.")] = True,
     api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API too.")] = True,
     port: Annotated[int, typer.Option(
         "--port", "-p", min=1, max=65535, help="API port (with --serve).")] = 8000,
@@ -208,6 +234,8 @@ def run(
         children.append(lanner_child("dr-updates", "dr-updates"))
     if enrich:
         children.append(lanner_child("enrich", "enrich"))
+    if run_filters:
+        children.append(lanner_child("filters", "filters"))
     if api:
         check_port("127.0.0.1", port)
         children.append(lanner_child("api", "serve", "--port", str(port),

@@ -25,11 +25,12 @@ from broker.storage import schema
 from broker.storage.dialect import column_list
 from broker.storage.shard0 import OwnedRows, utc
 
-TABLES = ("filters", "filter_versions")
+TABLES = ("filters", "filter_versions", "filter_days")
 STATES = ("disabled", "enabled", "suspended")
 VISIBILITIES = ("private", "public")
 _COLUMNS = schema.columns("filters")
 _VERSION_COLUMNS = schema.columns("filter_versions")
+_DAY_COLUMNS = schema.columns("filter_days")
 #: A filter's name: part of its Kafka topic's name (``filter.<owner>.<name>``), so only what
 #: Kafka allows there and no dot (the separator).
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -110,13 +111,15 @@ class FilterStore(OwnedRows[Filter]):
 
         return [_filter(r) for r in self._run(work, write=False)]
 
-    def versions(self) -> dict[int, tuple[int, str]]:
-        """Every filter's (version, state): what the filters stage polls."""
+    def versions(self) -> dict[int, tuple[int, str, str]]:
+        """Every filter's (version, state, time of its last change): what the filters stage
+        polls (any change reloads)."""
         def work(cursor: Any) -> list[tuple]:
-            cursor.execute("SELECT filter_id, version, state FROM filters")
+            cursor.execute("SELECT filter_id, version, state, updated_at FROM filters")
             return list(cursor.fetchall())
 
-        return {int(a): (int(b), c) for a, b, c in self._run(work, write=False)}
+        return {int(a): (int(b), c, utc(d).isoformat())
+                for a, b, c, d in self._run(work, write=False)}
 
     def history(self, filter_id: int, caller: str | None) -> list[dict[str, Any]]:
         """Every version of a readable filter's text, oldest first."""
@@ -129,6 +132,28 @@ class FilterStore(OwnedRows[Filter]):
 
         return [{"version": int(r[1]), "text": r[2], "created_at": utc(r[3])}
                 for r in self._run(work, write=False)]
+
+    def day_counts(self, day: str, filter_ids: Sequence[int] | None = None
+                   ) -> dict[int, tuple[int, int]]:
+        """(published, dropped) of filters on a UTC day (YYYY-MM-DD): all, or those named."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute("SELECT filter_id, published, dropped FROM filter_days WHERE day = %s",
+                           [day])
+            return list(cursor.fetchall())
+
+        wanted = None if filter_ids is None else set(filter_ids)
+        return {int(f): (int(p), int(d)) for f, p, d in self._run(work, write=False)
+                if wanted is None or int(f) in wanted}
+
+    def add_day_counts(self, day: str, counts: dict[int, tuple[int, int]]) -> None:
+        """Add (published, dropped) to filters' counts of a UTC day."""
+        rows = [(f, day, p, d) for f, (p, d) in sorted(counts.items()) if p or d]
+        if not rows:
+            return
+        sql = self.dialect.upsert("filter_days", _DAY_COLUMNS, ("filter_id", "day"), [
+            ("published", f"published + {self.dialect.new('published')}"),
+            ("dropped", f"dropped + {self.dialect.new('dropped')}")])
+        self._run(lambda cursor: cursor.executemany(sql, rows))
 
     # -- writes
 
@@ -215,6 +240,7 @@ class FilterStore(OwnedRows[Filter]):
         current = self.owned(filter_id, caller)
 
         def work(cursor: Any) -> None:
+            cursor.execute("DELETE FROM filter_days WHERE filter_id = %s", [filter_id])
             cursor.execute("DELETE FROM filter_versions WHERE filter_id = %s", [filter_id])
             cursor.execute("DELETE FROM filters WHERE filter_id = %s", [filter_id])
 

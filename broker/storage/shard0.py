@@ -102,6 +102,15 @@ class OwnedRows(Shard0Tables, Generic[R]):
         owned(self.WHAT, key, found.owner, caller)  # type: ignore[attr-defined]
         return found
 
+    def signature(self) -> tuple[tuple[int, str, str], ...]:
+        """(key, owner, visibility) of every row: what changes who may name what."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(f"SELECT {self.KEY}, owner, visibility FROM {self.TABLE} "
+                           f"ORDER BY {self.KEY}")
+            return list(cursor.fetchall())
+
+        return tuple((int(k), o, v) for k, o, v in self._run(work, write=False))
+
     def visible(self, caller: str | None) -> list[R]:
         """The caller's things and everyone's public ones, by owner then name."""
         def work(cursor: Any) -> list[tuple]:

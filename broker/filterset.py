@@ -1,0 +1,159 @@
+"""The enabled filters of a filters process, compiled, kept current, run on a batch.
+
+`FilterSet` reads every filter's (version, state) every ``poll_s`` seconds (one small query on
+shard 0) and, when any changed, reloads the enabled ones and compiles each against its
+owner's current scope (`broker.filtering.scope_for`). A change made over the API is therefore
+live in every filters process within ``poll_s`` plus one batch; a poll is cheaper than a change
+topic for the few thousand rows this is, and cannot miss a change. The same poll reads who owns
+which watchlists and watchmaps and who may see them (``scopes_changed``): when that changes,
+every filter is compiled again, and one that no longer compiles (it names a watchlist deleted
+or made private since) is suspended with the reason.
+
+`FilterSet.run` runs every filter on a batch (`broker.domain.filters.run`), timing each: a
+filter over its time bound, or one that fails (an integer overflow), is suspended with a
+reason its owner sees (``GET /api/v1/filters/{id}``), for the version that overran, so a fixed
+version saved meanwhile is not suspended by mistake. The batch's passing alerts of a filter
+that overran are still published: they are correct, only late.
+
+Daily caps: each process keeps the day's counts of its filters, read from ``filter_days`` at
+each reload and added to after each batch; past a filter's cap, its further alerts that day
+are dropped and counted. Several processes each read the others' counts at their next reload,
+so the cap may be passed by up to one poll's worth of their alerts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from broker.domain.filters import (
+    AlertBatch,
+    FilterError,
+    FilterRuntimeError,
+    Plan,
+    Scope,
+    Selection,
+    compile_filter,
+    run,
+)
+from broker.storage.filters import Filter, FilterStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Passed:
+    """A filter's passing alerts in one batch: the selection, and how many of them the cap
+    leaves to publish (the first ``publish`` rows)."""
+
+    filter: Filter
+    plan: Plan
+    selection: Selection
+    publish: int
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Day:
+    day: str = ""
+    counts: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def utc_day(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d")
+
+
+class FilterSet:
+    """The enabled filters, compiled and reloaded on change."""
+
+    def __init__(self, store: FilterStore, scope: Callable[[str], Scope], *,
+                 poll_s: float = 1.0, time_limit_s: float = 0.5,
+                 clock: Callable[[], float] = time.time,
+                 scopes_changed: Callable[[], Hashable] = lambda: None) -> None:
+        self.store = store
+        self.scope = scope
+        #: Polled with the versions: a value that changes when what owners may name changes
+        #: (watchlists and watchmaps made, deleted or made private), which recompiles them all.
+        self.scopes_changed = scopes_changed
+        self.poll_s = poll_s
+        self.time_limit_s = time_limit_s
+        self.clock = clock
+        self.active: list[tuple[Filter, Plan]] = []
+        self._seen: tuple[Any, Any] | None = None
+        self._polled = -float("inf")
+        self._day = _Day()
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload the enabled filters if any filter changed; whether it reloaded."""
+        now = time.monotonic()
+        if not force and now - self._polled < self.poll_s:
+            return False
+        self._polled = now
+        versions = (self.store.versions(), self.scopes_changed())
+        today = utc_day(self.clock())
+        if today != self._day.day or force or versions != self._seen:
+            self._day = _Day(today, self.store.day_counts(today))
+        if not force and versions == self._seen:
+            return False
+        self._seen = versions
+        scopes: dict[str, Scope] = {}
+        active = []
+        for found in self.store.enabled():
+            if found.owner not in scopes:
+                scopes[found.owner] = self.scope(found.owner)
+            try:
+                active.append((found, compile_filter(found.text, scopes[found.owner])))
+            except FilterError as exc:
+                self.suspend(found, f"it no longer compiles: {exc}")
+        self.active = active
+        log.info("filters loaded", enabled=len(active))
+        return True
+
+    def suspend(self, found: Filter, reason: str) -> None:
+        if self.store.set_state(found.filter_id, "suspended", reason, version=found.version):
+            log.warning("filter suspended", filter_id=found.filter_id, owner=found.owner,
+                        reason=reason)
+        self.active = [(f, p) for f, p in self.active if f.filter_id != found.filter_id]
+
+    def run(self, batch: AlertBatch) -> list[Passed]:
+        """Every active filter on a batch: what each passed, and how much of it to publish."""
+        passed = []
+        for found, plan in list(self.active):
+            started = time.perf_counter()
+            try:
+                selection = run(plan, batch)
+            except FilterRuntimeError as exc:
+                self.suspend(found, f"it failed on a batch: {exc}")
+                continue
+            seconds = time.perf_counter() - started
+            if seconds > self.time_limit_s:
+                self.suspend(found, f"it took {seconds * 1000:.0f} ms on a batch of "
+                             f"{batch.size:,} alerts, more than the {self.time_limit_s * 1000:.0f}"
+                             " ms a filter may take: simplify it and enable it again")
+            if selection.rows.size == 0:
+                continue
+            published, _ = self._day.counts.get(found.filter_id, (0, 0))
+            room = max(0, found.daily_cap - published)
+            passed.append(Passed(found, plan, selection, min(room, int(selection.rows.size)),
+                                 seconds))
+        return passed
+
+    def counted(self, passed: list[Passed]) -> dict[int, tuple[int, int]]:
+        """Count a batch's published and dropped alerts into the day's (after publishing);
+        the increments, for `FilterStore.add_day_counts`."""
+        increments: dict[int, tuple[int, int]] = {}
+        for p in passed:
+            dropped = int(p.selection.rows.size) - p.publish
+            increments[p.filter.filter_id] = (p.publish, dropped)
+            before = self._day.counts.get(p.filter.filter_id, (0, 0))
+            self._day.counts[p.filter.filter_id] = (before[0] + p.publish, before[1] + dropped)
+        return increments
+
+    @property
+    def day(self) -> str:
+        return self._day.day

@@ -1,0 +1,169 @@
+"""The filters stage: every enabled user filter run on every enriched alert, the passing
+alerts published on each filter's own topic.
+
+Per batch of ``internal.enriched`` records: decode them (a bad record goes to the dead-letter
+topic with its reason); reload the filters if any changed (`broker.filterset.FilterSet`, a
+version poll); run every enabled filter over the batch as columns
+(`broker.domain.filters.AlertBatch`); publish one ``lanner.filtered`` record per passing alert
+on ``filter.<owner>.<name>`` (Avro in the Confluent wire format, keyed by object id), up to the
+filter's daily cap; wait for every acknowledgement; add the day's counts; commit the offsets.
+
+Redelivery: a batch processed twice publishes its filtered records twice with the same alert
+ids (at-least-once; readers deduplicate by ``(filter_id, alert_id)``), and its day counts are
+added twice, so a cap may be reached a little early after a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from broker import metrics
+from broker.config import DEFAULT_ONCE_WAIT_S
+from broker.domain.filters import AlertBatch
+from broker.exceptions import PermanentError
+from broker.factory import Factory
+from broker.filtering import scope_for
+from broker.filterset import FilterSet, Passed
+from broker.storage.filters import FilterStore
+from broker.streaming import lanner_schemas
+from broker.streaming.queue import Message, MessageSource, Publisher
+from consumers.stage import Backoff, Stage, count_rejections, unexpected
+
+log = structlog.get_logger(__name__)
+
+STAGE = "filters"
+
+
+@dataclass(slots=True)
+class FiltersReport:
+    """What one batch did (or several, added up)."""
+
+    consumed: int = 0
+    published: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+    by_filter: dict[int, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: FiltersReport) -> None:
+        self.consumed += other.consumed
+        self.published += other.published
+        self.dropped += other.dropped
+        self.dead_lettered += other.dead_lettered
+        for filter_id, n in other.by_filter.items():
+            self.by_filter[filter_id] = self.by_filter.get(filter_id, 0) + n
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+
+
+def build(factory: Factory, *, source: MessageSource | None = None,
+          publisher: Publisher | None = None, batch_size: int | None = None,
+          poll_timeout: float | None = None, backoff: Backoff | None = None) -> FiltersStage:
+    """The filters stage of ``lanner filters``, from the factory's settings and stores."""
+    s = factory.settings
+    if source is None:
+        source = factory.source(group=s.filters_group, topics=[s.topic_enriched],
+                                instance_id=s.filters_instance_id)
+
+    def scope(owner: str) -> Any:
+        return scope_for(owner, refcats=factory.refcats, watchlists=factory.watchlists,
+                         watchmaps=factory.watchmaps)
+
+    return FiltersStage(
+        source=source, publisher=factory.publisher() if publisher is None else publisher,
+        filters=FilterSet(factory.filters, scope, poll_s=s.filter_poll_s,
+                          time_limit_s=s.filter_time_limit_ms / 1000.0,
+                          scopes_changed=lambda: (factory.watchlists.signature(),
+                                                  factory.watchmaps.signature())),
+        store=factory.filters, dlq=s.topic_dlq,
+        batch_size=s.filters_batch_size if batch_size is None else batch_size,
+        poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
+        backoff=backoff, once_wait=s.once_wait_limit_s)
+
+
+def read_enriched(message: Message) -> dict[str, Any]:
+    """Decode one ``internal.enriched`` record."""
+    return lanner_schemas.decode("enriched", message.value)
+
+
+def filtered_records(passed: Passed, records: Sequence[dict[str, Any]], published_ms: int,
+                     *, backfill: bool = False) -> list[tuple[bytes, bytes]]:
+    """The key and value of each ``lanner.filtered`` record a filter publishes for a batch
+    (the first ``passed.publish`` of its passing alerts)."""
+    columns = {name: values.to_pylist() for name, values in passed.selection.columns.items()}
+    out = []
+    for position, row in enumerate(passed.selection.rows[:passed.publish].tolist()):
+        record = records[row]
+        value = lanner_schemas.encode("filtered", {
+            "alert_id": record["alert_id"], "object_id": record["object_id"],
+            "survey": record["survey"], "mjd": record["mjd"], "ra": record["ra"],
+            "dec": record["dec"], "filter_id": passed.filter.filter_id,
+            "filter_version": passed.filter.version, "backfill": backfill,
+            "columns": {name: values[position] for name, values in columns.items()},
+            "source_timestamp_ms": record.get("source_timestamp_ms"),
+            "published_ms": published_ms})
+        out.append((record["object_id"].encode(), value))
+    return out
+
+
+class FiltersStage(Stage[FiltersReport]):
+    """Runs the enabled filters on ``internal.enriched`` and publishes on their topics."""
+
+    name = STAGE
+
+    def __init__(self, *, source: MessageSource, publisher: Publisher, filters: FilterSet,
+                 store: FilterStore, dlq: str = "alerts.dlq", batch_size: int = 2000,
+                 poll_timeout: float = 0.2, backoff: Backoff | None = None,
+                 once_wait: float = DEFAULT_ONCE_WAIT_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(source=source, publisher=publisher, batch_size=batch_size,
+                         poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
+        self.filters = filters
+        self.store = store
+        self.dlq = dlq
+        self.clock = clock
+
+    def new_report(self) -> FiltersReport:
+        return FiltersReport()
+
+    def process(self, messages: Sequence[Message]) -> FiltersReport:
+        started = time.monotonic()
+        records: list[dict[str, Any]] = []
+        rejected: list[tuple[Message, PermanentError]] = []
+        for message in messages:
+            try:
+                records.append(read_enriched(message))
+            except PermanentError as exc:
+                rejected.append((message, exc))
+            except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
+                rejected.append((message, unexpected(STAGE, message, exc)))
+        self.retry("filters", self.filters.refresh)
+        passed = self.filters.run(AlertBatch(records)) if records else []
+        now_ms = int(self.clock() * 1000)
+        outputs = [(p.filter.topic, filtered_records(p, records, now_ms)) for p in passed]
+        self.retry("kafka", lambda: self._publish(outputs, rejected))
+        increments = self.filters.counted(passed)
+        self.retry("filters", lambda: self.store.add_day_counts(self.filters.day, increments))
+        self.retry("kafka", lambda: self.source.commit(messages))
+        report = FiltersReport(consumed=len(messages), dead_lettered=len(rejected))
+        for p in passed:
+            report.published += p.publish
+            report.dropped += int(p.selection.rows.size) - p.publish
+            report.by_filter[p.filter.filter_id] = p.publish
+        count_rejections(STAGE, report.reasons, rejected)
+        metrics.ALERTS_OUT.labels(STAGE).inc(report.published)
+        metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)
+        return report
+
+    def _publish(self, outputs: list[tuple[str, list[tuple[bytes, bytes]]]],
+                 rejected: list[tuple[Message, PermanentError]]) -> None:
+        for topic, records in outputs:
+            for key, value in records:
+                self.publisher.publish(topic, value, key=key)
+        self.dead_letter(self.dlq, rejected)
+        self.publisher.flush(60.0)

@@ -1,0 +1,150 @@
+"""The filters stage over each backend: every enabled filter on every enriched alert, exactly
+the passing alerts on each filter's topic (Confluent wire format, lanner.filtered), daily caps,
+changes picked up by the version poll, and suspension of a filter that overruns or no longer
+compiles."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+
+from broker.domain.filters import Scope
+from broker.domain.watchlists import Cones
+from broker.filtering import scope_for
+from broker.filterset import FilterSet, utc_day
+from broker.simulator import AlertSimulator
+from broker.streaming import lanner_schemas, wire
+from consumers.filters import FiltersStage
+from tests.support.alerts import placed
+
+ALERTS = 40
+
+
+@pytest.fixture
+def enriched(harness) -> list[dict[str, Any]]:
+    """40 alerts of distinct objects, ingested and enriched: their internal.enriched records."""
+    rng = np.random.default_rng(12)
+    for i, record in enumerate(AlertSimulator(schema="11.1", seed=5, cutouts=False)
+                               .packets(ALERTS)):
+        object_id = 700_000_000_100 + i
+        harness.produce(harness.topics.lsst, wire.encode(
+            placed(record, object_id, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60))),
+            1101), key=str(object_id).encode())
+    assert harness.ingest_once().archived == ALERTS
+    assert harness.enrich_once().enriched == ALERTS
+    return [lanner_schemas.decode("enriched", m.value)
+            for m in harness.outputs(harness.enriched)]
+
+
+def _stage(harness, factory, *, time_limit_s: float = 5.0) -> FiltersStage:
+    def scope(owner: str) -> Scope:
+        return scope_for(owner, refcats=factory.refcats, watchlists=factory.watchlists,
+                         watchmaps=factory.watchmaps)
+
+    return FiltersStage(
+        source=harness.source(f"filters-{uuid.uuid4().hex[:6]}", [harness.enriched]),
+        publisher=harness.publisher(),
+        filters=FilterSet(factory.filters, scope, poll_s=0.0, time_limit_s=time_limit_s),
+        store=factory.filters, batch_size=15, poll_timeout=0.2)
+
+
+def _owner(factory) -> str:
+    """A user of a name of its own: filter topics are per owner, and Kafka is shared."""
+    name = f"u{uuid.uuid4().hex[:10]}"
+    factory.accounts.add_user(name)
+    return name
+
+
+def _published(harness, topic: str) -> list[dict[str, Any]]:
+    messages = harness.outputs(topic)
+    for m in messages:
+        assert m.value[0] == 0
+        assert wire.read_header(m.value) == lanner_schemas.schema_id("filtered")
+    return [lanner_schemas.decode("filtered", m.value) for m in messages]
+
+
+def test_each_filter_publishes_exactly_what_it_passes(harness, enriched, tmp_path) -> None:
+    factory = harness.factory(tmp_path)
+    owner = _owner(factory)
+    store = factory.filters
+    mags = sorted(r["mag"] for r in enriched if r["mag"] is not None)
+    cut = round(mags[len(mags) // 2], 3)  # about half pass
+    bright = store.create(owner, "bright", f"SELECT mag, band, ndet WHERE mag < {cut}",
+                          daily_cap=1000)
+    capped = store.create(owner, "capped", "SELECT * WHERE mag IS NOT NULL", daily_cap=3)
+    idle = store.create(owner, "idle", "SELECT * WHERE mag IS NOT NULL", daily_cap=1000)
+    for made in (bright, capped):
+        factory.create_topics([made.topic])
+        store.set_state(made.filter_id, "enabled")
+    report = _stage(harness, factory).run(once=True, idle_polls=3)
+    assert report.consumed == ALERTS
+
+    want = {r["alert_id"]: r for r in enriched if r["mag"] is not None and r["mag"] < cut}
+    assert 0 < len(want) < ALERTS
+    got = _published(harness, bright.topic)
+    assert sorted(r["alert_id"] for r in got) == sorted(want)
+    for record in got:
+        source = want[record["alert_id"]]
+        ndet = source["features"].get("ndet")  # NULL where enrich left no features
+        assert record["columns"] == {"mag": source["mag"], "band": source["band"],
+                                     "ndet": None if ndet is None else int(ndet)}
+        assert (record["object_id"], record["mjd"], record["ra"], record["dec"]) == (
+            source["object_id"], source["mjd"], source["ra"], source["dec"])
+        assert (record["filter_id"], record["filter_version"], record["backfill"]) == (
+            bright.filter_id, 1, False)
+    # The capped filter published its first 3 alerts of the day and counted the rest.
+    with_mag = sum(r["mag"] is not None for r in enriched)
+    assert len(_published(harness, capped.topic)) == 3
+    counts = store.day_counts(utc_day(time.time()))
+    assert counts[capped.filter_id] == (3, with_mag - 3)
+    assert counts[bright.filter_id] == (len(want), 0)
+    assert idle.filter_id not in report.by_filter
+    assert report.published == len(want) + 3
+
+
+def test_changes_are_picked_up_and_bad_filters_are_suspended(harness, enriched,
+                                                             tmp_path) -> None:
+    factory = harness.factory(tmp_path)
+    owner = _owner(factory)
+    store = factory.filters
+    listed = factory.watchlists.create(owner, "targets", Cones(
+        ["t"], np.array([1.0]), np.array([1.0]), np.array([2.0])))
+    watching = store.create(owner, "watching",
+                            f"SELECT * WHERE in_watchlist({listed.watchlist_id})", daily_cap=10)
+    slow = store.create(owner, "slow", "SELECT * WHERE mag < 99", daily_cap=1000)
+    for made in (watching, slow):
+        store.set_state(made.filter_id, "enabled")
+
+    def scope(who: str) -> Scope:
+        return scope_for(who, refcats=factory.refcats, watchlists=factory.watchlists,
+                         watchmaps=factory.watchmaps)
+
+    filters = FilterSet(store, scope, poll_s=0.0, time_limit_s=5.0,
+                        scopes_changed=factory.watchlists.signature)
+    assert filters.refresh(force=True)
+    assert {f.name for f, _ in filters.active} == {"watching", "slow"}
+    # A new text is picked up at the next poll, at its new version.
+    store.change(slow.filter_id, owner, text="SELECT * WHERE mag < 98")
+    assert filters.refresh()
+    assert [(f.version, f.text) for f, _ in filters.active if f.name == "slow"] == [
+        (2, "SELECT * WHERE mag < 98")]
+    # The watchlist it names goes: the filter no longer compiles and is suspended.
+    assert not filters.refresh()  # nothing changed
+    factory.watchlists.delete(listed.watchlist_id, owner)
+    assert filters.refresh()
+    suspended = store.get(watching.filter_id, owner)
+    assert suspended.state == "suspended"
+    assert f"no watchlist {listed.watchlist_id}" in (suspended.reason or "")
+    # Over its time bound, a filter is suspended (its batch still published).
+    stage = _stage(harness, factory, time_limit_s=1e-9)
+    factory.create_topics([slow.topic])
+    report = stage.run(once=True, idle_polls=3)
+    overran = store.get(slow.filter_id, owner)
+    assert overran.state == "suspended"
+    assert "ms a filter may take" in (overran.reason or "")
+    assert report.published == len(_published(harness, slow.topic)) > 0
+    assert report.published < ALERTS  # only the first batch: then it was suspended
