@@ -38,6 +38,7 @@ from api.routers import (
     home,
     jobs,
     objects,
+    registry,
     scs,
     status,
     watchlists,
@@ -105,6 +106,6 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     watchlists.install(app)
     filters.install(app)
     for module in (objects, cone, scs, status, accounts, watchlists, watchmaps, filters, jobs,
-                   home):
+                   registry, home):
         app.include_router(module.router)
     return app

@@ -59,3 +59,15 @@ def decode(family: str, message: bytes) -> dict[str, Any]:
         if known == sid:
             return wire.read_body(message, parsed(family, version), sid)
     raise UnknownSchemaError(sid, list(_ids()[f"lanner.{family}"].values()))
+
+
+def families() -> dict[str, dict[str, int]]:
+    """Every family's versions and their schema ids: ``{"lanner.enriched": {"1.0": id}}``."""
+    return dict(_ids())
+
+
+def schema_text(family: str, version: str) -> str:
+    """A family's version as the JSON text a schema registry serves."""
+    major, minor = version.split(".")
+    path = SCHEMA_ROOT / family / major / minor / f"lanner.{family}.avsc"
+    return json.dumps(json.loads(path.read_text()), separators=(",", ":"))

@@ -7,6 +7,7 @@ registry uses in the Confluent wire-format header. Parsed schemas are cached per
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -109,3 +110,16 @@ def parsed_schema(schema_id: int) -> Any:
 def schema_definition(schema_id: int) -> dict[str, Any]:
     """The alert schema of a registry id as a plain JSON-like dict (for walking its fields)."""
     return dict(parsed_schema(schema_id))
+
+
+@cache
+def schema_text(schema_id: int) -> str:
+    """The alert schema of a registry id as the JSON text a schema registry serves: the whole
+    definition, the cross-file references resolved by lsst-alert-packet."""
+    version = SchemaVersion.from_id(schema_id)
+    if version not in available_versions():
+        raise UnknownSchemaError(schema_id, [v.schema_id for v in available_versions()])
+    path = _schema_root() / str(version.major) / str(version.minor)
+    definition = lsst_schema.Schema.from_file(
+        str(path / f"lsst.v{version.major}_{version.minor}.alert.avsc")).definition
+    return json.dumps(definition, separators=(",", ":"))

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import pyvo
-import uvicorn
 from astropy.io.votable import parse
 
 from api.app import create_app
 from broker.domain.sky import angular_separation_deg
 from tests.api.conftest import Loaded, make_factory
+from tests.support.server import served
 
 CENTRE = (197.6, 7.3)  # the real ZTF exposure of 2020-01-01
 
@@ -89,21 +86,8 @@ def test_unknown_catalog_answers_a_votable_error(client) -> None:
 def server(loaded: Loaded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app on a real port, for clients that speak HTTP themselves (pyvo, STILTS)."""
     factory = make_factory(loaded, tmp_path_factory.mktemp("scs-factory"))
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(factory), host="127.0.0.1", port=port, log_level="error")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if instance.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
+    with served(create_app(factory)) as url:
+        yield url
 
 
 def test_pyvo_reads_the_cone(server: str, loaded: Loaded) -> None:

@@ -148,3 +148,50 @@ def test_changes_are_picked_up_and_bad_filters_are_suspended(harness, enriched,
     assert "ms a filter may take" in (overran.reason or "")
     assert report.published == len(_published(harness, slow.topic)) > 0
     assert report.published < ALERTS  # only the first batch: then it was suspended
+
+
+@pytest.mark.parametrize("harness", ["services"], indirect=True)
+def test_a_plain_confluent_consumer_reads_a_filter_topic_through_the_registry(
+        harness, enriched, tmp_path) -> None:
+    """A subscriber with nothing but confluent-kafka: DeserializingConsumer, AvroDeserializer
+    and SchemaRegistryClient pointed at Lanner's /registry, on a filter's topic and on
+    internal.enriched."""
+    from confluent_kafka import DeserializingConsumer
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    from api.app import create_app
+    from tests.support.server import served
+
+    factory = harness.factory(tmp_path)
+    owner = _owner(factory)
+    made = factory.filters.create(owner, "all", "SELECT mag WHERE mag IS NOT NULL",
+                                  daily_cap=1000)
+    factory.create_topics([made.topic])
+    factory.filters.set_state(made.filter_id, "enabled")
+    report = _stage(harness, factory).run(once=True, idle_polls=3)
+    assert report.published == sum(r["mag"] is not None for r in enriched) > 0
+    with served(create_app(factory)) as url:
+        registry = SchemaRegistryClient({"url": f"{url}/registry"})
+        for topic, count in ((made.topic, report.published), (harness.enriched, ALERTS)):
+            consumer = DeserializingConsumer({
+                "bootstrap.servers": harness.stack.kafka.bootstrap,
+                "group.id": f"subscriber-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "value.deserializer": AvroDeserializer(registry)})
+            consumer.subscribe([topic])
+            values = []
+            deadline = time.monotonic() + 60
+            while len(values) < count and time.monotonic() < deadline:
+                message = consumer.poll(1.0)
+                if message is not None and message.error() is None:
+                    values.append(message.value())
+            consumer.close()
+            assert len(values) == count, topic
+            if topic == made.topic:
+                by_alert = {r["alert_id"]: r for r in enriched}
+                for value in values:
+                    assert value["columns"]["mag"] == by_alert[value["alert_id"]]["mag"]
+                    assert value["filter_id"] == made.filter_id
+            else:
+                assert {v["alert_id"] for v in values} == {r["alert_id"] for r in enriched}
