@@ -24,8 +24,10 @@ def _ids() -> dict[str, dict[str, int]]:
     return {name: versions for name, versions in raw.items() if not name.startswith("_")}
 
 
+@cache
 def latest(family: str) -> str:
-    """The latest version of a family, e.g. ``"1.0"``."""
+    """The latest version of a family, e.g. ``"1.0"`` (read once: encoding every record
+    asks for it)."""
     return (SCHEMA_ROOT / family / "latest.txt").read_text().strip()
 
 
