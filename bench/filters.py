@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t2 = time.perf_counter()
         passed = filters.run(batch)
         t3 = time.perf_counter()
-        out = [filtered_records(p, decoded, 0) for p in passed]
+        out = [filtered_records(p, range(p.selection.rows.size), decoded, 0) for p in passed]
         t4 = time.perf_counter()
         passed_total = sum(len(o) for o in out)
         timings["decode"].append(t1 - t0)

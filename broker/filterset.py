@@ -16,9 +16,10 @@ version saved meanwhile is not suspended by mistake. The batch's passing alerts 
 that overran are still published: they are correct, only late.
 
 Daily caps: each process keeps the day's counts of its filters, read from ``filter_days`` at
-each reload and added to after each batch; past a filter's cap, its further alerts that day
-are dropped and counted. Several processes each read the others' counts at their next reload,
-so the cap may be passed by up to one poll's worth of their alerts.
+each reload and added to after each batch (`room`, `counted`); past a filter's cap, its
+further alerts that day are dropped and counted. Several processes each read the others'
+counts at their next reload, so the cap may be passed by up to one poll's worth of their
+alerts.
 """
 
 from __future__ import annotations
@@ -48,13 +49,11 @@ log = structlog.get_logger(__name__)
 
 @dataclass(slots=True)
 class Passed:
-    """A filter's passing alerts in one batch: the selection, and how many of them the cap
-    leaves to publish (the first ``publish`` rows)."""
+    """A filter's passing alerts in one batch, and how long it took."""
 
     filter: Filter
     plan: Plan
     selection: Selection
-    publish: int
     seconds: float
 
 
@@ -121,7 +120,7 @@ class FilterSet:
         self.active = [(f, p) for f, p in self.active if f.filter_id != found.filter_id]
 
     def run(self, batch: AlertBatch) -> list[Passed]:
-        """Every active filter on a batch: what each passed, and how much of it to publish."""
+        """Every active filter on a batch: what each passed."""
         passed = []
         for found, plan in list(self.active):
             started = time.perf_counter()
@@ -135,24 +134,20 @@ class FilterSet:
                 self.suspend(found, f"it took {seconds * 1000:.0f} ms on a batch of "
                              f"{batch.size:,} alerts, more than the {self.time_limit_s * 1000:.0f}"
                              " ms a filter may take: simplify it and enable it again")
-            if selection.rows.size == 0:
-                continue
-            published, _ = self._day.counts.get(found.filter_id, (0, 0))
-            room = max(0, found.daily_cap - published)
-            passed.append(Passed(found, plan, selection, min(room, int(selection.rows.size)),
-                                 seconds))
+            if selection.rows.size:
+                passed.append(Passed(found, plan, selection, seconds))
         return passed
 
-    def counted(self, passed: list[Passed]) -> dict[int, tuple[int, int]]:
-        """Count a batch's published and dropped alerts into the day's (after publishing);
-        the increments, for `FilterStore.add_day_counts`."""
-        increments: dict[int, tuple[int, int]] = {}
-        for p in passed:
-            dropped = int(p.selection.rows.size) - p.publish
-            increments[p.filter.filter_id] = (p.publish, dropped)
-            before = self._day.counts.get(p.filter.filter_id, (0, 0))
-            self._day.counts[p.filter.filter_id] = (before[0] + p.publish, before[1] + dropped)
-        return increments
+    def room(self, found: Filter) -> int:
+        """How many more alerts a filter may publish today."""
+        published, _ = self._day.counts.get(found.filter_id, (0, 0))
+        return max(0, found.daily_cap - published)
+
+    def counted(self, counts: dict[int, tuple[int, int]]) -> None:
+        """Add a batch's (published, dropped) per filter to the day's, once it is recorded."""
+        for filter_id, (published, dropped) in counts.items():
+            before = self._day.counts.get(filter_id, (0, 0))
+            self._day.counts[filter_id] = (before[0] + published, before[1] + dropped)
 
     @property
     def day(self) -> str:

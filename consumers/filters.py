@@ -6,11 +6,15 @@ topic with its reason); reload the filters if any changed (`broker.filterset.Fil
 version poll); run every enabled filter over the batch as columns
 (`broker.domain.filters.AlertBatch`); publish one ``lanner.filtered`` record per passing alert
 on ``filter.<owner>.<name>`` (Avro in the Confluent wire format, keyed by object id), up to the
-filter's daily cap; wait for every acknowledgement; add the day's counts; commit the offsets.
+filter's daily cap; wait for every acknowledgement; then, in one transaction, add the day's
+counts and move each filter's progress (``filter_progress``: the last input offset per
+partition it published for); commit the offsets.
 
-Redelivery: a batch processed twice publishes its filtered records twice with the same alert
-ids (at-least-once; readers deduplicate by ``(filter_id, alert_id)``), and its day counts are
-added twice, so a cap may be reached a little early after a crash.
+Redelivery: a batch delivered again after a crash skips, per filter, the records at or before
+its recorded progress, so what was published and counted is not published or counted again.
+Only a crash between the acknowledged publish and that transaction publishes a batch's alerts
+twice (at-least-once, with the same alert ids: readers deduplicate by ``(filter_id,
+alert_id)``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import structlog
 
 from broker import metrics
@@ -91,14 +96,16 @@ def read_enriched(message: Message) -> dict[str, Any]:
     return lanner_schemas.decode("enriched", message.value)
 
 
-def filtered_records(passed: Passed, records: Sequence[dict[str, Any]], published_ms: int,
-                     *, backfill: bool = False) -> list[tuple[bytes, bytes]]:
-    """The key and value of each ``lanner.filtered`` record a filter publishes for a batch
-    (the first ``passed.publish`` of its passing alerts)."""
+def filtered_records(passed: Passed, positions: Sequence[int],
+                     records: Sequence[dict[str, Any]], published_ms: int, *,
+                     backfill: bool = False) -> list[tuple[bytes, bytes]]:
+    """The key and value of the ``lanner.filtered`` record of each chosen passing alert of a
+    filter (``positions`` into its selection)."""
     columns = {name: values.to_pylist() for name, values in passed.selection.columns.items()}
+    rows = passed.selection.rows.tolist()
     out = []
-    for position, row in enumerate(passed.selection.rows[:passed.publish].tolist()):
-        record = records[row]
+    for position in positions:
+        record = records[rows[position]]
         value = lanner_schemas.encode("filtered", {
             "alert_id": record["alert_id"], "object_id": record["object_id"],
             "survey": record["survey"], "mjd": record["mjd"], "ra": record["ra"],
@@ -134,27 +141,47 @@ class FiltersStage(Stage[FiltersReport]):
     def process(self, messages: Sequence[Message]) -> FiltersReport:
         started = time.monotonic()
         records: list[dict[str, Any]] = []
+        read: list[Message] = []
         rejected: list[tuple[Message, PermanentError]] = []
         for message in messages:
             try:
                 records.append(read_enriched(message))
+                read.append(message)
             except PermanentError as exc:
                 rejected.append((message, exc))
             except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
                 rejected.append((message, unexpected(STAGE, message, exc)))
         self.retry("filters", self.filters.refresh)
+        part = [f"{m.topic}:{m.partition}" for m in read]
+        offset = np.array([m.offset for m in read], dtype=np.int64)
+        done = self.retry("filters", lambda: self.store.progress(sorted(set(part))))
         passed = self.filters.run(AlertBatch(records)) if records else []
         now_ms = int(self.clock() * 1000)
-        outputs = [(p.filter.topic, filtered_records(p, records, now_ms)) for p in passed]
+        outputs: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+        counts: dict[int, tuple[int, int]] = {}
+        moved: dict[tuple[int, str], int] = {}
+        for p in passed:
+            fid = p.filter.filter_id
+            # What a delivery of this batch before a crash published and counted is skipped.
+            rows = p.selection.rows.tolist()
+            fresh = [i for i, row in enumerate(rows)
+                     if offset[row] > done.get((fid, part[row]), -1)]
+            publish = fresh[:self.filters.room(p.filter)]
+            counts[fid] = (len(publish), len(fresh) - len(publish))
+            outputs.append((p.filter.topic, filtered_records(p, publish, records, now_ms)))
+            for row in rows:
+                key = (fid, part[row])
+                moved[key] = max(moved.get(key, -1), int(offset[row]))
         self.retry("kafka", lambda: self._publish(outputs, rejected))
-        increments = self.filters.counted(passed)
-        self.retry("filters", lambda: self.store.add_day_counts(self.filters.day, increments))
+        day = self.filters.day
+        self.retry("filters", lambda: self.store.record_batch(day, counts, moved))
+        self.filters.counted(counts)
         self.retry("kafka", lambda: self.source.commit(messages))
         report = FiltersReport(consumed=len(messages), dead_lettered=len(rejected))
-        for p in passed:
-            report.published += p.publish
-            report.dropped += int(p.selection.rows.size) - p.publish
-            report.by_filter[p.filter.filter_id] = p.publish
+        for fid, (published, dropped) in counts.items():
+            report.published += published
+            report.dropped += dropped
+            report.by_filter[fid] = published
         count_rejections(STAGE, report.reasons, rejected)
         metrics.ALERTS_OUT.labels(STAGE).inc(report.published)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)

@@ -186,7 +186,8 @@ def cover(moc: MOC) -> SkyCells:
     """The MOC's cells at the deepest order up to `MAX_COVER_ORDER` that needs at most
     `MAX_COVER_CELLS` of them (so a retroactive match reads only the archive there)."""
     for order in range(min(MAX_COVER_ORDER, int(moc.max_order)), -1, -1):
-        cells = np.asarray(moc.degrade_to_order(order).flatten(), dtype=np.int64)
+        coarse = moc if order >= int(moc.max_order) else moc.degrade_to_order(order)
+        cells = np.asarray(coarse.flatten(), dtype=np.int64)
         if cells.size <= MAX_COVER_CELLS or order == 0:
             return SkyCells(order, np.unique(cells))
     raise AssertionError("unreachable")  # pragma: no cover

@@ -25,12 +25,13 @@ from broker.storage import schema
 from broker.storage.dialect import column_list
 from broker.storage.shard0 import OwnedRows, utc
 
-TABLES = ("filters", "filter_versions", "filter_days")
+TABLES = ("filters", "filter_versions", "filter_days", "filter_progress")
 STATES = ("disabled", "enabled", "suspended")
 VISIBILITIES = ("private", "public")
 _COLUMNS = schema.columns("filters")
 _VERSION_COLUMNS = schema.columns("filter_versions")
 _DAY_COLUMNS = schema.columns("filter_days")
+_PROGRESS_COLUMNS = schema.columns("filter_progress")
 #: A filter's name: part of its Kafka topic's name (``filter.<owner>.<name>``), so only what
 #: Kafka allows there and no dot (the separator).
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -145,15 +146,41 @@ class FilterStore(OwnedRows[Filter]):
         return {int(f): (int(p), int(d)) for f, p, d in self._run(work, write=False)
                 if wanted is None or int(f) in wanted}
 
-    def add_day_counts(self, day: str, counts: dict[int, tuple[int, int]]) -> None:
-        """Add (published, dropped) to filters' counts of a UTC day."""
+    def progress(self, parts: Sequence[str]) -> dict[tuple[int, str], int]:
+        """The last offset each filter was run on, of these input partitions."""
+        if not parts:
+            return {}
+
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute("SELECT filter_id, part, last_offset FROM filter_progress WHERE part "
+                           f"IN ({', '.join(['%s'] * len(parts))})", list(parts))
+            return list(cursor.fetchall())
+
+        return {(int(f), p): int(o) for f, p, o in self._run(work, write=False)}
+
+    def record_batch(self, day: str, counts: dict[int, tuple[int, int]],
+                     progress: dict[tuple[int, str], int]) -> None:
+        """In one transaction: add (published, dropped) to filters' counts of a UTC day, and
+        move their progress on (never back)."""
         rows = [(f, day, p, d) for f, (p, d) in sorted(counts.items()) if p or d]
-        if not rows:
+        moved = [(f, part, offset) for (f, part), offset in sorted(progress.items())]
+        if not rows and not moved:
             return
-        sql = self.dialect.upsert("filter_days", _DAY_COLUMNS, ("filter_id", "day"), [
+        add = self.dialect.upsert("filter_days", _DAY_COLUMNS, ("filter_id", "day"), [
             ("published", f"published + {self.dialect.new('published')}"),
             ("dropped", f"dropped + {self.dialect.new('dropped')}")])
-        self._run(lambda cursor: cursor.executemany(sql, rows))
+        new = self.dialect.new("last_offset")
+        move = self.dialect.upsert(
+            "filter_progress", _PROGRESS_COLUMNS, ("filter_id", "part"),
+            [("last_offset", f"CASE WHEN {new} > last_offset THEN {new} ELSE last_offset END")])
+
+        def work(cursor: Any) -> None:
+            if rows:
+                cursor.executemany(add, rows)
+            if moved:
+                cursor.executemany(move, moved)
+
+        self._run(work)
 
     # -- writes
 
@@ -240,6 +267,7 @@ class FilterStore(OwnedRows[Filter]):
         current = self.owned(filter_id, caller)
 
         def work(cursor: Any) -> None:
+            cursor.execute("DELETE FROM filter_progress WHERE filter_id = %s", [filter_id])
             cursor.execute("DELETE FROM filter_days WHERE filter_id = %s", [filter_id])
             cursor.execute("DELETE FROM filter_versions WHERE filter_id = %s", [filter_id])
             cursor.execute("DELETE FROM filters WHERE filter_id = %s", [filter_id])
