@@ -38,7 +38,7 @@ from broker.data import CATALOGS, ztf_alerts
 from broker.domain.catalogs import select_rows
 from broker.domain.context import offset_by
 from broker.enricher import julian_year
-from broker.exceptions import LannerError
+from broker.exceptions import LannerError, NotFoundError
 from broker.simulator import AlertSimulator
 from broker.storage.refcat import open_catalog_file
 from broker.streaming import lanner_schemas, wire
@@ -47,10 +47,11 @@ from broker.streaming.schemas import SchemaVersion, latest_version
 
 if TYPE_CHECKING:
     from broker.factory import Factory
+    from broker.storage.filters import Filter
 
-__all__ = ["PLACEMENTS", "BuildEnrich", "BuildIngest", "DemoReport", "Enrich", "Ingest",
-           "IngestReport", "Placement", "Progress", "Silent", "embedded_settings",
-           "load_catalogs", "place", "run"]
+__all__ = ["DEMO_FILTERS", "PLACEMENTS", "BuildEnrich", "BuildFilters", "BuildIngest",
+           "DemoReport", "Enrich", "Filters", "Ingest", "IngestReport", "Placement", "Progress",
+           "Silent", "demo_filters", "embedded_settings", "load_catalogs", "place", "run"]
 
 
 class Progress(Protocol):
@@ -106,6 +107,40 @@ class BuildEnrich(Protocol):
     """Builds the enrich stage from a factory (`consumers.enrich.build`)."""
 
     def __call__(self, factory: Factory, *, poll_timeout: float | None = ...) -> Enrich: ...
+
+
+class FiltersReport(Protocol):
+    """What the demo reads of a filters report (`consumers.filters.FiltersReport`)."""
+
+    consumed: int
+    published: int
+    by_filter: dict[int, int]
+
+
+class Filters(Protocol):
+    """The filters stage as the demo runs it (`consumers.filters.FiltersStage`)."""
+
+    def run(self, *, once: bool = ..., idle_polls: int = ...,
+            on_batch: Callable[[FiltersReport], None] | None = ...) -> FiltersReport:
+        """Process batches; with ``once``, until the input is drained."""
+        ...
+
+
+class BuildFilters(Protocol):
+    """Builds the filters stage from a factory (`consumers.filters.build`)."""
+
+    def __call__(self, factory: Factory, *, poll_timeout: float | None = ...) -> Filters: ...
+
+
+#: The public filters of the demo's user ``demo`` (docs/filters.md), enabled in the demo.
+DEMO_USER = "demo"
+DEMO_FILTERS = (
+    ("supernova-candidates", "Alerts on catalogued galaxies, off their nucleus.",
+     "SELECT mag, band, context_source_id AS host, context_offset_semimajor "
+     "WHERE context = 'supernova_like'"),
+    ("bright", "Anything brighter than 19.5 mag.",
+     "SELECT mag, band, context WHERE mag < 19.5 ORDER BY mag"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +230,8 @@ class DemoReport:
     enriched: int = 0
     contexts: Mapping[str, int] | None = None
     placed: tuple[tuple[Placement, str | None], ...] = ()
+    #: The demo's filters: (filter id, name, alerts it published).
+    filters: tuple[tuple[int, str, int], ...] = ()
 
     def summary(self) -> str:
         """One line: alerts archived, where, and what the archive now holds."""
@@ -204,6 +241,9 @@ class DemoReport:
         if self.contexts is not None:
             counts = ", ".join(f"{n} {label}" for label, n in sorted(self.contexts.items()))
             line += f"; enriched {self.enriched} alerts ({counts})"
+        if self.filters:
+            shown = ", ".join(f"{name} {n}" for _, name, n in self.filters)
+            line += f"; filters published {shown}"
         return line
 
     def urls(self, base: str) -> list[str]:
@@ -225,6 +265,9 @@ class DemoReport:
         for placement, context in self.placed:
             lines.append(f"{base}/api/v1/objects/{placement.object_id}   {placement.label} "
                          f"(context: {context})")
+        for filter_id, name, _ in self.filters:
+            lines.append(f"{base}/api/v1/filters/{filter_id}   the {name} filter "
+                         f"(topic filter.{DEMO_USER}.{name})")
         if "hipparcos" in self.catalogs:
             lines += [f"{base}/api/v1/cone?ra=279.2341&dec=38.7830&radius=3600&catalog=hipparcos"
                       "   stars around Vega",
@@ -241,9 +284,12 @@ def embedded_settings(settings: Settings) -> Settings:
 
 
 def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
-        progress: Progress | None = None, build_enrich: BuildEnrich | None = None) -> DemoReport:
+        progress: Progress | None = None, build_enrich: BuildEnrich | None = None,
+        build_filters: BuildFilters | None = None) -> DemoReport:
     """Queue, ingest and load everything the demo shows (see the module docstring); with
-    ``build_enrich``, also the `PLACEMENTS` and the enrich stage over every ingested alert.
+    ``build_enrich``, also the `PLACEMENTS` and the enrich stage over every ingested alert;
+    with ``build_filters`` too, the `DEMO_FILTERS` of user ``demo``, enabled, and the filters
+    stage over every enriched alert.
 
     Raises
     ------
@@ -293,6 +339,14 @@ def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
         enriched, contexts = done.enriched, dict(done.contexts)
         placed = tuple((p, (factory.catalog.context(str(p.object_id)) or {}).get("context"))
                        for p in PLACEMENTS)
+    filters: tuple[tuple[int, str, int], ...] = ()
+    if build_enrich is not None and build_filters is not None:
+        made = demo_filters(factory)
+        filtering = build_filters(factory, poll_timeout=0.05)
+        with steps.task("running the demo's filters", enriched) as advance:
+            ran = filtering.run(once=True, idle_polls=2,
+                                on_batch=lambda report: advance(report.consumed))
+        filters = tuple((f.filter_id, f.name, ran.by_filter.get(f.filter_id, 0)) for f in made)
     counts = dict(factory.catalog.counts())
     return DemoReport(
         version=version,
@@ -307,7 +361,26 @@ def run(factory: Factory, *, build_ingest: BuildIngest, count: int, seed: int,
         enriched=enriched,
         contexts=contexts,
         placed=placed,
+        filters=filters,
     )
+
+
+def demo_filters(factory: Factory) -> list[Filter]:
+    """The `DEMO_FILTERS` of user ``demo``, made if missing, enabled, their topics made."""
+    try:
+        factory.accounts.get_user(DEMO_USER)
+    except NotFoundError:
+        factory.accounts.add_user(DEMO_USER)
+    mine = {f.name: f for f in factory.filters.visible(DEMO_USER) if f.owner == DEMO_USER}
+    made = []
+    for name, description, text in DEMO_FILTERS:
+        found = mine.get(name) or factory.filters.create(
+            DEMO_USER, name, text, description=description, visibility="public",
+            daily_cap=factory.settings.filter_daily_cap)
+        factory.create_topics([found.topic])
+        factory.filters.set_state(found.filter_id, "enabled")
+        made.append(found)
+    return made
 
 
 def load_catalogs(factory: Factory, progress: Progress | None = None) -> tuple[str, ...]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ from broker import demo
 from broker.config import Backend, Settings
 from broker.exceptions import LannerError
 from broker.factory import Factory
+from broker.filterset import utc_day
 from broker.streaming.schemas import SchemaVersion
 from consumers import ingest
 from tests.support.catalogs import HIPPARCOS
@@ -59,6 +62,18 @@ def test_demo_archives_simulated_and_real_alerts(tmp_path: Path) -> None:
         # The neighbour the demo points at is there.
         near = factory.refcats.cone("hipparcos", pointed["ra"], pointed["dec"], 300 / 3600, 5)
         assert [r["id"] for r in near] == [64192]
+        # The demo user's public filters, enabled, and what each published, as the summary says.
+        published = dict(re.findall(r"(supernova-candidates|bright) (\d+)", result.stdout))
+        made = {f.name: f for f in factory.filters.visible(None)}
+        assert set(made) == {name for name, _, _ in demo.DEMO_FILTERS} == set(published)
+        assert {(f.owner, f.state, f.visibility) for f in made.values()} == {
+            ("demo", "enabled", "public")}
+        counts = factory.filters.day_counts(utc_day(time.time()))
+        assert {name: str(counts.get(f.filter_id, (0, 0))[0]) for name, f in made.items()} \
+            == published
+        assert int(published["supernova-candidates"]) >= 1  # the placed transient in a galaxy
+        for f in made.values():
+            assert f"/api/v1/filters/{f.filter_id}   the {f.name} filter" in result.stdout
     finally:
         factory.close()
 

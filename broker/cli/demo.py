@@ -29,14 +29,15 @@ def demo(
     """
     from broker import demo as demo_run  # noqa: PLC0415 - keeps `lanner --help` fast
     from broker.factory import Factory  # noqa: PLC0415
-    from consumers import enrich, ingest  # noqa: PLC0415
+    from consumers import enrich, filters, ingest  # noqa: PLC0415
 
     if serve_api:
         check_port("127.0.0.1", port)
     factory = Factory(demo_run.embedded_settings(get_settings()))
     try:
         report = demo_run.run(factory, build_ingest=ingest.build, count=count, seed=seed,
-                              progress=_Bars(), build_enrich=enrich.build)
+                              progress=_Bars(), build_enrich=enrich.build,
+                              build_filters=filters.build)
         base = f"http://127.0.0.1:{port}"
         out.print("\n" + report.summary(), highlight=False)
         out.print("\nworth opening:", highlight=False)
