@@ -47,7 +47,7 @@ from api.routers import (
 from broker import lanner_version
 from broker.config import get_settings
 from broker.factory import Factory
-from broker.retro import JobRunner, JobStore
+from broker.jobs import runner as job_runner
 
 DESCRIPTION = """\
 Objects, light curves, cutouts and cone search over Lanner's alert archive.
@@ -85,8 +85,7 @@ def create_app(factory: Factory | None = None) -> FastAPI:
         runner = None
         if built.settings.api_jobs:
             stores: LazyStores = app.state.stores
-            runner = JobRunner(JobStore(built.shards), lambda: stores.catalog,
-                               lambda: stores.watchlists, lambda: stores.watchmaps)
+            runner = job_runner(stores)
             runner.start()
         try:
             yield

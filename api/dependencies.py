@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from broker.config import Settings
 from broker.factory import Factory
 from broker.queries import ArchiveQueries
 from broker.retro import JobStore
@@ -15,6 +16,7 @@ from broker.storage.filters import FilterStore
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
 from broker.storage.watchmaps import WatchmapStore
+from broker.streaming.queue import Publisher
 
 
 class LazyStores:
@@ -36,6 +38,7 @@ class LazyStores:
         self._watchmaps_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
         self._filters_lock = threading.Lock()
+        self._publisher_lock = threading.Lock()
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -76,6 +79,15 @@ class LazyStores:
     def filters(self) -> FilterStore:
         with self._filters_lock:
             return self.factory.filters
+
+    @property
+    def settings(self) -> Settings:
+        return self.factory.settings
+
+    def publisher(self) -> Publisher:
+        """A new producer (closed with the factory)."""
+        with self._publisher_lock:
+            return self.factory.publisher()
 
 
 async def get_stores(request: Request) -> LazyStores:

@@ -189,6 +189,8 @@ class Settings(BaseSettings):
     filter_reference_rows: int = Field(
         20_000, ge=100, le=1_000_000, description="Most archived alerts read for the check on "
         "enable (the newest of the window).")
+    filter_backfill_rows: int = Field(
+        1_000_000, ge=1, description="Most alerts one backfill delivers (to a topic or a file).")
     filter_daily_cap: int = Field(
         100_000, ge=1, description="Most alerts a filter publishes in one UTC day, unless its "
         "owner's tier or an admin sets another cap.")

@@ -62,11 +62,13 @@ class Trial:
 
 def archived_alerts(plan: Plan, since_mjd: float, until_mjd: float, limit: int, *,
                     catalog: ObjectCatalog, watchlists: WatchlistStore,
-                    watchmaps: WatchmapStore) -> list[dict[str, Any]]:
-    """The newest ``limit`` archived alerts of a window, with what ``plan`` reads."""
+                    watchmaps: WatchmapStore,
+                    after: tuple[float, int] | None = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` archived alerts of a window (or, after a cursor, the oldest after
+    it), with what ``plan`` reads."""
     features = sorted(c for c in plan.columns if COLUMNS[c].group == "feature")
     records = catalog.alerts_between(since_mjd, until_mjd, limit, features=features,
-                                     matches=bool(plan.catalogs))
+                                     matches=bool(plan.catalogs), after=after)
     by_alert = {r["alert_id"]: r for r in records}
     if plan.watchlists and records:
         for hit in watchlists.hits_for_alerts(list(by_alert)):

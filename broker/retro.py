@@ -14,6 +14,7 @@ list or map changed again meanwhile stops and leaves the newer version's job to 
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import threading
@@ -21,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +43,7 @@ from broker.storage.watchmaps import MapHit, WatchmapStore
 log = structlog.get_logger(__name__)
 
 _COLUMNS = schema.columns("jobs")
-KINDS = ("watchlist_retro", "watchmap_retro")
+KINDS = ("watchlist_retro", "watchmap_retro", "filter_backfill")
 #: Objects read and matched per page.
 PAGE = 50_000
 
@@ -62,6 +63,7 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def progress(self) -> float:
@@ -74,7 +76,8 @@ def _job(row: Any) -> Job:
                int(v["target_version"]), v["state"], int(v["done"]), int(v["total"]),
                int(v["hits"]), v["error"], utc(v["created_at"]),
                utc(v["started_at"]) if v["started_at"] is not None else None,
-               utc(v["finished_at"]) if v["finished_at"] is not None else None)
+               utc(v["finished_at"]) if v["finished_at"] is not None else None,
+               json.loads(v["params"]) if v["params"] else {})
 
 
 class JobStore(Shard0Tables):
@@ -82,7 +85,8 @@ class JobStore(Shard0Tables):
 
     TABLES = ("jobs",)
 
-    def queue(self, owner: str, kind: str, target_id: int, target_version: int) -> Job:
+    def queue(self, owner: str, kind: str, target_id: int, target_version: int,
+              params: dict[str, Any] | None = None) -> Job:
         if kind not in KINDS:
             msg = f"job kind {kind!r} is not one of {', '.join(KINDS)}"
             raise ValueError(msg)
@@ -91,7 +95,7 @@ class JobStore(Shard0Tables):
         self._run(lambda cursor: cursor.execute(
             self.dialect.insert_ignore("jobs", _COLUMNS),
             [job_id, owner, kind, target_id, target_version, "queued", 0, 0, 0, None, now,
-             None, None]))
+             None, None, json.dumps(params, sort_keys=True) if params else None]))
         return self.get(job_id, owner)
 
     def get(self, job_id: int, caller: str | None) -> Job:
@@ -142,7 +146,11 @@ class JobStore(Shard0Tables):
 
 
 class Superseded(Exception):  # noqa: N818 (a signal, not an error)
-    """The list or map changed again while its job ran."""
+    """The list, map or filter changed again while its job ran."""
+
+
+class Stopped(Exception):  # noqa: N818 (a signal, not an error)
+    """A job that ended early on purpose (a backfill at its most rows): done, and why."""
 
 
 #: Above this share of the sky, a job reads every object (a cell filter would save little).
@@ -219,15 +227,13 @@ def run_job(job: Job, jobs: JobStore, catalog: ObjectCatalog, watchlists: Watchl
 
 
 class JobRunner:
-    """Runs queued jobs one at a time on a daemon thread until stopped."""
+    """Runs queued jobs one at a time on a daemon thread until stopped: ``run`` does one job
+    (whatever its kind) and answers how many hits it found."""
 
-    def __init__(self, jobs: JobStore, catalog: Callable[[], ObjectCatalog],
-                 watchlists: Callable[[], WatchlistStore],
-                 watchmaps: Callable[[], WatchmapStore], *, poll_s: float = 1.0) -> None:
+    def __init__(self, jobs: JobStore, run: Callable[[Job], int], *,
+                 poll_s: float = 1.0) -> None:
         self.jobs = jobs
-        self.catalog = catalog
-        self.watchlists = watchlists
-        self.watchmaps = watchmaps
+        self.run = run
         self.poll_s = poll_s
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lanner-jobs", daemon=True)
@@ -246,9 +252,12 @@ class JobRunner:
             return None
         started = time.monotonic()
         try:
-            hits = run_job(job, self.jobs, self.catalog(), self.watchlists(), self.watchmaps())
+            hits = self.run(job)
+        except Stopped as exc:
+            self.jobs.finish(job.job_id, "done", str(exc))
         except (Superseded, NotFoundError):
-            self.jobs.finish(job.job_id, "done", "superseded: the list or map changed or went")
+            self.jobs.finish(job.job_id, "done", "superseded: its list, map or filter changed "
+                             "or went")
         except Exception as exc:  # a job must not take the runner down: record, go on
             log.error("job failed", job_id=job.job_id, kind=job.kind,
                       error=traceback.format_exception_only(exc)[-1].strip())

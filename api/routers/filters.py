@@ -22,6 +22,7 @@ from api.auth import Authenticated, Caller, CallerDep
 from api.dependencies import LazyStores, get_stores
 from api.errors import UNAVAILABLE
 from api.models import ErrorOut
+from api.routers.jobs import JobOut
 from broker.domain.filters import FilterError, FilterRuntimeError, Plan, compile_filter
 from broker.domain.filters.language import MAX_TEXT
 from broker.filtering import TooBroadError, Trial, archived_alerts, check_share, scope_for, trial
@@ -294,6 +295,40 @@ def test_filter(filter_id: int, window: WindowIn, caller: Authenticated,
     plan = _compile(found.text, found.owner, stores)
     since, until = _window(window, stores)
     return TrialOut.of(_trial(plan, since, until, caller.limits.max_rows, stores))
+
+
+class BackfillIn(BaseModel):
+    """A backfill: the window of archived alerts, and where its passing alerts go."""
+
+    since_mjd: float = Field(allow_inf_nan=False)
+    until_mjd: float = Field(allow_inf_nan=False)
+    deliver: Literal["topic", "file"] = Field(
+        "topic", description="topic: on the filter's topic, flagged backfill; file: a CSV or "
+        "VOTable file of the job (`GET /api/v1/jobs/{id}/result`).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackfillIn:
+        if not self.since_mjd < self.until_mjd:
+            msg = "since_mjd must be before until_mjd"
+            raise ValueError(msg)
+        return self
+
+
+@router.post("/filters/{filter_id}/backfill", response_model=JobOut, status_code=202,
+             summary="Backfill a filter",
+             description="Queue a job that runs the filter's current version over the archived "
+             "alerts of a window and delivers what passes; follow it at /api/v1/jobs/{id}.",
+             responses=_WRITE)
+def backfill_filter(filter_id: int, body: BackfillIn, caller: Authenticated,
+                    stores: Stores) -> JobOut:
+    owner = _owner(caller)
+    found = stores.filters.owned(filter_id, owner)
+    _compile(found.text, owner, stores)
+    if body.deliver == "topic":
+        stores.factory.create_topics([found.topic])
+    job = stores.jobs.queue(owner, "filter_backfill", filter_id, found.version, {
+        "since_mjd": body.since_mjd, "until_mjd": body.until_mjd, "deliver": body.deliver})
+    return JobOut.of(job)
 
 
 @router.post("/filters/{filter_id}/enable", response_model=FilterOut, summary="Enable a filter",

@@ -460,13 +460,25 @@ class ChunkedCatalog:
         found = [v for v in self.shards.all_shards(work, write=False).values() if v is not None]
         return max(found) if found else None
 
+    def count_alerts_between(self, since_mjd: float, until_mjd: float) -> int:
+        """How many archived alerts have ``since_mjd <= mjd < until_mjd``."""
+        def work(cursor: Any) -> int:
+            cursor.execute("SELECT COUNT(*) FROM alert_rows WHERE mjd >= %s AND mjd < %s",
+                           [since_mjd, until_mjd])
+            return int(cursor.fetchone()[0])
+
+        return sum(self.shards.all_shards(work, write=False).values())
+
     def alerts_between(self, since_mjd: float, until_mjd: float, limit: int, *,
-                       features: Sequence[str] = (), matches: bool = False) -> list[Row]:
+                       features: Sequence[str] = (), matches: bool = False,
+                       after: tuple[float, int] | None = None) -> list[Row]:
         """The archived alerts with ``since_mjd <= mjd < until_mjd``, newest first, at most
         ``limit``, as records shaped like ``lanner.enriched`` ones (what a filter's test run
-        and backfill read): the alert row, its object's position, stored context and the
-        named ``features`` (as they are now: an object's features are kept for its newest
-        alert only), and with ``matches`` its counterparts. Memberships of watchlists and
+        and backfill read); with ``after`` (the ``(mjd, alert_id)`` of the last record of the
+        previous page), the oldest ``limit`` after it instead, oldest first, for paging. Each
+        holds the alert row, its object's position, stored context and the named ``features``
+        (as they are now: an object's features are kept for its newest alert only), and with
+        ``matches`` its counterparts. Memberships of watchlists and
         watchmaps are the caller's to add (their hits are on shard 0). One read per shard, in
         parallel: an object's alert rows, row and context share its chunk's shard."""
         unknown = set(features) - set(FEATURE_COLUMNS)
@@ -476,19 +488,27 @@ class ChunkedCatalog:
         wanted = tuple(dict.fromkeys(features))
         extra = "".join(f", o.{q(f)}" for f in wanted)
 
+        where = "a.mjd >= %s AND a.mjd < %s"
+        params: list[Any] = [since_mjd, until_mjd]
+        order = "a.mjd DESC, a.source_id DESC"
+        if after is not None:
+            where += " AND (a.mjd > %s OR (a.mjd = %s AND a.source_id > %s))"
+            params += [after[0], after[0], after[1]]
+            order = "a.mjd, a.source_id"
+
         def work(cursor: Any) -> list[tuple]:
             cursor.execute(
                 "SELECT a.source_id, a.object_id, a.survey, a.mjd, a.band, a.psf_flux, o.ra, "
                 "o.`dec`, c.context, c.catalog, c.source_id, c.separation_arcsec, "
                 f"c.offset_semimajor, c.reason{extra} FROM alert_rows a JOIN objects o ON "
                 "o.object_id = a.object_id LEFT JOIN object_context c ON c.object_id = "
-                "a.object_id WHERE a.mjd >= %s AND a.mjd < %s "
-                "ORDER BY a.mjd DESC, a.source_id DESC LIMIT %s", [since_mjd, until_mjd, limit])
+                f"a.object_id WHERE {where} ORDER BY {order} LIMIT %s", [*params, limit])
             return list(cursor.fetchall())
 
         found = [(shard, row) for shard, rows in self.shards.all_shards(work, write=False).items()
                  for row in rows]
-        found.sort(key=lambda pair: (-float(pair[1][3]), -int(pair[1][0])))
+        sign = 1 if after is not None else -1
+        found.sort(key=lambda pair: (sign * float(pair[1][3]), sign * int(pair[1][0])))
         found = found[:limit]
         records: list[Row] = []
         for _, r in found:

@@ -151,9 +151,14 @@ class ObjectCatalog(Protocol):
     def newest_alert_mjd(self) -> float | None:
         """The time of the newest archived alert (None for an empty archive)."""
 
+    def count_alerts_between(self, since_mjd: float, until_mjd: float) -> int:
+        """How many archived alerts a time window holds."""
+
     def alerts_between(self, since_mjd: float, until_mjd: float, limit: int, *,
-                       features: Sequence[str] = (), matches: bool = False) -> list[Row]:
-        """Archived alerts in a time window, newest first, shaped like enriched records."""
+                       features: Sequence[str] = (), matches: bool = False,
+                       after: tuple[float, int] | None = None) -> list[Row]:
+        """Archived alerts in a time window, newest first (or, after a cursor, oldest first),
+        shaped like enriched records."""
 
     def features(self, object_id: str) -> Row | None:
         """The stored feature columns of an object (each None until it is enriched), or None

@@ -4,6 +4,7 @@ and the hostile corpus refused with nothing written anywhere."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -230,3 +231,71 @@ def test_hostile_filters_are_refused_over_the_api_and_nothing_is_written(api) ->
     assert _snapshot(factory.shards, harness.catalog.shards) == before
     assert client.get(f"/api/v1/filters/{made['filter_id']}",
                       headers=tokens["alice"]).json()["version"] == 1
+
+
+def _wait(client: TestClient, job_id: int, headers: dict[str, str]) -> dict[str, Any]:
+    import time
+
+    for _ in range(300):
+        job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not end: {job}")
+
+
+def test_backfills_deliver_to_a_file_and_to_the_topic(api) -> None:
+    import csv
+    import io
+
+    from astropy.io.votable import parse_single_table
+
+    from broker.streaming import lanner_schemas
+
+    client, factory, tokens, harness = api
+    alice = tokens["alice"]
+    rows = _archive_rows(harness)
+    name = f"faint-{uuid.uuid4().hex[:8]}"  # Kafka's topics outlive a test
+    made = client.post("/api/v1/filters", headers=alice, json={
+        "name": name, "text": "SELECT mag, band WHERE mag > 21"}).json()
+    want = sorted(r["source_id"] for r in rows if (flux_to_mag(r["psf_flux"]) or 0) > 21)
+    assert 0 < len(want) < len(rows)
+    window = {"since_mjd": min(r["mjd"] for r in rows), "until_mjd": max(r["mjd"] for r in rows)}
+    # until is exclusive: the newest row stays out unless the window passes it.
+    newest = max(rows, key=lambda r: r["mjd"])
+    expected = [s for s in want if s != newest["source_id"]]
+    queued = client.post(f"/api/v1/filters/{made['filter_id']}/backfill", headers=alice,
+                         json={**window, "deliver": "file"})
+    assert queued.status_code == 202, queued.text
+    job = _wait(client, queued.json()["job_id"], alice)
+    assert (job["state"], job["kind"], job["hits"]) == ("done", "filter_backfill",
+                                                        len(expected)), job
+    assert job["done"] == job["total"] == len(rows) - 1
+    got = client.get(f"/api/v1/jobs/{job['job_id']}/result", headers=alice)
+    table = list(csv.DictReader(io.StringIO(got.text)))
+    assert sorted(int(r["alert_id"]) for r in table) == expected
+    assert list(table[0]) == ["alert_id", "object_id", "survey", "mjd", "ra", "dec", "mag",
+                              "band"]
+    votable = client.get(f"/api/v1/jobs/{job['job_id']}/result?format=votable", headers=alice)
+    read = parse_single_table(io.BytesIO(votable.content)).to_table()
+    assert sorted(int(a) for a in read["alert_id"]) == expected
+    # Another user sees neither the job nor its result, and cannot backfill alice's filter.
+    assert client.get(f"/api/v1/jobs/{job['job_id']}/result",
+                      headers=tokens["bob"]).status_code == 404
+    assert client.post(f"/api/v1/filters/{made['filter_id']}/backfill", headers=tokens["bob"],
+                       json=window).status_code == 404
+    assert client.post(f"/api/v1/filters/{made['filter_id']}/backfill", headers=alice,
+                       json={"since_mjd": 2, "until_mjd": 1}).status_code == 422
+    # To the topic: flagged backfill, the filter's version.
+    window["until_mjd"] += 1
+    queued = client.post(f"/api/v1/filters/{made['filter_id']}/backfill", headers=alice,
+                         json=window)
+    job = _wait(client, queued.json()["job_id"], alice)
+    assert (job["state"], job["hits"]) == ("done", len(want)), job
+    topic = f"filter.alice.{name}"
+    messages = (factory.memory_broker.messages(topic) if harness.name == "embedded"
+                else harness.outputs(topic))  # the app publishes through its factory
+    published = [lanner_schemas.decode("filtered", m.value) for m in messages]
+    assert sorted(p["alert_id"] for p in published) == want
+    assert {(p["backfill"], p["filter_version"]) for p in published} == {(True, 1)}
+    assert client.get(f"/api/v1/jobs/{job['job_id']}/result", headers=alice).status_code == 404

@@ -97,7 +97,7 @@ def test_the_command_line_shows_jobs_with_a_progress_bar(tmp_path, monkeypatch) 
     from broker.config import Backend, get_settings
     from broker.domain.watchlists import Cones
     from broker.factory import Factory
-    from broker.retro import JobRunner
+    from broker.jobs import runner as job_runner
 
     monkeypatch.setenv("LANNER_BACKEND", "embedded")
     monkeypatch.setenv("LANNER_STATE_DIR", str(tmp_path / "state"))
@@ -115,8 +115,7 @@ def test_the_command_line_shows_jobs_with_a_progress_bar(tmp_path, monkeypatch) 
         assert f"job {job.job_id} watchlist_retro of {made.watchlist_id} v1: queued" in (
             shown.output)
         # --follow waits for the job, run meanwhile by a runner on another thread.
-        jobs = JobRunner(factory.jobs, lambda: factory.catalog, lambda: factory.watchlists,
-                         lambda: factory.watchmaps)
+        jobs = job_runner(factory)
         threading.Timer(1.0, jobs.run_once).start()
         followed = runner.invoke(app, ["jobs", "show", str(job.job_id), "--follow"])
         assert followed.exit_code == 0, followed.output
