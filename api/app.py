@@ -33,6 +33,7 @@ from api.dependencies import LazyStores
 from api.middleware import ObservedApp
 from api.routers import (
     accounts,
+    annotate,
     cone,
     filters,
     home,
@@ -104,7 +105,7 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     app.add_middleware(ObservedApp)
     watchlists.install(app)
     filters.install(app)
-    for module in (objects, cone, scs, status, accounts, watchlists, watchmaps, filters, jobs,
-                   registry, home):
+    for module in (objects, annotate, cone, scs, status, accounts, watchlists, watchmaps,
+                   filters, jobs, registry, home):
         app.include_router(module.router)
     return app

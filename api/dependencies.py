@@ -12,6 +12,7 @@ from broker.factory import Factory
 from broker.queries import ArchiveQueries
 from broker.retro import JobStore
 from broker.storage.accounts import AccountStore
+from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
@@ -39,6 +40,7 @@ class LazyStores:
         self._jobs_lock = threading.Lock()
         self._filters_lock = threading.Lock()
         self._publisher_lock = threading.Lock()
+        self._annotations_lock = threading.Lock()
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -79,6 +81,11 @@ class LazyStores:
     def filters(self) -> FilterStore:
         with self._filters_lock:
             return self.factory.filters
+
+    @property
+    def annotations(self) -> AnnotationStore:
+        with self._annotations_lock:
+            return self.factory.annotations
 
     @property
     def settings(self) -> Settings:

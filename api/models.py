@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -158,6 +159,20 @@ class WatchmapMembership(BaseModel):
     name: str
 
 
+class AnnotationOut(BaseModel):
+    """An annotator's annotation of an object (one version)."""
+
+    annotation_id: int
+    annotator: str = Field(description="Who posted it (a user with an annotator token).")
+    version: int = Field(description="1, then one more at each of the annotator's posts.")
+    class_: str = Field(alias="class", description="The class given.")
+    score: float | None = Field(description="The score given, if any.")
+    data: Any = Field(description="Anything else the annotator said (JSON).")
+    created_at: datetime
+
+    model_config = {"populate_by_name": True}
+
+
 class ObjectOut(ObjectFields):
     """One object: its stored row, latest magnitudes, context, counterparts and links."""
 
@@ -175,6 +190,8 @@ class ObjectOut(ObjectFields):
     watchmaps: list[WatchmapMembership] = Field(
         default_factory=list, description="The watchmaps it has been found in that the caller "
         "may see.")
+    annotations: list[AnnotationOut] = Field(
+        default_factory=list, description="Each annotator's newest annotation of it.")
     links: ObjectLinks
 
     @classmethod

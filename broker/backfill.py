@@ -32,6 +32,7 @@ from broker.domain.filters import ALWAYS, AlertBatch, compile_filter, run
 from broker.filtering import archived_alerts, scope_for
 from broker.filterset import Passed
 from broker.retro import Job, JobStore, Stopped, Superseded
+from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
 from broker.storage.stores import ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
@@ -95,13 +96,15 @@ class _TopicSink:
 def run_backfill(job: Job, jobs: JobStore, *, filters: FilterStore, catalog: ObjectCatalog,
                  watchlists: WatchlistStore, watchmaps: WatchmapStore,
                  refcats: ReferenceCatalogs, publisher: Callable[[], Publisher],
-                 results_dir: Path, max_rows: int, page: int = PAGE) -> int:
+                 results_dir: Path, max_rows: int, page: int = PAGE,
+                 annotations: AnnotationStore | None = None) -> int:
     """Run a ``filter_backfill`` job; how many alerts it delivered."""
     found = filters.owned(job.target_id, job.owner)
     versions = {v["version"]: v["text"] for v in filters.history(job.target_id, job.owner)}
     if job.target_version not in versions:
         raise Superseded
-    scope = scope_for(job.owner, refcats=refcats, watchlists=watchlists, watchmaps=watchmaps)
+    scope = scope_for(job.owner, refcats=refcats, watchlists=watchlists, watchmaps=watchmaps,
+                      annotations=annotations)
     plan = compile_filter(versions[job.target_version], scope)
     at_version = replace(found, version=job.target_version)
     since, until = float(job.params["since_mjd"]), float(job.params["until_mjd"])
@@ -123,7 +126,8 @@ def run_backfill(job: Job, jobs: JobStore, *, filters: FilterStore, catalog: Obj
     try:
         while delivered < max_rows:
             records = archived_alerts(plan, since, until, page, catalog=catalog,
-                                      watchlists=watchlists, watchmaps=watchmaps, after=after)
+                                      watchlists=watchlists, watchmaps=watchmaps, after=after,
+                                      annotations=annotations)
             if not records:
                 break
             after = (records[-1]["mjd"], records[-1]["alert_id"])

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic of rejected packets.")
     topic_ingested: str = Field("internal.ingested",
                                 description="Topic of compact records of archived alerts.")
+    topic_annotations: str = Field(
+        "internal.annotations", description="Topic of annotations posted over the API (the "
+        "filters stage reads it to run the filters that use annotations again).")
     topic_dr_updates: str = Field(
         "dr.updates", description="Topic of data-release catalog changes (lanner.dr_update).")
     topic_enriched: str = Field(

@@ -21,6 +21,7 @@ from broker.streaming.queue import MessageSource, Publisher
 if TYPE_CHECKING:
     from broker.retro import JobStore
     from broker.storage.accounts import AccountStore
+    from broker.storage.annotations import AnnotationStore
     from broker.storage.filters import FilterStore
     from broker.storage.shards import ShardSet
     from broker.storage.watchlists import WatchlistStore
@@ -128,6 +129,15 @@ class Factory:
         return store
 
     @cached_property
+    def annotations(self) -> AnnotationStore:
+        """Annotations of objects by annotators (shard 0 of the catalog's shard set)."""
+        from broker.storage.annotations import AnnotationStore  # noqa: PLC0415
+
+        store = AnnotationStore(self.shards)
+        store.setup()
+        return store
+
+    @cached_property
     def filters(self) -> FilterStore:
         """Users' filters and their versions (shard 0 of the catalog's shard set)."""
         from broker.storage.filters import FilterStore  # noqa: PLC0415
@@ -194,7 +204,7 @@ class Factory:
         s = self.settings
         KafkaClients.from_settings(s).ensure_topics(
             [s.topic_alerts_lsst, s.topic_alerts_ztf, s.topic_ingested, s.topic_enriched,
-             s.topic_dlq])
+             s.topic_dlq, s.topic_annotations])
 
     def create_topics(self, names: list[str]) -> None:
         """Create topics that do not exist yet (a filter's, when it is enabled), so that a

@@ -24,6 +24,7 @@ from typing import Any
 
 from broker.domain.filters import ALWAYS, COLUMNS, AlertBatch, Plan, Scope, run
 from broker.exceptions import LannerError
+from broker.storage.annotations import AnnotationStore
 from broker.storage.stores import ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
 from broker.storage.watchmaps import WatchmapStore
@@ -37,11 +38,12 @@ class TooBroadError(LannerError):
 
 
 def scope_for(owner: str, *, refcats: ReferenceCatalogs, watchlists: WatchlistStore,
-              watchmaps: WatchmapStore) -> Scope:
+              watchmaps: WatchmapStore, annotations: AnnotationStore | None = None) -> Scope:
     """What ``owner``'s filters may name."""
     return Scope(catalogs=frozenset(str(c["name"]) for c in refcats.list()),
                  watchlists=frozenset(w.watchlist_id for w in watchlists.visible(owner)),
-                 watchmaps=frozenset(m.watchmap_id for m in watchmaps.visible(owner)))
+                 watchmaps=frozenset(m.watchmap_id for m in watchmaps.visible(owner)),
+                 annotators=frozenset() if annotations is None else annotations.annotators())
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,8 @@ class Trial:
 
 def archived_alerts(plan: Plan, since_mjd: float, until_mjd: float, limit: int, *,
                     catalog: ObjectCatalog, watchlists: WatchlistStore,
-                    watchmaps: WatchmapStore,
-                    after: tuple[float, int] | None = None) -> list[dict[str, Any]]:
+                    watchmaps: WatchmapStore, after: tuple[float, int] | None = None,
+                    annotations: AnnotationStore | None = None) -> list[dict[str, Any]]:
     """The newest ``limit`` archived alerts of a window (or, after a cursor, the oldest after
     it), with what ``plan`` reads."""
     features = sorted(c for c in plan.columns if COLUMNS[c].group == "feature")
@@ -76,7 +78,18 @@ def archived_alerts(plan: Plan, since_mjd: float, until_mjd: float, limit: int, 
     if plan.watchmaps and records:
         for alert_id, watchmap_id in watchmaps.hits_for_alerts(list(by_alert)):
             by_alert[alert_id]["watchmaps"].append(watchmap_id)
+    if plan.annotators and records and annotations is not None:
+        annotate(records, annotations)
     return records
+
+
+def annotate(records: Sequence[dict[str, Any]], annotations: AnnotationStore) -> None:
+    """Add to each record its object's newest annotation by each annotator (``annotations``,
+    annotator → ``{"class", "score"}``), as filters read them."""
+    newest = annotations.newest(r["object_id"] for r in records)
+    for record in records:
+        record["annotations"] = {name: {"class": a.cls, "score": a.score}
+                                 for name, a in newest.get(record["object_id"], {}).items()}
 
 
 def trial(plan: Plan, records: Sequence[dict[str, Any]], since_mjd: float,

@@ -13,6 +13,7 @@ from typing import Protocol
 from broker.backfill import run_backfill
 from broker.config import Settings
 from broker.retro import Job, JobRunner, JobStore, run_job
+from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
 from broker.storage.stores import ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
@@ -37,6 +38,8 @@ class JobStores(Protocol):
     def filters(self) -> FilterStore: ...
     @property
     def refcats(self) -> ReferenceCatalogs: ...
+    @property
+    def annotations(self) -> AnnotationStore: ...
     def publisher(self) -> Publisher: ...
 
 
@@ -52,7 +55,8 @@ def run(job: Job, stores: JobStores) -> int:
                             watchlists=stores.watchlists, watchmaps=stores.watchmaps,
                             refcats=stores.refcats, publisher=stores.publisher,
                             results_dir=results_dir(stores.settings),
-                            max_rows=stores.settings.filter_backfill_rows)
+                            max_rows=stores.settings.filter_backfill_rows,
+                            annotations=stores.annotations)
     return run_job(job, stores.jobs, stores.catalog, stores.watchlists, stores.watchmaps)
 
 

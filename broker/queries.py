@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.exceptions import NotFoundError, UnknownCatalogError
+from broker.storage.annotations import Annotation, AnnotationStore
 from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs, Row
 from broker.storage.watchlists import WatchlistStore
 from broker.storage.watchmaps import WatchmapStore
@@ -55,6 +56,9 @@ class Stores(Protocol):
 
     @property
     def watchmaps(self) -> WatchmapStore: ...
+
+    @property
+    def annotations(self) -> AnnotationStore: ...
 
     @property
     def refcats(self) -> ReferenceCatalogs: ...
@@ -141,6 +145,11 @@ class ArchiveQueries:
         see (their own, and public ones; anonymous: public ones only)."""
         return (self._stores.watchlists.for_object(object_id, caller),
                 self._stores.watchmaps.for_object(object_id, caller))
+
+    def annotations(self, object_id: str) -> list[Annotation]:
+        """Each annotator's newest annotation of an object, by annotator."""
+        newest = self._stores.annotations.newest([object_id]).get(object_id, {})
+        return [newest[name] for name in sorted(newest)]
 
     def lightcurve(self, object_id: str) -> LightCurve:
         """Detections and forced photometry of an object, oldest first.

@@ -10,6 +10,13 @@ filter's daily cap; wait for every acknowledgement; then, in one transaction, ad
 counts and move each filter's progress (``filter_progress``: the last input offset per
 partition it published for); commit the offsets.
 
+Annotations: the stage also reads ``internal.annotations`` (one record per annotation posted
+over the API). An annotated object's newest archived alert is rebuilt (`Rerun`: its row,
+context, features, counterparts, memberships and annotations) and the filters that use
+annotations alone run on it, so such a filter passes the object when it is annotated rather
+than at its next alert. Its progress is kept on the annotations topic's partitions like any
+other input.
+
 Redelivery: a batch delivered again after a crash skips, per filter, the records at or before
 its recorded progress, so what was published and counted is not published or counted again.
 Only a crash between the acknowledged publish and that transaction publishes a batch's alerts
@@ -25,16 +32,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import structlog
 
 from broker import metrics
 from broker.config import DEFAULT_ONCE_WAIT_S
-from broker.domain.filters import AlertBatch
+from broker.domain.filters import COLUMNS, AlertBatch, Plan, Selection
 from broker.exceptions import PermanentError
 from broker.factory import Factory
-from broker.filtering import scope_for
+from broker.filtering import annotate, scope_for
 from broker.filterset import FilterSet, Passed
+from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
+from broker.storage.stores import ObjectCatalog
+from broker.storage.watchlists import WatchlistStore
+from broker.storage.watchmaps import WatchmapStore
 from broker.streaming import lanner_schemas
 from broker.streaming.queue import Message, MessageSource, Publisher
 from consumers.stage import Backoff, Stage, count_rejections, unexpected
@@ -72,12 +84,13 @@ def build(factory: Factory, *, source: MessageSource | None = None,
     """The filters stage of ``lanner filters``, from the factory's settings and stores."""
     s = factory.settings
     if source is None:
-        source = factory.source(group=s.filters_group, topics=[s.topic_enriched],
+        source = factory.source(group=s.filters_group,
+                                topics=[s.topic_enriched, s.topic_annotations],
                                 instance_id=s.filters_instance_id)
 
     def scope(owner: str) -> Any:
         return scope_for(owner, refcats=factory.refcats, watchlists=factory.watchlists,
-                         watchmaps=factory.watchmaps)
+                         watchmaps=factory.watchmaps, annotations=factory.annotations)
 
     return FiltersStage(
         source=source, publisher=factory.publisher() if publisher is None else publisher,
@@ -86,6 +99,8 @@ def build(factory: Factory, *, source: MessageSource | None = None,
                           scopes_changed=lambda: (factory.watchlists.signature(),
                                                   factory.watchmaps.signature())),
         store=factory.filters, dlq=s.topic_dlq,
+        rerun=Rerun(s.topic_annotations, factory.catalog, factory.watchlists,
+                    factory.watchmaps, factory.annotations),
         batch_size=s.filters_batch_size if batch_size is None else batch_size,
         poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
         backoff=backoff, once_wait=s.once_wait_limit_s)
@@ -94,6 +109,44 @@ def build(factory: Factory, *, source: MessageSource | None = None,
 def read_enriched(message: Message) -> dict[str, Any]:
     """Decode one ``internal.enriched`` record."""
     return lanner_schemas.decode("enriched", message.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """What the stage needs to run the filters that use annotations again when an object is
+    annotated: the annotations topic, and where the object's newest alert is rebuilt from."""
+
+    topic: str
+    catalog: ObjectCatalog
+    watchlists: WatchlistStore
+    watchmaps: WatchmapStore
+    annotations: AnnotationStore
+
+    def records(self, messages: Sequence[Message], needs: Plan | None
+                ) -> tuple[list[dict[str, Any]], list[Message]]:
+        """The newest archived alert of each annotated object (the last message of an object
+        in the batch stands for it), with its memberships and annotations; and the message
+        each comes from."""
+        last: dict[str, Message] = {}
+        for message in messages:
+            last[lanner_schemas.decode("annotation", message.value)["object_id"]] = message
+        features = sorted(c for c in (needs.columns if needs else ())
+                          if COLUMNS[c].group == "feature")
+        records = self.catalog.newest_alerts(list(last), features=features, matches=True)
+        by_alert = {r["alert_id"]: r for r in records}
+        for hit in self.watchlists.hits_for_alerts(list(by_alert)):
+            by_alert[hit["alert_id"]]["watchlists"].append(hit)
+        for alert_id, watchmap_id in self.watchmaps.hits_for_alerts(list(by_alert)):
+            by_alert[alert_id]["watchmaps"].append(watchmap_id)
+        annotate(records, self.annotations)
+        return records, [last[r["object_id"]] for r in records]
+
+
+def _union(users: list[tuple[Any, Plan]]) -> Plan:
+    """A plan whose columns are every given plan's (what records rebuilt for them must hold)."""
+    first = users[0][1]
+    return Plan(first.text, first.select, first.where,
+                columns=frozenset().union(*(p.columns for _, p in users)))
 
 
 def filtered_records(passed: Passed, positions: Sequence[int],
@@ -127,35 +180,37 @@ class FiltersStage(Stage[FiltersReport]):
                  store: FilterStore, dlq: str = "alerts.dlq", batch_size: int = 2000,
                  poll_timeout: float = 0.2, backoff: Backoff | None = None,
                  once_wait: float = DEFAULT_ONCE_WAIT_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, rerun: Rerun | None = None) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
                          poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
         self.filters = filters
         self.store = store
         self.dlq = dlq
         self.clock = clock
+        self.rerun = rerun
 
     def new_report(self) -> FiltersReport:
         return FiltersReport()
 
     def process(self, messages: Sequence[Message]) -> FiltersReport:
         started = time.monotonic()
-        records: list[dict[str, Any]] = []
-        read: list[Message] = []
-        rejected: list[tuple[Message, PermanentError]] = []
-        for message in messages:
-            try:
-                records.append(read_enriched(message))
-                read.append(message)
-            except PermanentError as exc:
-                rejected.append((message, exc))
-            except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
-                rejected.append((message, unexpected(STAGE, message, exc)))
+        records, read, annotated, rejected = self._split(messages)
         self.retry("filters", self.filters.refresh)
+        only: set[int] | None = None
+        first_rerun: int | None = None
+        users = [(f, p) for f, p in self.filters.active if p.annotators]
+        if annotated and users and self.rerun is not None:
+            # An annotation runs the filters that use annotations on the object's newest alert.
+            rerun = self.rerun
+            again, sources = self.retry("stores", lambda: rerun.records(annotated,
+                                                                        _union(users)))
+            first_rerun, only = len(records), {f.filter_id for f, _ in users}
+            records += again
+            read += sources
+        passed = self._run(records, only=only, first_rerun=first_rerun)
         part = [f"{m.topic}:{m.partition}" for m in read]
         offset = np.array([m.offset for m in read], dtype=np.int64)
         done = self.retry("filters", lambda: self.store.progress(sorted(set(part))))
-        passed = self.filters.run(AlertBatch(records)) if records else []
         now_ms = int(self.clock() * 1000)
         outputs: list[tuple[str, list[tuple[bytes, bytes]]]] = []
         counts: dict[int, tuple[int, int]] = {}
@@ -186,6 +241,55 @@ class FiltersStage(Stage[FiltersReport]):
         metrics.ALERTS_OUT.labels(STAGE).inc(report.published)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)
         return report
+
+    def _split(self, messages: Sequence[Message]) -> tuple[
+            list[dict[str, Any]], list[Message], list[Message],
+            list[tuple[Message, PermanentError]]]:
+        """The batch's enriched records (and their messages), its annotation messages, and
+        what goes to the dead-letter topic."""
+        records: list[dict[str, Any]] = []
+        read: list[Message] = []
+        annotated: list[Message] = []
+        rejected: list[tuple[Message, PermanentError]] = []
+        for message in messages:
+            if self.rerun is not None and message.topic == self.rerun.topic:
+                annotated.append(message)
+                continue
+            try:
+                records.append(read_enriched(message))
+                read.append(message)
+            except PermanentError as exc:
+                rejected.append((message, exc))
+            except Exception as exc:  # a bug must not stop the stream: dead-letter, keep going
+                rejected.append((message, unexpected(STAGE, message, exc)))
+        return records, read, annotated, rejected
+
+    def _run(self, records: list[dict[str, Any]], *, only: set[int] | None = None,
+             first_rerun: int | None = None) -> list[Passed]:
+        """Every active filter on the batch's records. With ``first_rerun``, the records from
+        that index on are annotated objects' newest alerts, for the filters in ``only`` alone:
+        the others' passes there are dropped."""
+        if not records:
+            return []
+        if any(p.annotators for _, p in self.filters.active) and self.rerun is not None:
+            store = self.rerun.annotations
+            plain = records if first_rerun is None else records[:first_rerun]
+            self.retry("stores", lambda: annotate(plain, store))
+        passed = self.filters.run(AlertBatch(records))
+        if first_rerun is None or only is None:
+            return passed
+        kept = []
+        for p in passed:
+            if p.filter.filter_id in only:
+                kept.append(p)
+                continue
+            keep = np.flatnonzero(p.selection.rows < first_rerun)
+            if keep.size:
+                chosen = pa.array(keep)
+                kept.append(Passed(p.filter, p.plan, Selection(
+                    p.selection.rows[keep],
+                    {n: v.take(chosen) for n, v in p.selection.columns.items()}), p.seconds))
+        return kept
 
     def _publish(self, outputs: list[tuple[str, list[tuple[bytes, bytes]]]],
                  rejected: list[tuple[Message, PermanentError]]) -> None:

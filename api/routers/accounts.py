@@ -8,7 +8,7 @@ token answers 404, as an unknown one does.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
@@ -81,11 +81,12 @@ class TokenOut(BaseModel):
     label: str | None = Field(description="What it is for.")
     created_at: datetime = Field(description="When it was issued (UTC).")
     revoked_at: datetime | None = Field(description="When it was revoked; null while valid.")
+    role: str | None = Field(None, description="annotator: it may post annotations of objects.")
 
     @classmethod
     def of(cls, info: TokenInfo) -> TokenOut:
         return cls(token_id=info.token_id, user=info.user_name, label=info.label,
-                   created_at=info.created_at, revoked_at=info.revoked_at)
+                   created_at=info.created_at, revoked_at=info.revoked_at, role=info.role)
 
 
 class NewTokenOut(TokenOut):
@@ -100,6 +101,8 @@ class TokenIn(BaseModel):
 
     label: str | None = Field(None, max_length=64, description="What it is for.")
     user: str | None = Field(None, description="Whose token (admins only; default: yours).")
+    role: Literal["annotator"] | None = Field(
+        None, description="annotator (admins only): the token may post annotations of objects.")
 
 
 @router.get("/me", response_model=UserOut, summary="The caller's account",
@@ -128,7 +131,9 @@ def list_users(_: Admin, stores: Stores) -> list[UserOut]:
 def issue_token(body: TokenIn, caller: Authenticated, stores: Stores,
                 response: Response) -> NewTokenOut:
     owner = _owner(caller, body.user)
-    token, info = stores.accounts.issue_token(owner, body.label)
+    if body.role is not None and not caller.is_admin:
+        raise HTTPException(status_code=403, detail="only an admin gives a token a role")
+    token, info = stores.accounts.issue_token(owner, body.label, role=body.role)
     response.headers["Cache-Control"] = "no-store"
     return NewTokenOut(**TokenOut.of(info).model_dump(), token=token.text)
 

@@ -179,7 +179,7 @@ def install(app: Any) -> None:
 
 def _compile(text: str, owner: str, stores: LazyStores) -> Plan:
     scope = scope_for(owner, refcats=stores.refcats, watchlists=stores.watchlists,
-                      watchmaps=stores.watchmaps)
+                      watchmaps=stores.watchmaps, annotations=stores.annotations)
     try:
         return compile_filter(text, scope)
     except FilterError as exc:
@@ -197,7 +197,8 @@ def _window(window: WindowIn, stores: LazyStores) -> tuple[float, float]:
 
 def _trial(plan: Plan, since: float, until: float, limit: int, stores: LazyStores) -> Trial:
     records = archived_alerts(plan, since, until, limit, catalog=stores.catalog,
-                              watchlists=stores.watchlists, watchmaps=stores.watchmaps)
+                              watchlists=stores.watchlists, watchmaps=stores.watchmaps,
+                              annotations=stores.annotations)
     try:
         return trial(plan, records, since, until)
     except FilterRuntimeError as exc:

@@ -21,6 +21,7 @@ from api.models import (
     WatchlistMembership,
     WatchmapMembership,
 )
+from api.routers.annotate import annotation_out
 from broker.queries import CutoutKind
 
 router = APIRouter(prefix="/api/v1/objects", tags=["objects"])
@@ -55,6 +56,8 @@ def get_object(object_id: ObjectId, archive: Archive, request: Request,
     lists, maps = archive.memberships(object_id, caller.name)
     out.watchlists = [WatchlistMembership(**m) for m in lists]
     out.watchmaps = [WatchmapMembership(**m) for m in maps]
+    newest = archive.annotations(object_id)
+    out.annotations = [annotation_out(a) for a in newest]
     return out
 
 

@@ -116,11 +116,13 @@ def users_enable(name: Annotated[str, typer.Argument(help="User name.")]) -> Non
 def tokens_issue(
     user: Annotated[str, typer.Argument(help="The user the token acts for.")],
     label: Annotated[str | None, typer.Option("--label", help="What it is for.")] = None,
+    role: Annotated[str | None, typer.Option(
+        "--role", help="annotator: the token may post annotations of objects.")] = None,
 ) -> None:
     """Issue a token and print it, this once: only a hash of it is kept."""
     factory, store = _store()
     try:
-        token, info = store.issue_token(user, label)
+        token, info = store.issue_token(user, label, role=role)
     except (ValueError, NotFoundError) as exc:
         raise LannerError(str(exc)) from None
     finally:
@@ -146,8 +148,9 @@ def tokens_list(user: Annotated[str, typer.Argument(help="User name.")]) -> None
         out.print(f"user {user} has no tokens", highlight=False)
     for info in found:
         state = (f"revoked {info.revoked_at:%Y-%m-%d %H:%M}Z" if info.revoked_at else "active")
+        role = f" role {info.role}" if info.role else ""
         out.print(f"{info.token_id} {info.label or '-'} issued "
-                  f"{info.created_at:%Y-%m-%d %H:%M}Z {state}", highlight=False)
+                  f"{info.created_at:%Y-%m-%d %H:%M}Z {state}{role}", highlight=False)
 
 
 @tokens.command("revoke")

@@ -36,6 +36,9 @@ T = TypeVar("T")
 TABLES = ("users", "tokens", "request_counts")
 _USER_COLUMNS = schema.columns("users")
 _TOKEN_COLUMNS = schema.columns("tokens")
+#: What a token may be given, beyond acting for its user: ``annotator`` posts classifications
+#: of objects (`broker.storage.annotations`).
+ROLES = ("annotator",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,8 @@ class User:
     tier: Tier
     created_at: datetime
     disabled: bool = False
+    #: The role of the token it authenticated with (`AccountStore.authenticate` only).
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,7 @@ class TokenInfo:
     label: str | None
     created_at: datetime
     revoked_at: datetime | None
+    role: str | None = None
 
     @property
     def active(self) -> bool:
@@ -131,11 +137,16 @@ class AccountStore(Shard0Tables):
 
     # -- tokens
 
-    def issue_token(self, user_name: str, label: str | None = None) -> tuple[NewToken, TokenInfo]:
-        """A new token for an existing user: its text (to show once) and what is kept."""
+    def issue_token(self, user_name: str, label: str | None = None, *,
+                    role: str | None = None) -> tuple[NewToken, TokenInfo]:
+        """A new token for an existing user: its text (to show once) and what is kept. A
+        ``role`` (`ROLES`) lets the token do more; who may give one is the caller's to check."""
         self.get_user(user_name)
         if label is not None and len(label) > 64:
             msg = f"a token label is at most 64 characters, not {len(label)}"
+            raise ValueError(msg)
+        if role is not None and role not in ROLES:
+            msg = f"a token's role is one of {', '.join(ROLES)}, not {role!r}"
             raise ValueError(msg)
         token = new_token()
         now = self.clock()
@@ -143,14 +154,14 @@ class AccountStore(Shard0Tables):
             f"INSERT INTO tokens ({column_list(_TOKEN_COLUMNS)}) VALUES "
             f"({', '.join(['%s'] * len(_TOKEN_COLUMNS))})",
             [token.token_id, user_name, token.secret_sha256, label,
-             self.dialect.time_value(now), None]))
-        return token, TokenInfo(token.token_id, user_name, label, now, None)
+             self.dialect.time_value(now), None, role]))
+        return token, TokenInfo(token.token_id, user_name, label, now, None, role)
 
     def tokens(self, user_name: str) -> list[TokenInfo]:
         """A user's tokens, revoked ones included, oldest first."""
         def work(cursor: Any) -> list[tuple]:
-            cursor.execute("SELECT token_id, user_name, label, created_at, revoked_at FROM "
-                           "tokens WHERE user_name = %s ORDER BY created_at, token_id",
+            cursor.execute("SELECT token_id, user_name, label, created_at, revoked_at, role "
+                           "FROM tokens WHERE user_name = %s ORDER BY created_at, token_id",
                            [user_name])
             return list(cursor.fetchall())
 
@@ -159,8 +170,8 @@ class AccountStore(Shard0Tables):
     def token(self, token_id: str) -> TokenInfo:
         """One token by id; `NotFoundError` if there is none."""
         def work(cursor: Any) -> tuple | None:
-            cursor.execute("SELECT token_id, user_name, label, created_at, revoked_at FROM "
-                           "tokens WHERE token_id = %s", [token_id])
+            cursor.execute("SELECT token_id, user_name, label, created_at, revoked_at, role "
+                           "FROM tokens WHERE token_id = %s", [token_id])
             return cursor.fetchone()
 
         row = self._run(work, write=False)
@@ -188,7 +199,7 @@ class AccountStore(Shard0Tables):
         def work(cursor: Any) -> tuple | None:
             cursor.execute(
                 "SELECT t.secret_sha256, t.revoked_at, u.name, u.tier, u.created_at, "
-                "u.disabled FROM tokens t JOIN users u ON u.name = t.user_name "
+                "u.disabled, t.role FROM tokens t JOIN users u ON u.name = t.user_name "
                 "WHERE t.token_id = %s", [token_id])
             return cursor.fetchone()
 
@@ -197,7 +208,7 @@ class AccountStore(Shard0Tables):
             return None
         if not secret_matches(secret, row[0]):
             return None
-        return User(row[2], Tier(row[3]), utc(row[4]), False)
+        return User(row[2], Tier(row[3]), utc(row[4]), False, row[6])
 
     # -- request counting
 
@@ -224,4 +235,4 @@ class AccountStore(Shard0Tables):
 
 def _token_info(row: tuple) -> TokenInfo:
     return TokenInfo(row[0], row[1], row[2], utc(row[3]),
-                     None if row[4] is None else utc(row[4]))
+                     None if row[4] is None else utc(row[4]), row[5])

@@ -478,16 +478,10 @@ class ChunkedCatalog:
         previous page), the oldest ``limit`` after it instead, oldest first, for paging. Each
         holds the alert row, its object's position, stored context and the named ``features``
         (as they are now: an object's features are kept for its newest alert only), and with
-        ``matches`` its counterparts. Memberships of watchlists and
-        watchmaps are the caller's to add (their hits are on shard 0). One read per shard, in
-        parallel: an object's alert rows, row and context share its chunk's shard."""
-        unknown = set(features) - set(FEATURE_COLUMNS)
-        if unknown:
-            msg = f"not feature columns: {', '.join(sorted(unknown))}"
-            raise ValueError(msg)
-        wanted = tuple(dict.fromkeys(features))
-        extra = "".join(f", o.{q(f)}" for f in wanted)
-
+        ``matches`` its counterparts. Memberships of watchlists and watchmaps are the caller's
+        to add (their hits are on shard 0). One read per shard, in parallel: an object's alert
+        rows, row and context share its chunk's shard."""
+        wanted = _wanted(features)
         where = "a.mjd >= %s AND a.mjd < %s"
         params: list[Any] = [since_mjd, until_mjd]
         order = "a.mjd DESC, a.source_id DESC"
@@ -497,19 +491,39 @@ class ChunkedCatalog:
             order = "a.mjd, a.source_id"
 
         def work(cursor: Any) -> list[tuple]:
-            cursor.execute(
-                "SELECT a.source_id, a.object_id, a.survey, a.mjd, a.band, a.psf_flux, o.ra, "
-                "o.`dec`, c.context, c.catalog, c.source_id, c.separation_arcsec, "
-                f"c.offset_semimajor, c.reason{extra} FROM alert_rows a JOIN objects o ON "
-                "o.object_id = a.object_id LEFT JOIN object_context c ON c.object_id = "
-                f"a.object_id WHERE {where} ORDER BY {order} LIMIT %s", [*params, limit])
+            cursor.execute(f"{_alert_select(wanted)} WHERE {where} ORDER BY {order} LIMIT %s",
+                           [*params, limit])
             return list(cursor.fetchall())
 
         found = [(shard, row) for shard, rows in self.shards.all_shards(work, write=False).items()
                  for row in rows]
         sign = 1 if after is not None else -1
         found.sort(key=lambda pair: (sign * float(pair[1][3]), sign * int(pair[1][0])))
-        found = found[:limit]
+        return self._alert_records(found[:limit], wanted, matches)
+
+    def newest_alerts(self, object_ids: Sequence[str], *, features: Sequence[str] = (),
+                      matches: bool = False) -> list[Row]:
+        """The newest archived alert of each object (none for an unknown object), shaped as
+        `alerts_between` shapes them: what the filters stage runs again when an object is
+        annotated."""
+        wanted = _wanted(features)
+        found: list[tuple[int, tuple]] = []
+        for object_id in dict.fromkeys(object_ids):
+            chunk_id = self.locate_object(object_id)
+            if chunk_id is None:
+                continue
+            shard = self.placement.shard_of(chunk_id)
+
+            def work(cursor: Any, object_id: str = object_id) -> list[tuple]:
+                cursor.execute(f"{_alert_select(wanted)} WHERE a.object_id = %s "
+                               "ORDER BY a.mjd DESC, a.source_id DESC LIMIT 1", [object_id])
+                return list(cursor.fetchall())
+
+            found += [(shard, row) for row in self.shards.run(shard, work, write=False)]
+        return self._alert_records(found, wanted, matches)
+
+    def _alert_records(self, found: list[tuple[int, tuple]], wanted: tuple[str, ...],
+                       matches: bool) -> list[Row]:
         records: list[Row] = []
         for _, r in found:
             records.append({
@@ -556,6 +570,24 @@ class ChunkedCatalog:
 
     def close(self) -> None:
         """Nothing of its own to release: the shard set belongs to whoever made it."""
+
+
+def _wanted(features: Sequence[str]) -> tuple[str, ...]:
+    unknown = set(features) - set(FEATURE_COLUMNS)
+    if unknown:
+        msg = f"not feature columns: {', '.join(sorted(unknown))}"
+        raise ValueError(msg)
+    return tuple(dict.fromkeys(features))
+
+
+def _alert_select(wanted: tuple[str, ...]) -> str:
+    """An alert row with its object's position, context and the wanted features (feature
+    names are checked against the felis columns before they get here)."""
+    extra = "".join(f", o.{q(f)}" for f in wanted)
+    return ("SELECT a.source_id, a.object_id, a.survey, a.mjd, a.band, a.psf_flux, o.ra, "
+            "o.`dec`, c.context, c.catalog, c.source_id, c.separation_arcsec, "
+            f"c.offset_semimajor, c.reason{extra} FROM alert_rows a JOIN objects o ON "
+            "o.object_id = a.object_id LEFT JOIN object_context c ON c.object_id = a.object_id")
 
 
 def _matches_of(object_ids: list[str]) -> Callable[[Any], list[tuple]]:

@@ -151,6 +151,10 @@ class ObjectCatalog(Protocol):
     def newest_alert_mjd(self) -> float | None:
         """The time of the newest archived alert (None for an empty archive)."""
 
+    def newest_alerts(self, object_ids: Sequence[str], *, features: Sequence[str] = (),
+                      matches: bool = False) -> list[Row]:
+        """The newest archived alert of each object, shaped like enriched records."""
+
     def count_alerts_between(self, since_mjd: float, until_mjd: float) -> int:
         """How many archived alerts a time window holds."""
 

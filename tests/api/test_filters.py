@@ -299,3 +299,52 @@ def test_backfills_deliver_to_a_file_and_to_the_topic(api) -> None:
     assert sorted(p["alert_id"] for p in published) == want
     assert {(p["backfill"], p["filter_version"]) for p in published} == {(True, 1)}
     assert client.get(f"/api/v1/jobs/{job['job_id']}/result", headers=alice).status_code == 404
+
+
+def test_annotators_annotate_objects_and_filters_read_the_newest(api) -> None:
+    client, factory, tokens, harness = api
+    rows = _archive_rows(harness)
+    object_id = rows[0]["object_id"]
+    factory.accounts.add_user("root_admin", "admin")
+    admin = {"Authorization": f"Bearer {factory.accounts.issue_token('root_admin')[0].text}"}
+    factory.accounts.add_user("classifier")
+    # Only an admin gives a token the annotator role.
+    assert client.post("/api/v1/tokens", headers=tokens["alice"],
+                       json={"role": "annotator"}).status_code == 403
+    issued = client.post("/api/v1/tokens", headers=admin,
+                         json={"user": "classifier", "role": "annotator", "label": "ml"})
+    assert issued.status_code == 201, issued.text
+    assert issued.json()["role"] == "annotator"
+    annotator = {"Authorization": f"Bearer {issued.json()['token']}"}
+    url = f"/api/v1/objects/{object_id}/annotations"
+    first = client.post(url, headers=annotator, json={"class": "SN Ia", "score": 0.7,
+                                                      "data": {"model": "v1"}})
+    assert first.status_code == 201, first.text
+    second = client.post(url, headers=annotator, json={"class": "SN II", "score": 0.9})
+    assert (first.json()["version"], second.json()["version"]) == (1, 2)
+    assert client.post(url, headers=tokens["alice"], json={"class": "x"}).status_code == 403
+    assert client.post(url, json={"class": "x"}).status_code == 401
+    assert client.post("/api/v1/objects/nosuchobject/annotations", headers=annotator,
+                       json={"class": "x"}).status_code == 404
+    assert client.post(url, headers=annotator, json={"class": ""}).status_code == 422
+    assert client.post(url, headers=annotator, json={"class": "x",
+                                                     "data": "y" * 20_000}).status_code == 422
+    listed = client.get(url).json()
+    assert [(a["version"], a["class"], a["data"]) for a in listed] == [
+        (1, "SN Ia", {"model": "v1"}), (2, "SN II", None)]
+    shown = client.get(f"/api/v1/objects/{object_id}").json()["annotations"]
+    assert [(a["annotator"], a["class"], a["score"]) for a in shown] == [
+        ("classifier", "SN II", 0.9)]
+    # A filter names the annotator, and a test run sees the newest class.
+    made = client.post("/api/v1/filters", headers=tokens["alice"], json={
+        "name": "typed", "text": "SELECT annotation_class('classifier') AS cls, "
+        "annotation_score('classifier') AS p WHERE annotated('classifier')"})
+    assert made.status_code == 201, made.text
+    tested = client.post(f"/api/v1/filters/{made.json()['filter_id']}/test",
+                         headers=tokens["alice"],
+                         json={"since_mjd": 0, "until_mjd": 100_000}).json()
+    assert tested["passed"] == sum(r["object_id"] == object_id for r in rows)
+    assert {(a["object_id"], a["cls"], a["p"]) for a in tested["alerts"]} == {
+        (object_id, "SN II", 0.9)}
+    assert client.post("/api/v1/filters/validate", headers=tokens["alice"], json={
+        "text": "SELECT * WHERE annotated('nobody')"}).status_code == 422

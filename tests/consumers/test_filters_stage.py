@@ -222,3 +222,69 @@ def test_a_plain_confluent_consumer_reads_a_filter_topic_through_the_registry(
                     assert value["filter_id"] == made.filter_id
             else:
                 assert {v["alert_id"] for v in values} == {r["alert_id"] for r in enriched}
+
+
+def test_an_annotation_runs_the_filters_that_use_annotations_again(harness, enriched,
+                                                                    tmp_path) -> None:
+    """A filter on an annotator's class passes nothing until the object is annotated; the
+    annotation (on the annotations topic) makes the stage run it on the object's newest alert,
+    once; filters that do not use annotations are not run again."""
+    from consumers.filters import Rerun
+
+    factory = harness.factory(tmp_path)
+    owner = _owner(factory)
+    topic = f"internal.annotations.{uuid.uuid4().hex[:8]}"
+    if harness.name != "embedded":
+        factory.create_topics([topic])
+    object_id = enriched[5]["object_id"]
+    factory.annotations.add("700000000999", "classifier", "warm-up")  # a known annotator
+    typed = factory.filters.create(owner, "typed", "SELECT annotation_class('classifier') AS "
+                                   "cls WHERE annotation_class('classifier') = 'SN Ia'",
+                                   daily_cap=100)
+    plain = factory.filters.create(owner, "plain", "SELECT * WHERE mag IS NOT NULL",
+                                   daily_cap=1000)
+    for made in (typed, plain):
+        factory.create_topics([made.topic])
+        factory.filters.set_state(made.filter_id, "enabled")
+
+    def stage() -> FiltersStage:
+        def scope(who: str) -> Scope:
+            return scope_for(who, refcats=factory.refcats, watchlists=factory.watchlists,
+                             watchmaps=factory.watchmaps, annotations=factory.annotations)
+
+        return FiltersStage(
+            source=harness.source(group, [harness.enriched, topic]),
+            publisher=harness.publisher(),
+            filters=FilterSet(factory.filters, scope, poll_s=0.0),
+            store=factory.filters, batch_size=15, poll_timeout=0.2,
+            rerun=Rerun(topic, harness.catalog, factory.watchlists, factory.watchmaps,
+                        factory.annotations))
+
+    def run_once() -> Any:
+        running = stage()
+        try:
+            return running.run(once=True, idle_polls=3)
+        finally:
+            running.source.close()  # leave the group: the next run takes the partitions
+
+    group = f"filters-{uuid.uuid4().hex[:6]}"
+    first = run_once()
+    assert first.by_filter.get(typed.filter_id, 0) == 0
+    plain_count = len(_published(harness, plain.topic))
+    made = factory.annotations.add(object_id, "classifier", "SN Ia", 0.8)
+    harness.produce(topic, lanner_schemas.encode("annotation", {
+        "annotation_id": made.annotation_id, "object_id": object_id,
+        "annotator": "classifier", "version": made.version, "class": "SN Ia", "score": 0.8,
+        "created_ms": 0}), key=object_id.encode())
+    second = run_once()
+    assert second.by_filter == {typed.filter_id: 1}
+    [published] = _published(harness, typed.topic)
+    newest = max((r for r in enriched if r["object_id"] == object_id),
+                 key=lambda r: (r["mjd"], r["alert_id"]))
+    assert (published["object_id"], published["columns"]) == (object_id, {"cls": "SN Ia"})
+    assert published["alert_id"] in {r["source_id"] for r in
+                                     harness.catalog.alert_rows(object_id)}
+    assert published["mjd"] >= newest["mjd"]
+    assert len(_published(harness, plain.topic)) == plain_count  # not run again
+    # Read again by the group (nothing new): nothing published twice.
+    assert run_once().published == 0

@@ -301,3 +301,28 @@ def test_the_guides_ten_examples_compile_and_run() -> None:
         plan = compile_filter(text, scope)
         selection = run(plan, batch)
         assert set(selection.columns) == {name for name, _ in plan.select}
+
+
+def test_annotations_in_filters() -> None:
+    records = _records(50, seed=4)
+    for i, record in enumerate(records):
+        if i % 3 == 0:
+            record["annotations"] = {"classifier": {"class": "SN Ia" if i % 2 else "AGN",
+                                                    "score": i / 50}}
+    scope = Scope(annotators=frozenset({"classifier"}))
+    plan = compile_filter("SELECT annotation_class('classifier') AS cls, "
+                          "annotation_score('classifier') AS p WHERE "
+                          "annotation_class('classifier') = 'SN Ia' AND "
+                          "annotation_score('classifier') > 0.2", scope)
+    assert plan.annotators == {"classifier"}
+    got = run(plan, AlertBatch(records))
+    want = [i for i in range(50) if i % 3 == 0 and i % 2 and i / 50 > 0.2]
+    assert got.rows.tolist() == want
+    assert set(got.columns["cls"].to_pylist()) == {"SN Ia"}
+    none = run(compile_filter("SELECT * WHERE NOT annotated('classifier')", scope),
+               AlertBatch(records))
+    assert none.rows.tolist() == [i for i in range(50) if i % 3]
+    with pytest.raises(FilterError, match="no annotator 'nobody'"):
+        compile_filter("SELECT * WHERE annotated('nobody')", scope)
+    with pytest.raises(FilterError, match="takes an annotator's name in quotes"):
+        compile_filter("SELECT * WHERE annotated(classifier)", scope)

@@ -104,4 +104,10 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
              "Name of the nearest cone of watchlist id the alert lies in (NULL: none)."),
     Function("in_watchmap", "in_watchmap(id)", "bool",
              "Whether the alert lies in watchmap id (yours, or a public one)."),
+    Function("annotated", "annotated('annotator')", "bool",
+             "Whether the named annotator has annotated the object."),
+    Function("annotation_class", "annotation_class('annotator')", "string",
+             "The class in the annotator's newest annotation of the object (NULL: none)."),
+    Function("annotation_score", "annotation_score('annotator')", "float",
+             "The score in the annotator's newest annotation of the object (NULL: none)."),
 )}

@@ -145,6 +145,24 @@ class AlertBatch:
         return out
 
 
+    def annotation(self, op: str, annotator: str) -> pa.Array:
+        """An annotator's newest annotation of each alert's object, from the records'
+        ``annotations`` (annotator → ``{"class", "score"}``, added by the filters stage)."""
+        cached = self._cache.get((op, annotator))
+        if cached is not None:
+            return cached
+        found = [(r.get("annotations") or {}).get(annotator) for r in self.records]
+        if op == "annotated":
+            out = pa.array([a is not None for a in found], type=pa.bool_())
+        elif op == "annotation_class":
+            out = pa.array([None if a is None else a["class"] for a in found], type=pa.string())
+        else:
+            out = pa.array([None if a is None else a["score"] for a in found],
+                           type=pa.float64())
+        self._cache[(op, annotator)] = out
+        return out
+
+
 def _any(rows: np.ndarray, size: int) -> np.ndarray:
     hit = np.zeros(size, dtype=bool)
     hit[rows] = True
@@ -246,6 +264,8 @@ def _eval(node: Node, batch: AlertBatch) -> Value:  # noqa: PLR0911, PLR0912, PL
     if op in ("matched", "match_arcsec", "match_count", "in_watchlist", "watchlist_arcsec",
               "watchlist_cone", "in_watchmap"):
         return batch.membership(op, node.value)
+    if op in ("annotated", "annotation_class", "annotation_score"):
+        return batch.annotation(op, node.value)
     args = [_eval(a, batch) for a in node.args]
     if op in _COMPARE:
         a, b = _pair(*args)

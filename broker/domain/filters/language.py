@@ -14,10 +14,10 @@ Bounds that make a filter's cost predictable, whatever its text: `MAX_TEXT` char
 `MAX_STRING` characters in a literal and `MAX_SELECT` output columns. LIKE patterns run on
 RE2 (through pyarrow), which is linear in its input: there is no regular-expression bomb.
 
-Names (columns, functions) are case-insensitive, as in MariaDB. Watchlists, watchmaps and
-reference catalogs are named by literal arguments and checked against a `Scope`: the ones the
-filter's owner may read. Another user's private watchlist is refused exactly as a watchlist
-that does not exist is.
+Names (columns, functions) are case-insensitive, as in MariaDB. Watchlists, watchmaps,
+reference catalogs and annotators are named by literal arguments and checked against a `Scope`:
+the ones the filter's owner may read (annotators: those who have annotated something).
+Another user's private watchlist is refused exactly as a watchlist that does not exist is.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Scope:
     catalogs: frozenset[str] = frozenset()
     watchlists: frozenset[int] = frozenset()
     watchmaps: frozenset[int] = frozenset()
+    annotators: frozenset[str] = frozenset()
 
 
 # ---- the plan -----------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class Plan:
     catalogs: frozenset[str] = field(default_factory=frozenset)
     watchlists: frozenset[int] = field(default_factory=frozenset)
     watchmaps: frozenset[int] = field(default_factory=frozenset)
+    annotators: frozenset[str] = field(default_factory=frozenset)
 
 
 # ---- parsing ------------------------------------------------------------------------------
@@ -182,7 +184,8 @@ def _plain(description: str) -> str:
 
 _MEMBERSHIP_TYPES: dict[str, Type] = {
     "matched": "bool", "match_arcsec": "float", "match_count": "int", "in_watchlist": "bool",
-    "watchlist_arcsec": "float", "watchlist_cone": "string", "in_watchmap": "bool"}
+    "watchlist_arcsec": "float", "watchlist_cone": "string", "in_watchmap": "bool",
+    "annotated": "bool", "annotation_class": "string", "annotation_score": "float"}
 _COMPARISONS: dict[type, str] = {
     exp.EQ: "eq", exp.NEQ: "ne", exp.LT: "lt", exp.LTE: "le", exp.GT: "gt", exp.GTE: "ge"}
 _ARITHMETIC: dict[type, str] = {
@@ -214,6 +217,7 @@ class _Compiler:
         self.catalogs: set[str] = set()
         self.watchlists: set[int] = set()
         self.watchmaps: set[int] = set()
+        self.annotators: set[str] = set()
         self.nodes = 0
 
     def fail(self, message: str, node: exp.Expr | None) -> FilterError:
@@ -256,7 +260,7 @@ class _Compiler:
         limit = self._limit(tree.args.get("limit"))
         return Plan(self.text, select, where, tuple(order), limit, frozenset(self.columns),
                     frozenset(self.catalogs), frozenset(self.watchlists),
-                    frozenset(self.watchmaps))
+                    frozenset(self.watchmaps), frozenset(self.annotators))
 
     def _select(self, items: list[exp.Expr]) -> tuple[tuple[str, Node], ...]:
         if len(items) > MAX_SELECT:
@@ -484,6 +488,14 @@ class _Compiler:
                                 f"{', '.join(sorted(self.scope.catalogs)) or 'none'})", node)
             self.catalogs.add(catalog)
             return Node(name, _MEMBERSHIP_TYPES[name], value=catalog)
+        if name in ("annotated", "annotation_class", "annotation_score"):
+            if len(raw) != 1 or not isinstance(raw[0], exp.Literal) or not raw[0].is_string:
+                raise self.fail(f"{name}() takes an annotator's name in quotes", node)
+            annotator = str(raw[0].this)
+            if annotator not in self.scope.annotators:
+                raise self.fail(f"no annotator {annotator!r}", node)
+            self.annotators.add(annotator)
+            return Node(name, _MEMBERSHIP_TYPES[name], value=annotator)
         if name in ("in_watchlist", "watchlist_arcsec", "watchlist_cone", "in_watchmap"):
             ident = self._fixed_int(name, raw, node)
             mine = self.scope.watchmaps if name == "in_watchmap" else self.scope.watchlists
