@@ -209,6 +209,18 @@ class Settings(BaseSettings):
     filter_time_limit_ms: float = Field(
         500.0, gt=0, description="Longest one filter may take on one batch before it is "
         "suspended, ms.")
+    webhook_attempts: int = Field(
+        5, ge=1, le=20, description="Tries of a filter's webhook POST (back-off 1, 2, 4 ... s) "
+        "before it is given up.")
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhooks to loopback and private-network addresses (tests, "
+        "closed deployments); by default they are refused.")
+    smtp_host: str | None = Field(
+        None, description="SMTP server of filters' daily email digests (none: no digests).")
+    smtp_port: int = Field(25, ge=1, le=65535, description="Its port.")
+    smtp_from: str = Field("lanner@localhost", description="The digests' sender address.")
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Where users reach the API (links in digests).")
     watch_poll_s: float = Field(
         1.0, gt=0, le=60, description="Seconds between the enrich stage's reads of the "
         "watchlists' versions: a change made over the API is matched live within this, plus "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from broker.exceptions import PermanentError
 from broker.factory import Factory
 from broker.filtering import annotate, scope_for
 from broker.filterset import FilterSet, Passed
+from broker.notify import LISTED, Notifier, digest, summary
 from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
 from broker.storage.stores import ObjectCatalog
@@ -101,6 +103,9 @@ def build(factory: Factory, *, source: MessageSource | None = None,
         store=factory.filters, dlq=s.topic_dlq,
         rerun=Rerun(s.topic_annotations, factory.catalog, factory.watchlists,
                     factory.watchmaps, factory.annotations),
+        notifier=Notifier(attempts=s.webhook_attempts,
+                          smtp=(s.smtp_host, s.smtp_port) if s.smtp_host else None),
+        mail=Mail(s.smtp_from, s.public_url),
         batch_size=s.filters_batch_size if batch_size is None else batch_size,
         poll_timeout=s.ingest_poll_timeout_s if poll_timeout is None else poll_timeout,
         backoff=backoff, once_wait=s.once_wait_limit_s)
@@ -109,6 +114,14 @@ def build(factory: Factory, *, source: MessageSource | None = None,
 def read_enriched(message: Message) -> dict[str, Any]:
     """Decode one ``internal.enriched`` record."""
     return lanner_schemas.decode("enriched", message.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """The digests' sender, and where their links point."""
+
+    sender: str = "lanner@localhost"
+    api_url: str = "http://127.0.0.1:8000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +193,8 @@ class FiltersStage(Stage[FiltersReport]):
                  store: FilterStore, dlq: str = "alerts.dlq", batch_size: int = 2000,
                  poll_timeout: float = 0.2, backoff: Backoff | None = None,
                  once_wait: float = DEFAULT_ONCE_WAIT_S,
-                 clock: Callable[[], float] = time.time, rerun: Rerun | None = None) -> None:
+                 clock: Callable[[], float] = time.time, rerun: Rerun | None = None,
+                 notifier: Notifier | None = None, mail: Mail | None = None) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
                          poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
         self.filters = filters
@@ -188,6 +202,9 @@ class FiltersStage(Stage[FiltersReport]):
         self.dlq = dlq
         self.clock = clock
         self.rerun = rerun
+        self.notifier = notifier
+        self.mail = mail or Mail()
+        self._digested = ""  # the last UTC day whose ended predecessor's digests were sent
 
     def new_report(self) -> FiltersReport:
         return FiltersReport()
@@ -214,6 +231,7 @@ class FiltersStage(Stage[FiltersReport]):
         now_ms = int(self.clock() * 1000)
         outputs: list[tuple[str, list[tuple[bytes, bytes]]]] = []
         counts: dict[int, tuple[int, int]] = {}
+        published: dict[int, list[int]] = {}
         moved: dict[tuple[int, str], int] = {}
         for p in passed:
             fid = p.filter.filter_id
@@ -223,6 +241,7 @@ class FiltersStage(Stage[FiltersReport]):
                      if offset[row] > done.get((fid, part[row]), -1)]
             publish = fresh[:self.filters.room(p.filter)]
             counts[fid] = (len(publish), len(fresh) - len(publish))
+            published[fid] = publish
             outputs.append((p.filter.topic, filtered_records(p, publish, records, now_ms)))
             for row in rows:
                 key = (fid, part[row])
@@ -232,15 +251,48 @@ class FiltersStage(Stage[FiltersReport]):
         self.retry("filters", lambda: self.store.record_batch(day, counts, moved))
         self.filters.counted(counts)
         self.retry("kafka", lambda: self.source.commit(messages))
+        self._notify(passed, published, records)
         report = FiltersReport(consumed=len(messages), dead_lettered=len(rejected))
-        for fid, (published, dropped) in counts.items():
-            report.published += published
+        for fid, (sent, dropped) in counts.items():
+            report.published += sent
             report.dropped += dropped
-            report.by_filter[fid] = published
+            report.by_filter[fid] = sent
         count_rejections(STAGE, report.reasons, rejected)
         metrics.ALERTS_OUT.labels(STAGE).inc(report.published)
         metrics.BATCH_SECONDS.labels(STAGE).observe(time.monotonic() - started)
         return report
+
+    def _notify(self, passed: list[Passed], published: dict[int, list[int]],
+                records: list[dict[str, Any]]) -> None:
+        """Queue each filter's webhook summary of the batch, and, once a UTC day is over, the
+        digests of the day before (never waiting on either)."""
+        if self.notifier is None:
+            return
+        for p in passed:
+            chosen = published.get(p.filter.filter_id) or []
+            if not chosen or not p.filter.webhook_url or not p.filter.webhook_secret:
+                continue
+            rows = p.selection.rows.tolist()
+            alerts = [{k: records[rows[i]][k] for k in ("alert_id", "object_id", "mjd", "ra",
+                                                         "dec")} for i in chosen[:LISTED]]
+            payload = summary(p.filter.filter_id, p.filter.name, p.filter.owner,
+                              p.filter.version, p.filter.topic, alerts)
+            payload["count"] = len(chosen)
+            self.notifier.webhook(p.filter.webhook_url, p.filter.webhook_secret, payload)
+        today = self.filters.day
+        if today and today != self._digested:
+            self._digested = today
+            yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
+            self.retry("filters", lambda: self._digests(yesterday))
+
+    def _digests(self, day: str) -> None:
+        assert self.notifier is not None
+        for found, published, dropped in self.store.digests_due(day):
+            if found.email and self.store.claim_digest(found.filter_id, day):
+                self.notifier.email(digest(
+                    found.name, found.owner, found.topic, day, published, dropped,
+                    found.daily_cap, self.mail.api_url, found.filter_id, self.mail.sender,
+                    found.email))
 
     def _split(self, messages: Sequence[Message]) -> tuple[
             list[dict[str, Any]], list[Message], list[Message],

@@ -26,6 +26,7 @@ from api.routers.jobs import JobOut
 from broker.domain.filters import FilterError, FilterRuntimeError, Plan, compile_filter
 from broker.domain.filters.language import MAX_TEXT
 from broker.filtering import TooBroadError, Trial, archived_alerts, check_share, scope_for, trial
+from broker.notify import check_webhook
 from broker.storage.filters import MAX_DESCRIPTION, Filter
 
 router = APIRouter(prefix="/api/v1", tags=["filters"])
@@ -128,14 +129,36 @@ class FilterOut(BaseModel):
     topic: str = Field(description="The Kafka topic of its passing alerts.")
     created_at: datetime
     updated_at: datetime
+    webhook_url: str | None = Field(None, description="Its webhook (shown to its owner only).")
+    email: str | None = Field(None, description="Where its daily digest goes (owner only).")
 
     @classmethod
-    def of(cls, found: Filter) -> FilterOut:
+    def of(cls, found: Filter, caller: str | None = None) -> FilterOut:
+        mine = caller == found.owner
         return cls(filter_id=found.filter_id, owner=found.owner, name=found.name,
                    description=found.description, visibility=found.visibility,
                    text=found.text, version=found.version, state=found.state,
                    reason=found.reason, daily_cap=found.daily_cap, topic=found.topic,
-                   created_at=found.created_at, updated_at=found.updated_at)
+                   created_at=found.created_at, updated_at=found.updated_at,
+                   webhook_url=found.webhook_url if mine else None,
+                   email=found.email if mine else None)
+
+
+class NotificationsIn(BaseModel):
+    """Where a filter notifies; null (or absent) turns one off."""
+
+    webhook_url: str | None = Field(None, max_length=512,
+                                    description="An http(s) address to POST summaries to.")
+    email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+                              description="An address for the daily digest.")
+
+
+class NotificationsOut(BaseModel):
+    webhook_url: str | None
+    webhook_secret: str | None = Field(description="The key its summaries are signed with "
+                                       "(HMAC-SHA256 of the body, header X-Lanner-Signature). "
+                                       "Keep it: a new address gets a new one.")
+    email: str | None
 
 
 class VersionOut(BaseModel):
@@ -238,19 +261,19 @@ def create_filter(body: FilterIn, caller: Authenticated, stores: Stores) -> Filt
                                      daily_cap=stores.factory.settings.filter_daily_cap)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    return FilterOut.of(made)
+    return FilterOut.of(made, owner)
 
 
 @router.get("/filters", response_model=list[FilterOut], summary="Filters",
             description="Yours, and everyone's public ones.", responses=UNAVAILABLE)
 def list_filters(caller: CallerDep, stores: Stores) -> list[FilterOut]:
-    return [FilterOut.of(f) for f in stores.filters.visible(caller.name)]
+    return [FilterOut.of(f, caller.name) for f in stores.filters.visible(caller.name)]
 
 
 @router.get("/filters/{filter_id}", response_model=FilterOut, summary="One filter",
             responses=_READ)
 def get_filter(filter_id: int, caller: CallerDep, stores: Stores) -> FilterOut:
-    return FilterOut.of(stores.filters.get(filter_id, caller.name))
+    return FilterOut.of(stores.filters.get(filter_id, caller.name), caller.name)
 
 
 @router.get("/filters/{filter_id}/versions", response_model=list[VersionOut],
@@ -276,7 +299,7 @@ def change_filter(filter_id: int, body: FilterChange, caller: Authenticated,
                                         visibility=body.visibility)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    return FilterOut.of(changed)
+    return FilterOut.of(changed, owner)
 
 
 @router.delete("/filters/{filter_id}", status_code=204, summary="Delete a filter",
@@ -332,6 +355,26 @@ def backfill_filter(filter_id: int, body: BackfillIn, caller: Authenticated,
     return JobOut.of(job)
 
 
+@router.put("/filters/{filter_id}/notifications", response_model=NotificationsOut,
+            summary="Set a filter's notifications",
+            description="A webhook gets a signed JSON summary of each batch of alerts the filter "
+            "publishes; an email address gets a digest of each UTC day.", responses=_WRITE)
+def set_notifications(filter_id: int, body: NotificationsIn, caller: Authenticated,
+                      stores: Stores) -> NotificationsOut:
+    owner = _owner(caller)
+    stores.filters.owned(filter_id, owner)
+    if body.webhook_url is not None:
+        try:
+            check_webhook(body.webhook_url,
+                          allow_private=stores.settings.webhook_allow_private)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+    changed = stores.filters.set_notifications(filter_id, owner, webhook_url=body.webhook_url,
+                                               email=body.email)
+    return NotificationsOut(webhook_url=changed.webhook_url,
+                            webhook_secret=changed.webhook_secret, email=changed.email)
+
+
 @router.post("/filters/{filter_id}/enable", response_model=FilterOut, summary="Enable a filter",
              description="Run it over the reference window and, unless it passes too large a "
              "share of alerts, run it on every enriched alert from now on.", responses=_WRITE)
@@ -341,7 +384,7 @@ def enable_filter(filter_id: int, caller: Authenticated, stores: Stores) -> Filt
     _checked_for_enable(_compile(found.text, owner, stores), stores)
     stores.factory.create_topics([found.topic])
     stores.filters.set_state(filter_id, "enabled", caller=owner)
-    return FilterOut.of(stores.filters.get(filter_id, owner))
+    return FilterOut.of(stores.filters.get(filter_id, owner), owner)
 
 
 @router.post("/filters/{filter_id}/disable", response_model=FilterOut,
@@ -349,4 +392,4 @@ def enable_filter(filter_id: int, caller: Authenticated, stores: Stores) -> Filt
 def disable_filter(filter_id: int, caller: Authenticated, stores: Stores) -> FilterOut:
     owner = _owner(caller)
     stores.filters.set_state(filter_id, "disabled", caller=owner)
-    return FilterOut.of(stores.filters.get(filter_id, owner))
+    return FilterOut.of(stores.filters.get(filter_id, owner), owner)

@@ -181,7 +181,12 @@ def filters(
         factory.ensure_topics()
         stage = filters_stage.build(factory)
         stage.stopping = stopping
-        total = stage.run(once=once)
+        try:
+            total = stage.run(once=once)
+        finally:
+            if stage.notifier is not None:
+                stage.notifier.drain(30.0)  # what is queued goes out before the process ends
+                stage.notifier.close()
     finally:
         factory.close()
     out.print(f"published {total.published} alerts for {len(total.by_filter)} filters "

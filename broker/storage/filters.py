@@ -22,7 +22,7 @@ from typing import Any
 
 from broker.exceptions import ConflictError
 from broker.storage import schema
-from broker.storage.dialect import column_list
+from broker.storage.dialect import column_list, q
 from broker.storage.shard0 import OwnedRows, utc
 
 TABLES = ("filters", "filter_versions", "filter_days", "filter_progress")
@@ -54,6 +54,9 @@ class Filter:
     daily_cap: int
     created_at: datetime
     updated_at: datetime
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    email: str | None = None
 
     @property
     def topic(self) -> str:
@@ -69,7 +72,8 @@ def _filter(row: Sequence[Any]) -> Filter:
     v = dict(zip(_COLUMNS, row, strict=True))
     return Filter(int(v["filter_id"]), v["owner"], v["name"], v["description"],
                   v["visibility"], v["text"], int(v["version"]), v["state"], v["reason"],
-                  int(v["daily_cap"]), utc(v["created_at"]), utc(v["updated_at"]))
+                  int(v["daily_cap"]), utc(v["created_at"]), utc(v["updated_at"]),
+                  v["webhook_url"], v["webhook_secret"], v["email"])
 
 
 def check_name(name: str) -> str:
@@ -162,7 +166,7 @@ class FilterStore(OwnedRows[Filter]):
                      progress: dict[tuple[int, str], int]) -> None:
         """In one transaction: add (published, dropped) to filters' counts of a UTC day, and
         move their progress on (never back)."""
-        rows = [(f, day, p, d) for f, (p, d) in sorted(counts.items()) if p or d]
+        rows = [(f, day, p, d, False) for f, (p, d) in sorted(counts.items()) if p or d]
         moved = [(f, part, offset) for (f, part), offset in sorted(progress.items())]
         if not rows and not moved:
             return
@@ -201,7 +205,7 @@ class FilterStore(OwnedRows[Filter]):
                 raise ConflictError(msg)
             cursor.execute(self.dialect.insert_ignore("filters", _COLUMNS),
                            [filter_id, owner, name, description, visibility, text, 1,
-                            "disabled", None, daily_cap, now, now])
+                            "disabled", None, daily_cap, now, now, None, None, None])
             if cursor.rowcount != 1:  # the same name, made by a concurrent request
                 msg = f"you have a filter named {name!r} already"
                 raise ConflictError(msg)
@@ -239,6 +243,49 @@ class FilterStore(OwnedRows[Filter]):
 
         self._run(work)
         return self.get(filter_id, caller)
+
+    def set_notifications(self, filter_id: int, caller: str, *, webhook_url: str | None,
+                          email: str | None) -> Filter:
+        """Set (or clear, with None) where a filter of the caller's notifies. A new webhook
+        address gets a new signing secret; the answer holds it, for its owner to keep."""
+        current = self.owned(filter_id, caller)
+        secret = current.webhook_secret
+        if webhook_url is None:
+            secret = None
+        elif webhook_url != current.webhook_url or secret is None:
+            secret = secrets.token_hex(32)
+        now = self._now()
+        self._run(lambda cursor: cursor.execute(
+            "UPDATE filters SET webhook_url = %s, webhook_secret = %s, email = %s, "
+            "updated_at = %s WHERE filter_id = %s",
+            [webhook_url, secret, email, now, filter_id]))
+        return self.get(filter_id, caller)
+
+    def digests_due(self, day: str) -> list[tuple[Filter, int, int]]:
+        """Filters with an email whose digest of ``day`` is not sent: each with the day's
+        (published, dropped)."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(
+                f"SELECT {', '.join('f.' + q(c) for c in _COLUMNS)}, d.published, d.dropped FROM "
+                "filters f JOIN filter_days d ON d.filter_id = f.filter_id WHERE d.day = %s "
+                "AND f.email IS NOT NULL AND (d.digest_sent IS NULL OR NOT d.digest_sent)",
+                [day])
+            return list(cursor.fetchall())
+
+        n = len(_COLUMNS)
+        return [(_filter(r[:n]), int(r[n]), int(r[n + 1]))
+                for r in self._run(work, write=False)]
+
+    def claim_digest(self, filter_id: int, day: str) -> bool:
+        """Mark a filter's digest of ``day`` sent; True for the one caller that did (several
+        filters processes may try)."""
+        def work(cursor: Any) -> int:
+            cursor.execute("UPDATE filter_days SET digest_sent = %s WHERE filter_id = %s AND "
+                           "day = %s AND (digest_sent IS NULL OR NOT digest_sent)",
+                           [True, filter_id, day])
+            return int(cursor.rowcount)
+
+        return self._run(work) == 1
 
     def set_state(self, filter_id: int, state: str, reason: str | None = None, *,
                   caller: str | None = None, version: int | None = None) -> bool:

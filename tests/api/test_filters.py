@@ -348,3 +348,31 @@ def test_annotators_annotate_objects_and_filters_read_the_newest(api) -> None:
         (object_id, "SN II", 0.9)}
     assert client.post("/api/v1/filters/validate", headers=tokens["alice"], json={
         "text": "SELECT * WHERE annotated('nobody')"}).status_code == 422
+
+
+def test_notifications_are_set_by_the_owner_and_shown_to_the_owner_only(api) -> None:
+    client, factory, tokens, _ = api
+    alice = tokens["alice"]
+    made = client.post("/api/v1/filters", headers=alice, json={
+        "name": "notified", "text": "SELECT * WHERE mag < 10", "visibility": "public"}).json()
+    url = f"/api/v1/filters/{made['filter_id']}/notifications"
+    refused = client.put(url, headers=alice, json={"webhook_url": "http://127.0.0.1:9/hook"})
+    assert refused.status_code == 422
+    assert "private network" in refused.json()["detail"]
+    assert client.put(url, headers=alice, json={"email": "not an address"}).status_code == 422
+    assert client.put(url, headers=tokens["bob"], json={"email": "b@example.org"}
+                      ).status_code == 404
+    factory.settings = factory.settings.model_copy(update={"webhook_allow_private": True})
+    set_ = client.put(url, headers=alice, json={"webhook_url": "http://127.0.0.1:9/hook",
+                                                "email": "alice@example.org"}).json()
+    assert len(set_["webhook_secret"]) == 64
+    again = client.put(url, headers=alice, json={"webhook_url": "http://127.0.0.1:9/hook",
+                                                 "email": "alice@example.org"}).json()
+    assert again["webhook_secret"] == set_["webhook_secret"]  # the same address keeps it
+    mine = client.get(f"/api/v1/filters/{made['filter_id']}", headers=alice).json()
+    theirs = client.get(f"/api/v1/filters/{made['filter_id']}", headers=tokens["bob"]).json()
+    assert (mine["webhook_url"], mine["email"]) == ("http://127.0.0.1:9/hook",
+                                                    "alice@example.org")
+    assert (theirs["webhook_url"], theirs["email"]) == (None, None)
+    off = client.put(url, headers=alice, json={}).json()
+    assert off == {"webhook_url": None, "webhook_secret": None, "email": None}
