@@ -30,7 +30,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -41,16 +40,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from confluent_kafka import Consumer  # noqa: E402
-
 from bench.filters import shapes  # noqa: E402
-from bench.pipeline import _TOPICS, _cleanup, _env, _lanner, _load_catalogs, _stop  # noqa: E402
+from bench.pipeline import (  # noqa: E402
+    _TOPICS,
+    Reader,
+    _cleanup,
+    _env,
+    _lanner,
+    _load_catalogs,
+    _stop,
+)
 from broker.config import Settings  # noqa: E402
 from broker.simulator import AlertSimulator, PacketProfile  # noqa: E402
 from broker.storage.filters import FilterStore  # noqa: E402
 from broker.storage.kafka import KafkaClients, produce_all, produce_at_rate  # noqa: E402
 from broker.storage.shards import MariaDBShards  # noqa: E402
-from broker.streaming import lanner_schemas  # noqa: E402
 
 OWNER = "bench"
 PROBE = "SELECT mag WHERE mag IS NULL OR mag IS NOT NULL"
@@ -73,41 +77,6 @@ def _filters(settings: Settings, env: dict[str, str], count: int, seed: int) -> 
         topics.append(made.topic)
     shards.close()
     return topics
-
-
-class ProbeReader(threading.Thread):
-    """Reads the probe's topic and notes when each alert's record arrives (wall-clock ms)."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(daemon=True)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap,
-                                  "group.id": f"bench-{uuid.uuid4().hex}",
-                                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                                  "fetch.wait.max.ms": 50})
-        self.consumer.subscribe([topic])
-        self.received: dict[int, tuple[float, int | None]] = {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopping.is_set():
-                for message in self.consumer.consume(num_messages=1000, timeout=0.2):
-                    if message.error() is not None:
-                        continue
-                    now_ms = time.time() * 1000.0
-                    record = lanner_schemas.decode("filtered", message.value())
-                    self.received.setdefault(record["alert_id"],
-                                             (now_ms, record["source_timestamp_ms"]))
-        finally:
-            self.consumer.close()
-
-    def wait_for(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if len(self.received) < count:
-            msg = f"only {len(self.received)} of {count} alerts filtered within {timeout:.0f} s"
-            raise RuntimeError(msg)
 
 
 def _start(settings: Settings, env: dict[str, str], processes: int, partitions: int,
@@ -150,7 +119,7 @@ def measure(settings: Settings, *, count: int, rate: float | None, processes: in
     try:
         clients, workers, probe = _start(settings, env, processes, partitions, filters, seed)
         topics = [probe]
-        reader = ProbeReader(settings.kafka_bootstrap, probe)
+        reader = Reader(settings.kafka_bootstrap, probe, family="filtered")
         reader.start()
         started_ms = time.time() * 1000.0
         if rate is None:

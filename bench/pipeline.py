@@ -122,11 +122,12 @@ def _cleanup(settings: Settings, env: dict[str, str]) -> None:
 
 
 class Reader(threading.Thread):
-    """Reads ``internal.enriched`` from the start and notes when each alert's first record
-    arrives (wall-clock ms), until stopped."""
+    """Reads a topic of ``family`` records (``internal.enriched`` by default) from the start
+    and notes when each alert's first record arrives (wall-clock ms), until stopped."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, family: str = "enriched") -> None:
         super().__init__(daemon=True)
+        self.family = family
         self.consumer = Consumer({"bootstrap.servers": bootstrap,
                                   "group.id": f"bench-{uuid.uuid4().hex}",
                                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
@@ -142,7 +143,7 @@ class Reader(threading.Thread):
                     if message.error() is not None:
                         continue
                     now_ms = time.time() * 1000.0
-                    record = lanner_schemas.decode("enriched", message.value())
+                    record = lanner_schemas.decode(self.family, message.value())
                     self.received.setdefault(record["alert_id"],
                                              (now_ms, record["source_timestamp_ms"]))
         finally:
@@ -153,7 +154,8 @@ class Reader(threading.Thread):
         while len(self.received) < count and time.monotonic() < deadline:
             time.sleep(0.2)
         if len(self.received) < count:
-            msg = f"only {len(self.received)} of {count} alerts enriched within {timeout:.0f} s"
+            msg = (f"only {len(self.received)} of {count} alerts read on the topic within "
+                   f"{timeout:.0f} s")
             raise RuntimeError(msg)
 
 

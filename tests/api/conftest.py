@@ -94,11 +94,17 @@ def owners_api(harness, tmp_path) -> Iterator[tuple[TestClient, Factory,
     """A fresh app on the harness's backend with two users, alice and bob: the client, its
     factory, and each user's ``Authorization`` header."""
     factory = harness.factory(tmp_path)
+    tokens = users_with_tokens(factory, "alice", "bob")
+    with TestClient(create_app(factory)) as client:
+        yield client, factory, tokens
+
+
+def users_with_tokens(factory: Factory, *names: str) -> dict[str, dict[str, str]]:
+    """Make these users, each with a token: their ``Authorization`` headers, by name."""
     tokens = {}
-    for name in ("alice", "bob"):
+    for name in names:
         factory.accounts.add_user(name)
         token, _ = factory.accounts.issue_token(name)
         tokens[name] = {"Authorization": f"Bearer {token.text}"}
-    with TestClient(create_app(factory)) as client:
-        yield client, factory, tokens
+    return tokens
 

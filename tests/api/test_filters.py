@@ -16,6 +16,7 @@ from broker.domain.alerts import flux_to_mag
 from broker.simulator import AlertSimulator
 from broker.storage.watchlists import Hit
 from broker.streaming import wire
+from tests.api.conftest import users_with_tokens
 from tests.domain.test_filters import HOSTILE_CASES
 from tests.support.alerts import placed
 
@@ -35,10 +36,7 @@ def api(harness, tmp_path) -> Any:
     assert harness.ingest_once().archived == OBJECTS
     factory = harness.factory(tmp_path)
     factory.__dict__["catalog"] = harness.catalog
-    tokens = {}
-    for name in ("alice", "bob"):
-        factory.accounts.add_user(name)
-        tokens[name] = {"Authorization": f"Bearer {factory.accounts.issue_token(name)[0].text}"}
+    tokens = users_with_tokens(factory, "alice", "bob")
     with TestClient(create_app(factory)) as client:
         yield client, factory, tokens, harness
 

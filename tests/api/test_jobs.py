@@ -14,6 +14,7 @@ from api.app import create_app
 from broker.domain.sky import hpx29
 from broker.simulator import AlertSimulator
 from broker.streaming import wire
+from tests.api.conftest import users_with_tokens
 from tests.support.alerts import placed
 
 
@@ -39,10 +40,7 @@ def test_new_watchlists_and_watchmaps_are_matched_against_the_archive(harness,
     assert harness.ingest_once().archived == 40
     factory = harness.factory(tmp_path)
     factory.__dict__["catalog"] = harness.catalog
-    tokens = {}
-    for name in ("alice", "bob"):
-        factory.accounts.add_user(name)
-        tokens[name] = {"Authorization": f"Bearer {factory.accounts.issue_token(name)[0].text}"}
+    tokens = users_with_tokens(factory, "alice", "bob")
     chosen = list(where.items())[:5]
     body = "name,ra,dec,radius\n" + "".join(
         f"t{i},{ra + 1 / 3600:.8f},{dec},3\n" for i, (_, (ra, dec)) in enumerate(chosen))
