@@ -40,6 +40,7 @@ class LazyStores:
         self._jobs_lock = threading.Lock()
         self._filters_lock = threading.Lock()
         self._publisher_lock = threading.Lock()
+        self._publisher: Publisher | None = None
         self._annotations_lock = threading.Lock()
 
     @property
@@ -92,9 +93,12 @@ class LazyStores:
         return self.factory.settings
 
     def publisher(self) -> Publisher:
-        """A new producer (closed with the factory)."""
+        """The API process's one producer (made on first use, closed with the factory;
+        producers are thread-safe): annotations and backfills publish through it."""
         with self._publisher_lock:
-            return self.factory.publisher()
+            if self._publisher is None:
+                self._publisher = self.factory.publisher()
+            return self._publisher
 
 
 async def get_stores(request: Request) -> LazyStores:

@@ -41,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broker.domain.features import FEATURES
 from broker.domain.filters import AlertBatch, Scope, compile_filter
-from broker.filterset import FilterSet
+from broker.filterset import FilterSet, filtered_records
 from broker.storage.filters import Filter
 from broker.streaming import lanner_schemas
-from consumers.filters import filtered_records
 
 CATALOGS = ("gaia", "openngc")
 WATCHLISTS = tuple(range(1, 101))

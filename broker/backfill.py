@@ -30,7 +30,7 @@ from typing import Any
 
 from broker.domain.filters import ALWAYS, AlertBatch, compile_filter, run
 from broker.filtering import archived_alerts, scope_for
-from broker.filterset import Passed
+from broker.filterset import Passed, filtered_records
 from broker.retro import Job, JobStore, Stopped, Superseded
 from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
@@ -82,8 +82,6 @@ class _TopicSink:
         self.topic = topic
 
     def deliver(self, passed: Passed, records: list[dict[str, Any]], take: list[int]) -> None:
-        from consumers.filters import filtered_records  # noqa: PLC0415 - consumers use broker
-
         for key, value in filtered_records(passed, take, records, int(time.time() * 1000),
                                            backfill=True):
             self.publisher.publish(self.topic, value, key=key)

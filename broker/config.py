@@ -195,8 +195,8 @@ class Settings(BaseSettings):
     filter_backfill_rows: int = Field(
         1_000_000, ge=1, description="Most alerts one backfill delivers (to a topic or a file).")
     filter_daily_cap: int = Field(
-        100_000, ge=1, description="Most alerts a filter publishes in one UTC day, unless its "
-        "owner's tier or an admin sets another cap.")
+        100_000, ge=1, description="Most alerts a filter made from now on publishes in one "
+        "UTC day (each filter keeps the cap it was made with).")
     filters_group: str = Field("lanner-filters",
                                description="Consumer group of the filters stage.")
     filters_instance_id: str | None = Field(

@@ -25,7 +25,7 @@ alerts.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +43,7 @@ from broker.domain.filters import (
     run,
 )
 from broker.storage.filters import Filter, FilterStore
+from broker.streaming import lanner_schemas
 
 log = structlog.get_logger(__name__)
 
@@ -152,3 +153,25 @@ class FilterSet:
     @property
     def day(self) -> str:
         return self._day.day
+
+
+def filtered_records(passed: Passed, positions: Sequence[int],
+                     records: Sequence[dict[str, Any]], published_ms: int, *,
+                     backfill: bool = False) -> list[tuple[bytes, bytes]]:
+    """The key and value of the ``lanner.filtered`` record of each chosen passing alert of a
+    filter (``positions`` into its selection)."""
+    columns = {name: values.to_pylist() for name, values in passed.selection.columns.items()}
+    rows = passed.selection.rows.tolist()
+    out = []
+    for position in positions:
+        record = records[rows[position]]
+        value = lanner_schemas.encode("filtered", {
+            "alert_id": record["alert_id"], "object_id": record["object_id"],
+            "survey": record["survey"], "mjd": record["mjd"], "ra": record["ra"],
+            "dec": record["dec"], "filter_id": passed.filter.filter_id,
+            "filter_version": passed.filter.version, "backfill": backfill,
+            "columns": {name: values[position] for name, values in columns.items()},
+            "source_timestamp_ms": record.get("source_timestamp_ms"),
+            "published_ms": published_ms})
+        out.append((record["object_id"].encode(), value))
+    return out

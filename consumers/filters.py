@@ -42,7 +42,7 @@ from broker.domain.filters import COLUMNS, AlertBatch, Plan, Selection
 from broker.exceptions import PermanentError
 from broker.factory import Factory
 from broker.filtering import annotate, scope_for
-from broker.filterset import FilterSet, Passed
+from broker.filterset import FilterSet, Passed, filtered_records
 from broker.notify import LISTED, Notifier, digest, summary
 from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
@@ -160,28 +160,6 @@ def _union(users: list[tuple[Any, Plan]]) -> Plan:
     first = users[0][1]
     return Plan(first.text, first.select, first.where,
                 columns=frozenset().union(*(p.columns for _, p in users)))
-
-
-def filtered_records(passed: Passed, positions: Sequence[int],
-                     records: Sequence[dict[str, Any]], published_ms: int, *,
-                     backfill: bool = False) -> list[tuple[bytes, bytes]]:
-    """The key and value of the ``lanner.filtered`` record of each chosen passing alert of a
-    filter (``positions`` into its selection)."""
-    columns = {name: values.to_pylist() for name, values in passed.selection.columns.items()}
-    rows = passed.selection.rows.tolist()
-    out = []
-    for position in positions:
-        record = records[rows[position]]
-        value = lanner_schemas.encode("filtered", {
-            "alert_id": record["alert_id"], "object_id": record["object_id"],
-            "survey": record["survey"], "mjd": record["mjd"], "ra": record["ra"],
-            "dec": record["dec"], "filter_id": passed.filter.filter_id,
-            "filter_version": passed.filter.version, "backfill": backfill,
-            "columns": {name: values[position] for name, values in columns.items()},
-            "source_timestamp_ms": record.get("source_timestamp_ms"),
-            "published_ms": published_ms})
-        out.append((record["object_id"].encode(), value))
-    return out
 
 
 class FiltersStage(Stage[FiltersReport]):
