@@ -184,8 +184,8 @@ def _brute_force(index_ra: np.ndarray, index_dec: np.ndarray, radius: np.ndarray
     chord = 2 * np.sin(np.radians(radius.max() / 3600) / 2) * 1.01
     near = cKDTree(_unit(index_ra, index_dec)).query_ball_point(_unit(pra, pdec), chord)
     want = set()
-    for i, cones in enumerate(near):
-        cones = np.asarray(cones, dtype=np.int64)
+    for i, found in enumerate(near):
+        cones = np.asarray(found, dtype=np.int64)
         d = separation_arcsec(np.full(cones.size, pra[i]), np.full(cones.size, pdec[i]),
                               index_ra[cones], index_dec[cones])
         want |= {(i, int(c)) for c in cones[d <= radius[cones]]}
