@@ -25,7 +25,6 @@ Run: ``python bench/latency.py [--count N] [--seconds S] [--filters N]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -49,9 +48,10 @@ from bench.pipeline import (  # noqa: E402
     _lanner,
     _load_catalogs,
     _stop,
+    arguments,
 )
 from broker.config import Settings  # noqa: E402
-from broker.simulator import AlertSimulator, PacketProfile  # noqa: E402
+from broker.simulator import AlertSimulator  # noqa: E402
 from broker.storage.filters import FilterStore  # noqa: E402
 from broker.storage.kafka import KafkaClients, produce_all, produce_at_rate  # noqa: E402
 from broker.storage.shards import MariaDBShards  # noqa: E402
@@ -147,15 +147,8 @@ def measure(settings: Settings, *, count: int, rate: float | None, processes: in
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=3000, help="packets for the sustained run")
-    parser.add_argument("--processes", type=int, default=2, help="ingest processes (one group)")
-    parser.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the latency run")
+    parser = arguments(__doc__.splitlines()[0], seed=31)
     parser.add_argument("--filters", type=int, default=100, help="filters besides the probe")
-    parser.add_argument("--seed", type=int, default=31)
-    parser.add_argument("--profile", default=PacketProfile.realistic.value,
-                        choices=[p.value for p in PacketProfile], help="packet profile")
     args = parser.parse_args(argv)
     settings = Settings()
     common = {"processes": args.processes, "partitions": args.partitions,

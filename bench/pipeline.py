@@ -235,16 +235,21 @@ def latency(settings: Settings, rate: float, seconds: float, processes: int, par
     return {"p50_s": round(p50, 3), "p99_s": round(p99, 3), "latency_alerts": len(latencies)}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, seed: int) -> argparse.ArgumentParser:
+    """The options of a pipeline benchmark (this one and `bench/latency.py`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--count", type=int, default=3000, help="packets for the sustained run")
     parser.add_argument("--processes", type=int, default=2, help="ingest processes (one group)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the latency run")
-    parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--seed", type=int, default=seed)
     parser.add_argument("--profile", default=PacketProfile.realistic.value,
                         choices=[p.value for p in PacketProfile], help="packet profile")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = arguments(__doc__.splitlines()[0], seed=21).parse_args(argv)
     settings = Settings()
     result: dict[str, Any] = {"profile": args.profile, "ingest_processes": args.processes}
     result.update(sustained(settings, args.count, args.processes, args.partitions, args.seed,

@@ -12,34 +12,22 @@ from typing import Protocol
 
 from broker.backfill import run_backfill
 from broker.config import Settings
+from broker.queries import Stores
 from broker.retro import Job, JobRunner, JobStore, run_job
-from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
-from broker.storage.stores import ObjectCatalog, ReferenceCatalogs
-from broker.storage.watchlists import WatchlistStore
-from broker.storage.watchmaps import WatchmapStore
 from broker.streaming.queue import Publisher
 
 
-class JobStores(Protocol):
-    """What the jobs read and write (a `broker.factory.Factory`, or the API's stores)."""
+class JobStores(Stores, Protocol):
+    """What the jobs read and write (a `broker.factory.Factory`, or the API's stores): the
+    archive's stores, and the jobs, filters, settings and a producer."""
 
     @property
     def settings(self) -> Settings: ...
     @property
     def jobs(self) -> JobStore: ...
     @property
-    def catalog(self) -> ObjectCatalog: ...
-    @property
-    def watchlists(self) -> WatchlistStore: ...
-    @property
-    def watchmaps(self) -> WatchmapStore: ...
-    @property
     def filters(self) -> FilterStore: ...
-    @property
-    def refcats(self) -> ReferenceCatalogs: ...
-    @property
-    def annotations(self) -> AnnotationStore: ...
     def publisher(self) -> Publisher: ...
 
 
