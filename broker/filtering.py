@@ -71,16 +71,24 @@ def archived_alerts(plan: Plan, since_mjd: float, until_mjd: float, limit: int, 
     features = sorted(c for c in plan.columns if COLUMNS[c].group == "feature")
     records = catalog.alerts_between(since_mjd, until_mjd, limit, features=features,
                                      matches=bool(plan.catalogs), after=after)
-    by_alert = {r["alert_id"]: r for r in records}
-    if plan.watchlists and records:
-        for hit in watchlists.hits_for_alerts(list(by_alert)):
-            by_alert[hit["alert_id"]]["watchlists"].append(hit)
-    if plan.watchmaps and records:
-        for alert_id, watchmap_id in watchmaps.hits_for_alerts(list(by_alert)):
-            by_alert[alert_id]["watchmaps"].append(watchmap_id)
+    add_memberships(records, watchlists if plan.watchlists else None,
+                    watchmaps if plan.watchmaps else None)
     if plan.annotators and records and annotations is not None:
         annotate(records, annotations)
     return records
+
+
+def add_memberships(records: Sequence[dict[str, Any]], watchlists: WatchlistStore | None,
+                    watchmaps: WatchmapStore | None) -> None:
+    """Add to archived alerts the watchlist cones and watchmaps stored as their hits (from
+    either store given)."""
+    by_alert = {r["alert_id"]: r for r in records}
+    if watchlists is not None and by_alert:
+        for hit in watchlists.hits_for_alerts(list(by_alert)):
+            by_alert[hit["alert_id"]]["watchlists"].append(hit)
+    if watchmaps is not None and by_alert:
+        for alert_id, watchmap_id in watchmaps.hits_for_alerts(list(by_alert)):
+            by_alert[alert_id]["watchmaps"].append(watchmap_id)
 
 
 def annotate(records: Sequence[dict[str, Any]], annotations: AnnotationStore) -> None:

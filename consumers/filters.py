@@ -38,10 +38,10 @@ import structlog
 
 from broker import metrics
 from broker.config import DEFAULT_ONCE_WAIT_S
-from broker.domain.filters import COLUMNS, AlertBatch, Plan, Selection
+from broker.domain.filters import COLUMNS, AlertBatch, Selection
 from broker.exceptions import PermanentError
 from broker.factory import Factory
-from broker.filtering import annotate, scope_for
+from broker.filtering import add_memberships, annotate, scope_for
 from broker.filterset import FilterSet, Passed, filtered_records
 from broker.notify import LISTED, Notifier, digest, summary
 from broker.storage.annotations import AnnotationStore
@@ -135,31 +135,19 @@ class Rerun:
     watchmaps: WatchmapStore
     annotations: AnnotationStore
 
-    def records(self, messages: Sequence[Message], needs: Plan | None
+    def records(self, messages: Sequence[Message], columns: set[str]
                 ) -> tuple[list[dict[str, Any]], list[Message]]:
         """The newest archived alert of each annotated object (the last message of an object
-        in the batch stands for it), with its memberships and annotations; and the message
-        each comes from."""
+        in the batch stands for it), with ``columns``' features, its memberships and
+        annotations; and the message each comes from."""
         last: dict[str, Message] = {}
         for message in messages:
             last[lanner_schemas.decode("annotation", message.value)["object_id"]] = message
-        features = sorted(c for c in (needs.columns if needs else ())
-                          if COLUMNS[c].group == "feature")
+        features = sorted(c for c in columns if COLUMNS[c].group == "feature")
         records = self.catalog.newest_alerts(list(last), features=features, matches=True)
-        by_alert = {r["alert_id"]: r for r in records}
-        for hit in self.watchlists.hits_for_alerts(list(by_alert)):
-            by_alert[hit["alert_id"]]["watchlists"].append(hit)
-        for alert_id, watchmap_id in self.watchmaps.hits_for_alerts(list(by_alert)):
-            by_alert[alert_id]["watchmaps"].append(watchmap_id)
+        add_memberships(records, self.watchlists, self.watchmaps)
         annotate(records, self.annotations)
         return records, [last[r["object_id"]] for r in records]
-
-
-def _union(users: list[tuple[Any, Plan]]) -> Plan:
-    """A plan whose columns are every given plan's (what records rebuilt for them must hold)."""
-    first = users[0][1]
-    return Plan(first.text, first.select, first.where,
-                columns=frozenset().union(*(p.columns for _, p in users)))
 
 
 class FiltersStage(Stage[FiltersReport]):
@@ -197,8 +185,8 @@ class FiltersStage(Stage[FiltersReport]):
         if annotated and users and self.rerun is not None:
             # An annotation runs the filters that use annotations on the object's newest alert.
             rerun = self.rerun
-            again, sources = self.retry("stores", lambda: rerun.records(annotated,
-                                                                        _union(users)))
+            columns = set().union(*(p.columns for _, p in users))
+            again, sources = self.retry("stores", lambda: rerun.records(annotated, columns))
             first_rerun, only = len(records), {f.filter_id for f, _ in users}
             records += again
             read += sources

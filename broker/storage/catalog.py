@@ -24,7 +24,9 @@ harmless, whereas a director ahead of the rows would make ingest skip unwritten 
 
 Why one file: `ChunkedCatalog` is one store whose writes (alert rows, object rows, director,
 enrichment results) share one placement, one transaction per shard and one idempotency rule,
-stated above; the reads use the same placement. At about 500 lines it stays whole; a second
+stated above; the reads use the same placement, and the archived-alert reads that filters'
+test runs, backfills and annotation re-runs need (`alerts_between`, `newest_alerts`) are the
+same shard-local join of those tables. Past 600 lines it stays whole for that reason; a second
 table family would get its own store, as the reference catalogs (`broker.storage.refcat`) and
 the shard-0 tables (`broker.storage.shard0`) have.
 """
