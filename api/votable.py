@@ -63,8 +63,18 @@ def table(columns: Sequence[Column], rows: Sequence[dict], *, name: str,
         for j, column in enumerate(columns):
             if row.get(column.name) is None:
                 element.array.mask[i][j] = True
+    return serialise(votable)
+
+
+def serialise(votable: VOTableFile) -> bytes:
+    """The document's bytes, TABLEDATA written by astropy's Python writer.
+
+    astropy's C TABLEDATA writer (8.0.x) writes one byte past its row buffer (astropy issue
+    #20419): the heap is corrupted silently, and the process dies later, at a random place.
+    The Python writer is slower, which matters little for a cone's or a backfill's rows.
+    """
     buffer = io.BytesIO()
-    votable.to_xml(buffer, tabledata_format="tabledata")
+    votable.to_xml(buffer, tabledata_format="tabledata", _debug_python_based_parser=True)
     return buffer.getvalue()
 
 
@@ -83,6 +93,4 @@ def error(message: str) -> bytes:
     resource = Resource(type="results")
     resource.infos.append(Info(name="QUERY_STATUS", value="ERROR"))
     votable.resources.append(resource)
-    buffer = io.BytesIO()
-    votable.to_xml(buffer)
-    return buffer.getvalue()
+    return serialise(votable)

@@ -3,15 +3,16 @@ watchmaps, filters' backfills), their progress, and a file backfill's result."""
 
 from __future__ import annotations
 
-import io
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from astropy.io.votable import from_table
 from astropy.table import Table
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from api import votable
 from api.auth import Authenticated
 from api.dependencies import LazyStores, get_stores
 from api.errors import NOT_FOUND, UNAVAILABLE
@@ -86,6 +87,5 @@ def job_result(job_id: int, caller: Authenticated, stores: Stores,
         return FileResponse(path, media_type="text/csv",
                             filename=f"lanner-backfill-{job_id}.csv")
     table = Table.read(path, format="ascii.csv")
-    body = io.BytesIO()
-    table.write(body, format="votable")
-    return Response(body.getvalue(), media_type="application/x-votable+xml")
+    return Response(votable.serialise(from_table(table)),
+                    media_type="application/x-votable+xml")

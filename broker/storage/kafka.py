@@ -326,6 +326,7 @@ class KafkaPublisher:
                                    **overrides})
         self._tracker = DeliveryTracker()
         self._sent = 0
+        self._closed = False
 
     def publish(self, topic: str, value: bytes, key: bytes | None = None,
                 headers: Mapping[str, bytes] | None = None) -> None:
@@ -350,4 +351,9 @@ class KafkaPublisher:
             raise ServiceUnavailableError(msg)
 
     def close(self) -> None:
-        self._producer.flush(30)
+        """Deliver what is queued, then destroy the producer now rather than whenever the
+        garbage collector reaches it (librdkafka's threads then run into a freed client)."""
+        if not self._closed:
+            self._closed = True
+            self._producer.flush(30)
+            self._producer.close()

@@ -77,6 +77,7 @@ class DRHarness:
             return stage.run(once=True, idle_polls=3)
         finally:
             stage.source.close()
+            stage.publisher.close()
 
     def tombstones(self, name: str = "dr_objects") -> set[int]:
         return {key for key, (_, deleted) in self.state(name).items() if deleted}
@@ -89,6 +90,7 @@ class DRHarness:
             total = stage.run(once=True, idle_polls=3, on_batch=batches.append)
         finally:
             stage.source.close()
+            stage.publisher.close()
         return total, batches
 
     def close(self) -> None:
@@ -475,6 +477,7 @@ def test_offsets_are_committed_only_after_the_write(dr: DRHarness) -> None:
     with pytest.raises(RuntimeError):
         crashed.run(once=True)
     crashed.source.close()
+    crashed.publisher.close()
     # Nothing was committed: a new member of the group gets every record again.
     flaky = _FailingOnce(dr.catalogs, ServiceUnavailableError("shard down"))
     report = dr.run_once(catalogs=flaky, backoff=Backoff(first=0.01, most=0.05))

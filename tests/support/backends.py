@@ -103,8 +103,15 @@ class Harness:
         finally:
             stage.source.close()
 
+    def made(self, factory: Factory) -> Factory:
+        """Hand out a factory closed with the harness: a factory left to the garbage collector
+        would destroy its Kafka clients at a random moment of a later test."""
+        self.__dict__.setdefault("_factories", []).append(factory)
+        return factory
+
     def close(self) -> None:
-        pass
+        for factory in reversed(self.__dict__.pop("_factories", [])):
+            factory.close()
 
 
 class EmbeddedHarness(Harness):
@@ -160,9 +167,10 @@ class EmbeddedHarness(Harness):
     def factory(self, tmp_path: Path) -> Factory:
         factory = Factory(Settings(backend=Backend.embedded, embedded_dir=tmp_path))
         factory.__dict__.update(lightcurves=self.lightcurves, catalog=self.catalog)
-        return factory
+        return self.made(factory)
 
     def close(self) -> None:
+        super().close()
         self.files.close()
         self.shards.close()
 
@@ -276,14 +284,17 @@ class ServicesHarness(Harness):
         self._refcat_settings.append(settings)
         factory = Factory(settings)
         factory.__dict__.update(lightcurves=self.lightcurves, catalog=self.catalog)
-        return factory
+        return self.made(factory)
 
     def close(self) -> None:
         from broker.storage.shards import MariaDBShards
 
+        super().close()
         for source in self._sources:
             with contextlib.suppress(RuntimeError):
                 source.close()
+        for publisher in (*self._publishers, self._producer):
+            publisher.close()
         self.lightcurves.connection.session().execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}")
         self.lightcurves.close()
         self.catalog.close()
