@@ -199,7 +199,7 @@ class FaustEnrich:
     async def process(self, events: Sequence[faust.EventT[bytes]]) -> EnrichReport:
         """Enrich and store a batch in the worker thread, then publish its records and wait
         for every acknowledgement (the caller acknowledges the events after that)."""
-        messages = [_message(event) for event in events]
+        messages = [event_message(event) for event in events]
         loop = asyncio.get_running_loop()
         batch = await loop.run_in_executor(self.executor, self.batches.prepare, messages)
         await self._publish(batch)
@@ -241,7 +241,7 @@ class FaustEnrich:
         return self.total
 
 
-def _message(event: faust.EventT[bytes]) -> Message:
+def event_message(event: faust.EventT[bytes]) -> Message:
     """A consumed event as the stage's shared code takes messages."""
     message = event.message
     timestamp = message.timestamp

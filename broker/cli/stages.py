@@ -4,7 +4,9 @@ stages as processes."""
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+import importlib
+from functools import partial
+from typing import Annotated, Any
 
 import typer
 
@@ -80,17 +82,18 @@ def dr_updates(
         factory.close()
 
 
-class EnrichEngine(enum.StrEnum):
-    """The stream library the enrich stage runs on (bench/enrich.py measures both)."""
+class Engine(enum.StrEnum):
+    """The stream library a stage runs on (bench/enrich.py and bench/filters_engines.py
+    measure both)."""
 
     confluent = "confluent"
-    """The confluent-kafka loop of `consumers.enrich`."""
+    """The confluent-kafka loop of `consumers.stage` (the default)."""
 
     faust = "faust"
-    """The faust-streaming agent of `consumers.enrich_faust` (the ``faust`` extra)."""
+    """A faust-streaming agent on the same code (the ``faust`` extra)."""
 
 
-def _check_enrich_group(settings: Settings, engine: EnrichEngine) -> None:
+def _check_group(settings: Settings, group: str, engine: Engine) -> None:
     """Refuse to start while members of the other engine are in the stage's consumer group.
 
     Both engines use the same group (its committed offsets are the stage's progress, whichever
@@ -99,9 +102,8 @@ def _check_enrich_group(settings: Settings, engine: EnrichEngine) -> None:
     """
     from broker.storage.kafka import FAUST_ASSIGNOR, group_assignor  # noqa: PLC0415
 
-    group = settings.enrich_group
     assignor, members = group_assignor(settings.kafka_bootstrap, group)
-    if members and assignor and (assignor == FAUST_ASSIGNOR) != (engine is EnrichEngine.faust):
+    if members and assignor and (assignor == FAUST_ASSIGNOR) != (engine is Engine.faust):
         other = "faust" if assignor == FAUST_ASSIGNOR else "confluent"
         raise LannerError(f"consumer group {group} has {members} live member(s) of the {other} "
                           f"engine (partition assignor {assignor!r}); the engines share the "
@@ -110,38 +112,44 @@ def _check_enrich_group(settings: Settings, engine: EnrichEngine) -> None:
                           "LANNER_KAFKA_SESSION_TIMEOUT_S)")
 
 
+def _faust_engine(settings: Settings, once: bool, module: str) -> Any:
+    """The faust engine's module of a stage, or why it cannot run."""
+    if once:
+        raise LannerError("--once needs the confluent engine: the faust engine runs until it "
+                          "is stopped (SIGTERM or Ctrl-C)")
+    if settings.backend is Backend.embedded:
+        raise LannerError("the faust engine needs Kafka (LANNER_BACKEND=services or "
+                          "lanner services up)")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise LannerError(f"the faust engine needs faust-streaming (pip install "
+                          f"'lanner[faust]'): {exc}") from None
+
+
+_ENGINE_HELP = ("Stream library: the confluent-kafka loop or the faust-streaming agent (same "
+                "work, same outputs, same consumer group).")
+
+
 @clean_errors
 def enrich(
     once: Annotated[bool, typer.Option(
         "--once", help=f"Drain what is on internal.ingested, then exit; {ONCE_BOUND} "
         "Confluent engine only.")] = False,
-    engine: Annotated[EnrichEngine, typer.Option(
-        "--engine", help="Stream library: the confluent-kafka loop or the faust-streaming "
-        "agent (same enrichment, same outputs, same consumer group).")
-    ] = EnrichEngine.confluent,
+    engine: Annotated[Engine, typer.Option("--engine", help=_ENGINE_HELP)] = Engine.confluent,
 ) -> None:
     """Run the enrich stage: every ingested alert's object cross-matched against the reference
     catalogs and put in context (docs/context.md), onto internal.enriched."""
     from broker.factory import Factory  # noqa: PLC0415
 
-    if engine is EnrichEngine.faust and once:
-        raise LannerError("--once needs the confluent engine: the faust engine runs until it "
-                          "is stopped (SIGTERM or Ctrl-C)")
     settings = get_settings()
-    if engine is EnrichEngine.faust:
-        if settings.backend is Backend.embedded:
-            raise LannerError("the faust engine needs Kafka (LANNER_BACKEND=services or "
-                              "lanner services up)")
-        try:
-            from consumers import enrich_faust  # noqa: PLC0415
-        except ImportError as exc:
-            raise LannerError(f"the faust engine needs faust-streaming (pip install "
-                              f"'lanner[faust]'): {exc}") from None
+    if engine is Engine.faust:
+        enrich_faust = _faust_engine(settings, once, "consumers.enrich_faust")
         # The faust worker installs its own SIGTERM and SIGINT handlers (a clean stop).
         factory = Factory(settings)
         try:
             factory.ensure_topics()
-            _check_enrich_group(settings, engine)
+            _check_group(settings, settings.enrich_group, engine)
             total = enrich_faust.build(factory).run()
         finally:
             factory.close()
@@ -153,7 +161,7 @@ def enrich(
         try:
             factory.ensure_topics()
             if settings.backend is Backend.services:
-                _check_enrich_group(settings, engine)
+                _check_group(settings, settings.enrich_group, engine)
             stage = enrich_stage.build(factory)
             stage.stopping = stopping
             total = stage.run(once=once)
@@ -168,21 +176,33 @@ def enrich(
 @clean_errors
 def filters(
     once: Annotated[bool, typer.Option(
-        "--once", help=f"Drain what is on internal.enriched, then exit; {ONCE_BOUND}")] = False,
+        "--once", help=f"Drain what is on internal.enriched, then exit; {ONCE_BOUND} "
+        "Confluent engine only.")] = False,
+    engine: Annotated[Engine, typer.Option("--engine", help=_ENGINE_HELP)] = Engine.confluent,
 ) -> None:
     """Run the filters stage: every enabled user filter (docs/filters.md) on every enriched
     alert, the passing alerts published on each filter's topic filter.<owner>.<name>."""
     from broker.factory import Factory  # noqa: PLC0415
     from consumers import filters as filters_stage  # noqa: PLC0415
 
-    stopping = stop_on_signals()
-    factory = Factory(get_settings())
+    settings = get_settings()
+    faust_engine = (_faust_engine(settings, once, "consumers.filters_faust")
+                    if engine is Engine.faust else None)
+    factory = Factory(settings)
     try:
         factory.ensure_topics()
-        stage = filters_stage.build(factory)
-        stage.stopping = stopping
+        if settings.backend is Backend.services:
+            _check_group(settings, settings.filters_group, engine)
+        if faust_engine is not None:
+            # The faust worker installs its own SIGTERM and SIGINT handlers (a clean stop).
+            runner = faust_engine.build(factory)
+            stage, run_stage = runner.stage, runner.run
+        else:
+            stage = filters_stage.build(factory)
+            stage.stopping = stop_on_signals()
+            run_stage = partial(stage.run, once=once)
         try:
-            total = stage.run(once=once)
+            total = run_stage()
         finally:
             if stage.notifier is not None:
                 stage.notifier.drain(30.0)  # what is queued goes out before the process ends

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer, TopicPartition
 
 from broker.data import CATALOGS
 from broker.domain.catalogs import select_rows
@@ -29,7 +28,7 @@ from broker.storage.refcat import open_catalog_file
 from broker.streaming import lanner_schemas, wire
 from broker.streaming.schemas import latest_version
 from tests.support.alerts import offset, placed
-from tests.support.backends import ServicesHarness
+from tests.support.backends import ServicesHarness, committed_offsets
 from tests.support.catalogs import HIPPARCOS, OPENNGC
 from tests.support.data import REPO_ROOT
 
@@ -74,21 +73,6 @@ def _places(rng: np.random.Generator) -> list[tuple[float, float]]:
     return places
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """The group's committed offsets on each partition of ``topic``, and the partitions' ends."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions],
-                                       timeout=10)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in partitions}
-    finally:
-        consumer.close()
-    return {tp.partition: tp.offset for tp in committed}, ends
-
-
 def _stored(harness: ServicesHarness, object_ids: list[str]) -> dict[str, Any]:
     return {o: (harness.catalog.context(o), harness.catalog.matches(o)) for o in object_ids}
 
@@ -130,7 +114,7 @@ def test_faust_engine_matches_the_confluent_loop(stack, kafka_topics) -> None:
         while True:
             assert process.poll() is None, process.communicate()[1].decode()[-3000:]
             assert time.monotonic() - started < DEADLINE_S, "faust engine too slow"
-            committed, ends = _committed(bootstrap, group, harness.topics.ingested)
+            committed, ends = committed_offsets(bootstrap, group, harness.topics.ingested)
             if committed == ends and sum(ends.values()) == ALERTS:
                 break
             time.sleep(1.0)

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from broker.config import Backend, Settings
 from broker.domain.sky import Chunker
@@ -337,3 +337,20 @@ def read_topic(bootstrap: str, topic: str) -> list[Message]:
     finally:
         consumer.close()
     return out
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str
+                      ) -> tuple[dict[int, int], dict[int, int]]:
+    """A consumer group's committed offsets on each partition of ``topic``, and the
+    partitions' ends."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions],
+                                       timeout=10)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions}
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in committed}, ends
