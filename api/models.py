@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from broker.domain.alerts import flux_to_mag
+from broker.domain.alerts import flux_to_mag, mag_err
 from broker.domain.archive import BANDS
 from broker.storage import schema
 from broker.storage.archive import (
@@ -36,14 +36,6 @@ def _finite(value: Any) -> Any:
 
 def _columns(row: Mapping[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
     return {name: _finite(row.get(name)) for name in columns}
-
-
-def mag_err(flux: float | None, flux_err: float | None) -> float | None:
-    """Magnitude error of a flux measurement (first order), None without both values."""
-    if flux is None or flux_err is None or flux == 0.0:
-        return None
-    value = 2.5 / math.log(10) * flux_err / abs(flux)
-    return value if math.isfinite(value) else None
 
 
 class ErrorOut(BaseModel):

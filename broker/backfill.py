@@ -30,11 +30,11 @@ from typing import Any
 
 from broker.domain.filters import ALWAYS, AlertBatch, compile_filter, run
 from broker.filtering import archived_alerts, scope_for
-from broker.filterset import Passed, filtered_records
+from broker.filterset import Passed, attachments, filtered_records
 from broker.retro import Job, JobStore, Stopped, Superseded
 from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
-from broker.storage.stores import ObjectCatalog, ReferenceCatalogs
+from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCatalogs
 from broker.storage.watchlists import WatchlistStore
 from broker.storage.watchmaps import WatchmapStore
 from broker.streaming.queue import Publisher
@@ -77,13 +77,20 @@ class _FileSink:
 class _TopicSink:
     """Passing alerts onto the filter's topic, flagged backfill."""
 
-    def __init__(self, publisher: Publisher, topic: str) -> None:
+    def __init__(self, publisher: Publisher, topic: str,
+                 lightcurves: Callable[[], LightCurveArchive] | None = None) -> None:
         self.publisher = publisher
         self.topic = topic
+        self.lightcurves = lightcurves
 
     def deliver(self, passed: Passed, records: list[dict[str, Any]], take: list[int]) -> None:
+        attached = {}
+        if passed.filter.attach and self.lightcurves is not None:
+            rows = passed.selection.rows.tolist()
+            attached = attachments({rows[i]: passed.filter.attach for i in take}, records,
+                                   self.lightcurves())
         for key, value in filtered_records(passed, take, records, int(time.time() * 1000),
-                                           backfill=True):
+                                           backfill=True, attached=attached):
             self.publisher.publish(self.topic, value, key=key)
         self.publisher.flush(60.0)
 
@@ -95,7 +102,8 @@ def run_backfill(job: Job, jobs: JobStore, *, filters: FilterStore, catalog: Obj
                  watchlists: WatchlistStore, watchmaps: WatchmapStore,
                  refcats: ReferenceCatalogs, publisher: Callable[[], Publisher],
                  results_dir: Path, max_rows: int, page: int = PAGE,
-                 annotations: AnnotationStore | None = None) -> int:
+                 annotations: AnnotationStore | None = None,
+                 lightcurves: Callable[[], LightCurveArchive] | None = None) -> int:
     """Run a ``filter_backfill`` job; how many alerts it delivered."""
     found = filters.owned(job.target_id, job.owner)
     versions = {v["version"]: v["text"] for v in filters.history(job.target_id, job.owner)}
@@ -117,7 +125,7 @@ def run_backfill(job: Job, jobs: JobStore, *, filters: FilterStore, catalog: Obj
         sink = _FileSink(result_path(results_dir, job.job_id),
                          [*ALWAYS, *(n for n, _ in plan.select if n not in ALWAYS)])
     else:
-        sink = _TopicSink(publisher(), found.topic)
+        sink = _TopicSink(publisher(), found.topic, lightcurves)
     done = delivered = 0
     after: tuple[float, int] | None = (since, -(2**63))
     complete = False

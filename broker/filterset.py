@@ -25,13 +25,14 @@ alerts.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
+from broker.domain.alerts import CUTOUT_KINDS, flux_to_mag, mag_err
 from broker.domain.filters import (
     AlertBatch,
     FilterError,
@@ -43,6 +44,7 @@ from broker.domain.filters import (
     run,
 )
 from broker.storage.filters import Filter, FilterStore
+from broker.storage.stores import LightCurveArchive
 from broker.streaming import lanner_schemas
 
 log = structlog.get_logger(__name__)
@@ -157,14 +159,19 @@ class FilterSet:
 
 def filtered_records(passed: Passed, positions: Sequence[int],
                      records: Sequence[dict[str, Any]], published_ms: int, *,
-                     backfill: bool = False) -> list[tuple[bytes, bytes]]:
+                     backfill: bool = False,
+                     attached: Mapping[int, dict[str, Any]] | None = None,
+                     ) -> list[tuple[bytes, bytes]]:
     """The key and value of the ``lanner.filtered`` record of each chosen passing alert of a
-    filter (``positions`` into its selection)."""
+    filter (``positions`` into its selection). ``attached`` (from `attachments`, by index
+    into ``records``) gives the light curves and cutouts the filter attaches."""
     columns = {name: values.to_pylist() for name, values in passed.selection.columns.items()}
     rows = passed.selection.rows.tolist()
+    attach = passed.filter.attach
     out = []
     for position in positions:
         record = records[rows[position]]
+        extra = (attached or {}).get(rows[position], {}) if attach else {}
         value = lanner_schemas.encode("filtered", {
             "alert_id": record["alert_id"], "object_id": record["object_id"],
             "survey": record["survey"], "mjd": record["mjd"], "ra": record["ra"],
@@ -172,6 +179,46 @@ def filtered_records(passed: Passed, positions: Sequence[int],
             "filter_version": passed.filter.version, "backfill": backfill,
             "columns": {name: values[position] for name, values in columns.items()},
             "source_timestamp_ms": record.get("source_timestamp_ms"),
-            "published_ms": published_ms})
+            "published_ms": published_ms,
+            "lightcurve": extra.get("lightcurve") if "lightcurve" in attach else None,
+            "forced": extra.get("forced") if "lightcurve" in attach else None,
+            "cutouts": extra.get("cutouts") if "cutouts" in attach else None})
         out.append((record["object_id"].encode(), value))
     return out
+
+
+def attachments(wanted: Mapping[int, frozenset[str]], records: Sequence[dict[str, Any]],
+                lightcurves: LightCurveArchive) -> dict[int, dict[str, Any]]:
+    """What the filters that passed records attach to them, read from the archive: for each
+    index into ``records`` in ``wanted``, its object's light curve and forced photometry
+    (oldest first; one read for all the objects) and its three cutouts, as asked."""
+    objects = sorted({records[i]["object_id"] for i, what in wanted.items()
+                      if "lightcurve" in what})
+    histories = lightcurves.histories(objects) if objects else {}
+    curves = {object_id: (_detections(h.detections), _forced(h.forced))
+              for object_id, h in histories.items()}
+    out: dict[int, dict[str, Any]] = {}
+    for i, what in wanted.items():
+        record = records[i]
+        extra: dict[str, Any] = {}
+        if "lightcurve" in what:
+            extra["lightcurve"], extra["forced"] = curves.get(record["object_id"], ([], []))
+        if "cutouts" in what:
+            extra["cutouts"] = {kind: lightcurves.cutout(int(record["alert_id"]), kind)
+                                for kind in CUTOUT_KINDS}
+        out[i] = extra
+    return out
+
+
+def _detections(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    ordered = sorted(rows, key=lambda r: (r["mjd"], r["source_id"]))
+    return [{"source_id": int(r["source_id"]), "mjd": float(r["mjd"]), "band": str(r["band"]),
+             "ra": float(r["ra"]), "dec": float(r["dec"]), "psf_flux": r["psf_flux"],
+             "psf_flux_err": r["psf_flux_err"], "mag": flux_to_mag(r["psf_flux"]),
+             "mag_err": mag_err(r["psf_flux"], r["psf_flux_err"])} for r in ordered]
+
+
+def _forced(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    ordered = sorted(rows, key=lambda r: (r["mjd"], r["forced_id"]))
+    return [{"forced_id": int(r["forced_id"]), "mjd": float(r["mjd"]), "band": str(r["band"]),
+             "psf_flux": r["psf_flux"], "psf_flux_err": r["psf_flux_err"]} for r in ordered]

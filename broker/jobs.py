@@ -44,7 +44,8 @@ def run(job: Job, stores: JobStores) -> int:
                             refcats=stores.refcats, publisher=stores.publisher,
                             results_dir=results_dir(stores.settings),
                             max_rows=stores.settings.filter_backfill_rows,
-                            annotations=stores.annotations)
+                            annotations=stores.annotations,
+                            lightcurves=lambda: stores.lightcurves)
     return run_job(job, stores.jobs, stores.catalog, stores.watchlists, stores.watchmaps)
 
 

@@ -42,11 +42,11 @@ from broker.domain.filters import COLUMNS, AlertBatch, Selection
 from broker.exceptions import PermanentError
 from broker.factory import Factory
 from broker.filtering import add_memberships, annotate, scope_for
-from broker.filterset import FilterSet, Passed, filtered_records
+from broker.filterset import FilterSet, Passed, attachments, filtered_records
 from broker.notify import LISTED, Notifier, digest, summary
 from broker.storage.annotations import AnnotationStore
 from broker.storage.filters import FilterStore
-from broker.storage.stores import ObjectCatalog
+from broker.storage.stores import LightCurveArchive, ObjectCatalog
 from broker.storage.watchlists import WatchlistStore
 from broker.storage.watchmaps import WatchmapStore
 from broker.streaming import lanner_schemas
@@ -103,6 +103,8 @@ def build(factory: Factory, *, source: MessageSource | None = None,
         store=factory.filters, dlq=s.topic_dlq,
         rerun=Rerun(s.topic_annotations, factory.catalog, factory.watchlists,
                     factory.watchmaps, factory.annotations),
+        # Opened at the first filter that attaches light curves or cutouts.
+        lightcurves=lambda: factory.lightcurves,
         notifier=Notifier(attempts=s.webhook_attempts,
                           smtp=(s.smtp_host, s.smtp_port) if s.smtp_host else None),
         mail=Mail(s.smtp_from, s.public_url),
@@ -160,7 +162,8 @@ class FiltersStage(Stage[FiltersReport]):
                  poll_timeout: float = 0.2, backoff: Backoff | None = None,
                  once_wait: float = DEFAULT_ONCE_WAIT_S,
                  clock: Callable[[], float] = time.time, rerun: Rerun | None = None,
-                 notifier: Notifier | None = None, mail: Mail | None = None) -> None:
+                 notifier: Notifier | None = None, mail: Mail | None = None,
+                 lightcurves: Callable[[], LightCurveArchive] | None = None) -> None:
         super().__init__(source=source, publisher=publisher, batch_size=batch_size,
                          poll_timeout=poll_timeout, backoff=backoff, once_wait=once_wait)
         self.filters = filters
@@ -170,6 +173,8 @@ class FiltersStage(Stage[FiltersReport]):
         self.rerun = rerun
         self.notifier = notifier
         self.mail = mail or Mail()
+        #: Where attached light curves and cutouts are read (none: they go out as null).
+        self.lightcurves = lightcurves
         self._digested = ""  # the last UTC day whose ended predecessor's digests were sent
 
     def new_report(self) -> FiltersReport:
@@ -195,10 +200,10 @@ class FiltersStage(Stage[FiltersReport]):
         offset = np.array([m.offset for m in read], dtype=np.int64)
         done = self.retry("filters", lambda: self.store.progress(sorted(set(part))))
         now_ms = int(self.clock() * 1000)
-        outputs: list[tuple[str, list[tuple[bytes, bytes]]]] = []
         counts: dict[int, tuple[int, int]] = {}
         published: dict[int, list[int]] = {}
         moved: dict[tuple[int, str], int] = {}
+        wanted: dict[int, frozenset[str]] = {}
         for p in passed:
             fid = p.filter.filter_id
             # What a delivery of this batch before a crash published and counted is skipped.
@@ -208,10 +213,19 @@ class FiltersStage(Stage[FiltersReport]):
             publish = fresh[:self.filters.room(p.filter)]
             counts[fid] = (len(publish), len(fresh) - len(publish))
             published[fid] = publish
-            outputs.append((p.filter.topic, filtered_records(p, publish, records, now_ms)))
+            for i in publish if p.filter.attach else ():
+                wanted[rows[i]] = wanted.get(rows[i], frozenset()) | p.filter.attach
             for row in rows:
                 key = (fid, part[row])
                 moved[key] = max(moved.get(key, -1), int(offset[row]))
+        attached = {}
+        if wanted and self.lightcurves is not None:
+            archive = self.lightcurves
+            attached = self.retry("lightcurves",
+                                  lambda: attachments(wanted, records, archive()))
+        outputs = [(p.filter.topic, filtered_records(p, published[p.filter.filter_id], records,
+                                                     now_ms, attached=attached))
+                   for p in passed]
         self.retry("kafka", lambda: self._publish(outputs, rejected))
         day = self.filters.day
         self.retry("filters", lambda: self.store.record_batch(day, counts, moved))

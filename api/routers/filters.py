@@ -27,7 +27,7 @@ from broker.domain.filters import FilterError, FilterRuntimeError, Plan, compile
 from broker.domain.filters.language import MAX_TEXT
 from broker.filtering import TooBroadError, Trial, archived_alerts, check_share, scope_for, trial
 from broker.notify import check_webhook
-from broker.storage.filters import MAX_DESCRIPTION, Filter
+from broker.storage.filters import ATTACHMENTS, MAX_DESCRIPTION, Filter
 
 router = APIRouter(prefix="/api/v1", tags=["filters"])
 Stores = Annotated[LazyStores, Depends(get_stores)]
@@ -44,6 +44,12 @@ _READ: _Responses = {404: {"model": ErrorOut, "description": "No such filter you
                      **UNAVAILABLE}
 
 
+Attachment = Literal["lightcurve", "cutouts"]
+_ATTACH = ("What each published record carries besides the filter's columns: the object's "
+           "light curve and forced photometry (lightcurve), the alert's three cutouts "
+           "(cutouts), or both.")
+
+
 class FilterIn(BaseModel):
     """A new filter."""
 
@@ -52,6 +58,7 @@ class FilterIn(BaseModel):
     text: str = Field(max_length=MAX_TEXT, description="SELECT ... WHERE ... (docs/filters.md).")
     description: str = Field("", max_length=MAX_DESCRIPTION)
     visibility: Literal["private", "public"] = "private"
+    attach: list[Attachment] = Field([], max_length=2, description=_ATTACH)
 
 
 class FilterChange(BaseModel):
@@ -60,6 +67,7 @@ class FilterChange(BaseModel):
     text: str | None = Field(None, max_length=MAX_TEXT)
     description: str | None = Field(None, max_length=MAX_DESCRIPTION)
     visibility: Literal["private", "public"] | None = None
+    attach: list[Attachment] | None = Field(None, max_length=2, description=_ATTACH)
 
 
 class TextIn(BaseModel):
@@ -131,6 +139,7 @@ class FilterOut(BaseModel):
     updated_at: datetime
     webhook_url: str | None = Field(None, description="Its webhook (shown to its owner only).")
     email: str | None = Field(None, description="Where its daily digest goes (owner only).")
+    attach: list[str] = Field(description=_ATTACH)
 
     @classmethod
     def of(cls, found: Filter, caller: str | None = None) -> FilterOut:
@@ -141,7 +150,8 @@ class FilterOut(BaseModel):
                    reason=found.reason, daily_cap=found.daily_cap, topic=found.topic,
                    created_at=found.created_at, updated_at=found.updated_at,
                    webhook_url=found.webhook_url if mine else None,
-                   email=found.email if mine else None)
+                   email=found.email if mine else None,
+                   attach=[a for a in ATTACHMENTS if a in found.attach])
 
 
 class NotificationsIn(BaseModel):
@@ -258,7 +268,8 @@ def create_filter(body: FilterIn, caller: Authenticated, stores: Stores) -> Filt
     try:
         made = stores.filters.create(owner, body.name, body.text, description=body.description,
                                      visibility=body.visibility,
-                                     daily_cap=stores.factory.settings.filter_daily_cap)
+                                     daily_cap=stores.factory.settings.filter_daily_cap,
+                                     attach=body.attach)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     return FilterOut.of(made, owner)
@@ -296,7 +307,7 @@ def change_filter(filter_id: int, body: FilterChange, caller: Authenticated,
     try:
         changed = stores.filters.change(filter_id, owner, text=body.text,
                                         description=body.description,
-                                        visibility=body.visibility)
+                                        visibility=body.visibility, attach=body.attach)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     return FilterOut.of(changed, owner)

@@ -132,6 +132,14 @@ def flux_to_mag(flux_njy: float | None) -> float | None:
     return -2.5 * math.log10(abs(flux_njy)) + NJY_AB_ZEROPOINT
 
 
+def mag_err(flux: float | None, flux_err: float | None) -> float | None:
+    """Magnitude error of a flux measurement (first order), None without both values."""
+    if flux is None or flux_err is None or flux == 0.0:
+        return None
+    value = 2.5 / math.log(10) * flux_err / abs(flux)
+    return value if math.isfinite(value) else None
+
+
 def mag_to_flux(mag: float) -> float:
     """Flux in nJy of an AB magnitude."""
     return 10.0 ** (-0.4 * (mag - NJY_AB_ZEROPOINT))

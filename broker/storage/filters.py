@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,9 @@ from broker.storage.shard0 import OwnedRows, utc
 TABLES = ("filters", "filter_versions", "filter_days", "filter_progress")
 STATES = ("disabled", "enabled", "suspended")
 VISIBILITIES = ("private", "public")
+#: What a filter may ask its published records to carry besides its columns: the object's
+#: light curve (detections and forced photometry) and the alert's three cutouts.
+ATTACHMENTS = ("lightcurve", "cutouts")
 _COLUMNS = schema.columns("filters")
 _VERSION_COLUMNS = schema.columns("filter_versions")
 _DAY_COLUMNS = schema.columns("filter_days")
@@ -57,6 +60,8 @@ class Filter:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     email: str | None = None
+    #: What its records carry besides its columns (`ATTACHMENTS`).
+    attach: frozenset[str] = frozenset()
 
     @property
     def topic(self) -> str:
@@ -73,7 +78,20 @@ def _filter(row: Sequence[Any]) -> Filter:
     return Filter(int(v["filter_id"]), v["owner"], v["name"], v["description"],
                   v["visibility"], v["text"], int(v["version"]), v["state"], v["reason"],
                   int(v["daily_cap"]), utc(v["created_at"]), utc(v["updated_at"]),
-                  v["webhook_url"], v["webhook_secret"], v["email"])
+                  v["webhook_url"], v["webhook_secret"], v["email"],
+                  frozenset(a for a in (v["attach"] or "").split(",") if a))
+
+
+def check_attach(attach: Iterable[str]) -> str | None:
+    """The stored form of what a filter attaches (None for nothing); `ValueError` for
+    anything but `ATTACHMENTS`."""
+    chosen = set(attach)
+    unknown = chosen - set(ATTACHMENTS)
+    if unknown:
+        msg = (f"a filter attaches {' or '.join(ATTACHMENTS)}, not "
+               f"{', '.join(sorted(map(repr, unknown)))}")
+        raise ValueError(msg)
+    return ",".join(a for a in ATTACHMENTS if a in chosen) or None
 
 
 def check_name(name: str) -> str:
@@ -189,11 +207,13 @@ class FilterStore(OwnedRows[Filter]):
     # -- writes
 
     def create(self, owner: str, name: str, text: str, *, description: str = "",
-               visibility: str = "private", daily_cap: int) -> Filter:
+               visibility: str = "private", daily_cap: int,
+               attach: Iterable[str] = ()) -> Filter:
         """A new filter, disabled, at version 1; `ConflictError` if the owner has one of that
         name."""
         check_name(name)
         _check(visibility, description)
+        attached = check_attach(attach)
         filter_id = secrets.randbits(53) or 1
         now = self._now()
 
@@ -205,7 +225,7 @@ class FilterStore(OwnedRows[Filter]):
                 raise ConflictError(msg)
             cursor.execute(self.dialect.insert_ignore("filters", _COLUMNS),
                            [filter_id, owner, name, description, visibility, text, 1,
-                            "disabled", None, daily_cap, now, now, None, None, None])
+                            "disabled", None, daily_cap, now, now, None, None, None, attached])
             if cursor.rowcount != 1:  # the same name, made by a concurrent request
                 msg = f"you have a filter named {name!r} already"
                 raise ConflictError(msg)
@@ -217,10 +237,11 @@ class FilterStore(OwnedRows[Filter]):
 
     def change(self, filter_id: int, caller: str | None, *, text: str | None = None,
                description: str | None = None, visibility: str | None = None,
-               daily_cap: int | None = None) -> Filter:
+               daily_cap: int | None = None, attach: Iterable[str] | None = None) -> Filter:
         """Change a filter of the caller's; a new text is a new version."""
         _check(visibility, description)
         current = self.owned(filter_id, caller)
+        attached = check_attach(current.attach if attach is None else attach)
         now = self._now()
         new_text = text is not None and text != current.text
         version = current.version + 1 if new_text else current.version
@@ -228,12 +249,13 @@ class FilterStore(OwnedRows[Filter]):
         def work(cursor: Any) -> None:
             cursor.execute(
                 "UPDATE filters SET text = %s, version = %s, description = %s, visibility = %s, "
-                "daily_cap = %s, updated_at = %s WHERE filter_id = %s AND version = %s",
+                "daily_cap = %s, attach = %s, updated_at = %s "
+                "WHERE filter_id = %s AND version = %s",
                 [text if new_text else current.text, version,
                  current.description if description is None else description,
                  current.visibility if visibility is None else visibility,
-                 current.daily_cap if daily_cap is None else daily_cap, now, filter_id,
-                 current.version])
+                 current.daily_cap if daily_cap is None else daily_cap, attached, now,
+                 filter_id, current.version])
             if cursor.rowcount != 1:
                 msg = f"filter {filter_id} changed meanwhile: read it again and retry"
                 raise ConflictError(msg)

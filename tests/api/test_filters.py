@@ -117,6 +117,18 @@ def test_make_check_test_enable_change_delete(api) -> None:
     described = client.patch(f"/api/v1/filters/{filter_id}", headers=alice,
                              json={"description": "one alert", "visibility": "public"})
     assert (described.json()["version"], described.json()["visibility"]) == (2, "public")
+    assert described.json()["attach"] == []
+    # What the published records carry: set, changed, refused when unknown (not a version).
+    attached = client.patch(f"/api/v1/filters/{filter_id}", headers=alice,
+                            json={"attach": ["cutouts", "lightcurve"]})
+    assert (attached.json()["attach"], attached.json()["version"]) == (
+        ["lightcurve", "cutouts"], 2)
+    assert client.patch(f"/api/v1/filters/{filter_id}", headers=alice,
+                        json={"attach": ["packet"]}).status_code == 422
+    assert client.patch(f"/api/v1/filters/{filter_id}", headers=alice,
+                        json={"description": "x"}).json()["attach"] == ["lightcurve", "cutouts"]
+    assert client.patch(f"/api/v1/filters/{filter_id}", headers=alice,
+                        json={"attach": []}).json()["attach"] == []
     versions = client.get(f"/api/v1/filters/{filter_id}/versions", headers=alice).json()
     assert [(v["version"], v["text"]) for v in versions] == [
         (1, "SELECT mag, band WHERE mag < 21"), (2, narrow_text)]
@@ -284,7 +296,9 @@ def test_backfills_deliver_to_a_file_and_to_the_topic(api) -> None:
                        json=window).status_code == 404
     assert client.post(f"/api/v1/filters/{made['filter_id']}/backfill", headers=alice,
                        json={"since_mjd": 2, "until_mjd": 1}).status_code == 422
-    # To the topic: flagged backfill, the filter's version.
+    # To the topic: flagged backfill, the filter's version, and the light curves it attaches.
+    assert client.patch(f"/api/v1/filters/{made['filter_id']}", headers=alice,
+                        json={"attach": ["lightcurve"]}).status_code == 200
     window["until_mjd"] += 1
     queued = client.post(f"/api/v1/filters/{made['filter_id']}/backfill", headers=alice,
                          json=window)
@@ -296,6 +310,12 @@ def test_backfills_deliver_to_a_file_and_to_the_topic(api) -> None:
     published = [lanner_schemas.decode("filtered", m.value) for m in messages]
     assert sorted(p["alert_id"] for p in published) == want
     assert {(p["backfill"], p["filter_version"]) for p in published} == {(True, 1)}
+    for p in published:
+        stored = harness.lightcurves.lightcurve(p["object_id"])
+        assert p["lightcurve"]
+        assert [d["source_id"] for d in p["lightcurve"]] == [
+            r["source_id"] for r in sorted(stored, key=lambda r: (r["mjd"], r["source_id"]))]
+        assert p["cutouts"] is None
     assert client.get(f"/api/v1/jobs/{job['job_id']}/result", headers=alice).status_code == 404
 
 

@@ -43,7 +43,9 @@ def test_subjects_and_versions(client) -> None:
     assert (latest["id"], latest["version"]) == (lanner_schemas.schema_id("enriched"), 2)
     # Any filter topic's subject is lanner.filtered.
     one = client.get("/registry/subjects/filter.alice.bright-value/versions/1").json()
-    assert one["id"] == lanner_schemas.schema_id("filtered")
+    assert one["id"] == lanner_schemas.schema_id("filtered", "1.0")
+    newest = client.get("/registry/subjects/filter.alice.bright-value/versions/latest").json()
+    assert (newest["id"], newest["version"]) == (lanner_schemas.schema_id("filtered"), 2)
     rubin = client.get("/registry/subjects/alerts.lsst-value/versions").json()
     assert len(rubin) == len(schemas.available_versions())
     assert client.get("/registry/subjects/nope-value/versions").json()["error_code"] == 40401

@@ -50,7 +50,8 @@ def _stage(harness, factory, *, time_limit_s: float = 5.0,
         source=harness.source(group or f"filters-{uuid.uuid4().hex[:6]}", [harness.enriched]),
         publisher=harness.publisher(),
         filters=FilterSet(factory.filters, scope, poll_s=0.0, time_limit_s=time_limit_s),
-        store=factory.filters, batch_size=15, poll_timeout=0.2)
+        store=factory.filters, batch_size=15, poll_timeout=0.2,
+        lightcurves=lambda: harness.lightcurves)
 
 
 def _owner(factory) -> str:
@@ -131,6 +132,55 @@ def test_a_batch_delivered_again_publishes_and_counts_nothing_twice(harness, enr
     assert len(published) == len({r["alert_id"] for r in published}) == with_mag
     day = factory.filters.day_counts(utc_day(time.time()))
     assert day[made.filter_id] == (with_mag, 0)
+
+
+def test_records_carry_the_light_curve_and_cutouts_a_filter_attaches(harness,
+                                                                       tmp_path) -> None:
+    """A filter that attaches the light curve and the cutouts publishes, with each alert, its
+    object's archived detections and forced photometry (oldest first) and the alert's three
+    cutouts, as the archive holds them; a filter that attaches nothing publishes nulls."""
+    rng = np.random.default_rng(14)
+    for i, record in enumerate(AlertSimulator(schema="11.1", seed=9, cutouts=True)
+                               .packets(12)):
+        object_id = 720_000_000_100 + i
+        harness.produce(harness.topics.lsst, wire.encode(
+            placed(record, object_id, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60))),
+            1101), key=str(object_id).encode())
+    assert harness.ingest_once().archived == 12
+    assert harness.enrich_once().enriched == 12
+    factory = harness.factory(tmp_path)
+    owner = _owner(factory)
+    store = factory.filters
+    full = store.create(owner, "full", "SELECT mag WHERE mag IS NOT NULL", daily_cap=1000,
+                        attach=["cutouts", "lightcurve"])
+    bare = store.create(owner, "bare", "SELECT mag WHERE mag IS NOT NULL", daily_cap=1000)
+    assert (full.attach, bare.attach) == ({"lightcurve", "cutouts"}, frozenset())
+    with pytest.raises(ValueError, match="attaches lightcurve or cutouts"):
+        store.change(bare.filter_id, owner, attach=["packet"])
+    for made in (full, bare):
+        factory.create_topics([made.topic])
+        store.set_state(made.filter_id, "enabled")
+    _stage(harness, factory).run(once=True, idle_polls=3)
+
+    got = _published(harness, full.topic)
+    assert len(got) == len(_published(harness, bare.topic)) > 0
+    assert any(len(r["lightcurve"]) > 1 for r in got)  # some packets carry a history
+    for record in got:
+        detections = sorted(harness.lightcurves.lightcurve(record["object_id"]),
+                            key=lambda r: (r["mjd"], r["source_id"]))
+        assert [(d["source_id"], d["mjd"], d["band"], d["psf_flux"])
+                for d in record["lightcurve"]] == [
+            (d["source_id"], d["mjd"], d["band"], d["psf_flux"]) for d in detections]
+        forced = sorted(harness.lightcurves.forced_photometry(record["object_id"]),
+                        key=lambda r: (r["mjd"], r["forced_id"]))
+        assert [(f["forced_id"], f["psf_flux"]) for f in record["forced"]] == [
+            (f["forced_id"], f["psf_flux"]) for f in forced]
+        for kind in ("science", "template", "difference"):
+            stored = harness.lightcurves.cutout(record["alert_id"], kind)
+            assert stored is not None
+            assert record["cutouts"][kind] == stored
+    for record in _published(harness, bare.topic):
+        assert (record["lightcurve"], record["forced"], record["cutouts"]) == (None, None, None)
 
 
 def test_changes_are_picked_up_and_bad_filters_are_suspended(harness, enriched,
