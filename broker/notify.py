@@ -28,17 +28,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
 import structlog
 
+from broker.storage.filters import Filter
+
 log = structlog.get_logger(__name__)
 
 #: Alerts listed in a webhook summary (the count covers them all).
 LISTED = 20
+#: The fields of each alert a summary lists.
+SUMMARISED = ("alert_id", "object_id", "mjd", "ra", "dec")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -46,26 +50,28 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def summary(filter_id: int, name: str, owner: str, version: int, topic: str,
-            alerts: list[dict[str, Any]]) -> dict[str, Any]:
-    """A webhook's JSON summary of one batch of a filter's published alerts."""
-    return {"filter_id": filter_id, "name": name, "owner": owner, "version": version,
-            "topic": topic, "count": len(alerts), "alerts": alerts[:LISTED],
+def summary(found: Filter, alerts: Sequence[Mapping[str, Any]], count: int) -> dict[str, Any]:
+    """A webhook's JSON summary of one batch of a filter's published alerts: how many
+    (``count``) and the first `LISTED` of ``alerts`` (their ids, time and position)."""
+    return {"filter_id": found.filter_id, "name": found.name, "owner": found.owner,
+            "version": found.version, "topic": found.topic, "count": count,
+            "alerts": [{k: alert[k] for k in SUMMARISED} for alert in alerts[:LISTED]],
             "sent_ms": int(time.time() * 1000)}
 
 
-def digest(name: str, owner: str, topic: str, day: str, published: int, dropped: int,
-           cap: int, api_url: str, filter_id: int, sender: str, to: str) -> EmailMessage:
-    """A filter's daily digest as an email."""
+def digest(found: Filter, day: str, published: int, dropped: int, api_url: str,
+           sender: str) -> EmailMessage:
+    """A filter's daily digest as an email to its address."""
+    name, owner, topic, cap = found.name, found.owner, found.topic, found.daily_cap
     message = EmailMessage()
     message["From"] = sender
-    message["To"] = to
+    message["To"] = found.email or ""
     message["Subject"] = f"Lanner: filter {name} published {published:,} alerts on {day}"
     capped = (f"\n{dropped:,} more passed after it reached its daily cap of {cap:,} and were "
               "not published." if dropped else "")
     message.set_content(
         f"Filter {name} of {owner} published {published:,} alerts on {day} (UTC) on the topic "
-        f"{topic}.{capped}\n\nThe filter: {api_url}/api/v1/filters/{filter_id}\n"
+        f"{topic}.{capped}\n\nThe filter: {api_url}/api/v1/filters/{found.filter_id}\n"
         f"Read the topic with any Kafka client; its schema is served at {api_url}/registry.\n")
     return message
 

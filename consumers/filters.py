@@ -253,11 +253,8 @@ class FiltersStage(Stage[FiltersReport]):
             if not chosen or not p.filter.webhook_url or not p.filter.webhook_secret:
                 continue
             rows = p.selection.rows.tolist()
-            alerts = [{k: records[rows[i]][k] for k in ("alert_id", "object_id", "mjd", "ra",
-                                                         "dec")} for i in chosen[:LISTED]]
-            payload = summary(p.filter.filter_id, p.filter.name, p.filter.owner,
-                              p.filter.version, p.filter.topic, alerts)
-            payload["count"] = len(chosen)
+            payload = summary(p.filter, [records[rows[i]] for i in chosen[:LISTED]],
+                              len(chosen))
             self.notifier.webhook(p.filter.webhook_url, p.filter.webhook_secret, payload)
         today = self.filters.day
         if today and today != self._digested:
@@ -269,10 +266,8 @@ class FiltersStage(Stage[FiltersReport]):
         assert self.notifier is not None
         for found, published, dropped in self.store.digests_due(day):
             if found.email and self.store.claim_digest(found.filter_id, day):
-                self.notifier.email(digest(
-                    found.name, found.owner, found.topic, day, published, dropped,
-                    found.daily_cap, self.mail.api_url, found.filter_id, self.mail.sender,
-                    found.email))
+                self.notifier.email(digest(found, day, published, dropped, self.mail.api_url,
+                                           self.mail.sender))
 
     def _split(self, messages: Sequence[Message]) -> tuple[
             list[dict[str, Any]], list[Message], list[Message],
