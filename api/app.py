@@ -103,8 +103,6 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     app.state.stores = LazyStores(built)
     errors.install(app)
     app.add_middleware(ObservedApp)
-    watchlists.install(app)
-    filters.install(app)
     for module in (objects, annotate, cone, scs, status, accounts, watchlists, watchmaps,
                    filters, jobs, registry, home):
         app.include_router(module.router)

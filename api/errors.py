@@ -4,6 +4,8 @@
 - `broker.exceptions.ConflictError` (a name taken) → 409.
 - A request that fails validation → 422, ``detail`` naming each bad parameter and ``errors``
   listing them as FastAPI reports them.
+- `RefusedError` (content the route parsed and refused: a filter that does not compile, an
+  upload with bad rows) → 422, ``detail`` and whatever locates the problem.
 - `TransientError` (`ServiceUnavailableError`: a store does not answer) → 503 with the store's
   message and a ``Retry-After`` header.
 - Anything else → 500 with a generic message; the traceback goes to the log (see
@@ -52,6 +54,20 @@ def _describe(errors: Sequence[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+class RefusedError(Exception):
+    """Content a route parsed and refused: answered 422 with ``detail`` and the fields of
+    ``where`` (a filter's line and column, an upload's bad rows)."""
+
+    def __init__(self, detail: str, **where: Any) -> None:
+        super().__init__(detail)
+        self.where = where
+
+
+async def _refused(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RefusedError)
+    return JSONResponse({"detail": str(exc), **exc.where}, status_code=422)
+
+
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, NotFoundError)
     return JSONResponse({"detail": str(exc)}, status_code=404)
@@ -83,5 +99,6 @@ def install(app: FastAPI) -> None:
     """Register the handlers of this module on an app."""
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(ConflictError, _conflict)
+    app.add_exception_handler(RefusedError, _refused)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(TransientError, _unavailable)

@@ -14,13 +14,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field, model_validator
 
 from api.auth import Authenticated, Caller, CallerDep
 from api.dependencies import LazyStores, get_stores
-from api.errors import UNAVAILABLE
+from api.errors import UNAVAILABLE, RefusedError
 from api.models import ErrorOut
 from api.routers.jobs import JobOut
 from broker.domain.filters import FilterError, FilterRuntimeError, Plan, compile_filter
@@ -194,29 +193,14 @@ class TrialOut(BaseModel):
                    passed=result.passed, share=result.share, alerts=result.alerts)
 
 
-class _RefusedError(Exception):
-    def __init__(self, error: FilterError) -> None:
-        self.error = error
-
-
-def install(app: Any) -> None:
-    """The answer to a filter that does not compile: 422, the message and its position."""
-    async def refused(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, _RefusedError)
-        error = exc.error
-        return JSONResponse({"detail": str(error), "message": error.message,
-                             "line": error.line, "column": error.column}, status_code=422)
-
-    app.add_exception_handler(_RefusedError, refused)
-
-
 def _compile(text: str, owner: str, stores: LazyStores) -> Plan:
     scope = scope_for(owner, refcats=stores.refcats, watchlists=stores.watchlists,
                       watchmaps=stores.watchmaps, annotations=stores.annotations)
     try:
         return compile_filter(text, scope)
     except FilterError as exc:
-        raise _RefusedError(exc) from None
+        raise RefusedError(str(exc), message=exc.message, line=exc.line,
+                           column=exc.column) from None
 
 
 def _window(window: WindowIn, stores: LazyStores) -> tuple[float, float]:

@@ -16,12 +16,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.auth import Authenticated, CallerDep
 from api.dependencies import LazyStores, get_stores
-from api.errors import UNAVAILABLE
+from api.errors import UNAVAILABLE, RefusedError
 from api.models import ErrorOut
 from broker.domain.watchlists import MAX_RADIUS_ARCSEC, Cones, UploadError, parse_cones
 from broker.storage.watchlists import Watchlist
@@ -124,22 +123,8 @@ async def _cones(request: Request, caller: Authenticated, default_radius: float)
                                        default_radius_arcsec=default_radius,
                                        max_rows=caller.limits.max_watchlist_rows)
     except UploadError as exc:
-        raise _UploadRefusedError(exc) from None
-
-
-class _UploadRefusedError(Exception):
-    def __init__(self, error: UploadError) -> None:
-        self.error = error
-
-
-def install(app: Any) -> None:
-    """The answer to a refused upload: 422 with every bad row."""
-    async def refused(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, _UploadRefusedError)
-        return JSONResponse({"detail": str(exc.error), "errors": [
-            {"line": e.line, "reason": e.reason} for e in exc.error.errors]}, status_code=422)
-
-    app.add_exception_handler(_UploadRefusedError, refused)
+        raise RefusedError(str(exc), errors=[{"line": e.line, "reason": e.reason}
+                                             for e in exc.errors]) from None
 
 
 _Name = Annotated[str, Query(min_length=1, max_length=64, description="The watchlist's name.")]
