@@ -1,0 +1,115 @@
+"""TAP_SCHEMA, made by felis from the felis description of the archive.
+
+felis (`felis.tap_schema`) knows the five TAP_SCHEMA tables (schemas, tables, columns, keys,
+key_columns) and fills them from a felis schema: datatypes and array sizes as VOTable has
+them, units, UCDs, descriptions, ``principal``, ``std`` and ``indexed`` (primary keys and
+one-column indexes). Here it fills a SQLite file with the archive's public tables (`PUBLIC`,
+schema ``lanner``) and with TAP_SCHEMA's own description, as TAP 1.1 asks; the TAP service
+answers ADQL over TAP_SCHEMA from that file and checks every query's tables and columns
+against what `TapSchema` read back from it. Tables a user owns (watchlist hits) and the
+service's own bookkeeping (accounts, tokens, jobs, filters) are not in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from broker.storage import schema as felis_schema
+
+#: The archive's tables a TAP query may read, all public.
+PUBLIC = ("objects", "alert_rows", "object_context", "object_matches", "annotations",
+          "dr_objects")
+#: TAP_SCHEMA's schema_index of the archive's schema (listed first) and of TAP_SCHEMA's own.
+_INDEX = {"lanner": 0, "TAP_SCHEMA": 100_000}
+
+
+@dataclass(frozen=True, slots=True)
+class TapColumn:
+    """A row of TAP_SCHEMA.columns."""
+
+    name: str
+    datatype: str
+    arraysize: str | None
+    xtype: str | None
+    unit: str | None
+    ucd: str | None
+    utype: str | None
+    description: str | None
+    principal: bool
+    indexed: bool
+    std: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TapTable:
+    """A row of TAP_SCHEMA.tables, with its columns in order."""
+
+    schema: str
+    name: str  # qualified, as TAP_SCHEMA.tables has it: ``lanner.objects``
+    description: str | None
+    columns: tuple[TapColumn, ...]
+
+    def column(self, name: str) -> TapColumn | None:
+        lowered = name.lower()
+        return next((c for c in self.columns if c.name.lower() == lowered), None)
+
+
+class TapSchema:
+    """TAP_SCHEMA in a SQLite file at ``path`` (made again on each start: felis is the
+    source), and the tables and columns it describes."""
+
+    def __init__(self, path: Path) -> None:
+        from felis.db.database_context import create_database_context  # noqa: PLC0415
+        from felis.tap_schema import DataLoader, TableManager  # noqa: PLC0415
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        manager = TableManager(engine_url=self.url)
+        context = create_database_context(self.url, manager.metadata)
+        try:
+            manager.initialize_database(context)
+            described = felis_schema.described()
+            archive = described.model_copy(update={
+                "tables": [t for t in described.tables if t.name in PUBLIC]})
+            DataLoader(archive, manager, context, tap_schema_index=_INDEX["lanner"]).load()
+            DataLoader(manager.schema, manager, context,
+                       tap_schema_index=_INDEX["TAP_SCHEMA"]).load()
+            self.tables = self._read(context.engine, manager)
+        finally:
+            context.close()
+
+    @staticmethod
+    def _read(engine: sa.Engine, manager: object) -> dict[str, TapTable]:
+        tables_t = manager["tables"]  # type: ignore[index]
+        columns_t = manager["columns"]  # type: ignore[index]
+        with engine.connect() as connection:
+            tables = connection.execute(sa.select(tables_t)).mappings().all()
+            # felis inserts a table's columns in the description's order: rowid keeps it where
+            # the description gives no column_index.
+            columns = connection.execute(sa.select(columns_t).order_by(
+                sa.literal_column("rowid"))).mappings().all()
+        columns = sorted(columns, key=lambda c: (c["column_index"] is None,
+                                                 c["column_index"] or 0))
+        by_table: dict[str, list[TapColumn]] = {}
+        for c in columns:
+            by_table.setdefault(c["table_name"], []).append(TapColumn(
+                c["column_name"], c["datatype"], c["arraysize"], c["xtype"], c["unit"],
+                c["ucd"], c["utype"], c["description"], bool(c["principal"]),
+                bool(c["indexed"]), bool(c["std"])))
+        return {t["table_name"].lower(): TapTable(t["schema_name"], t["table_name"],
+                                                   t["description"],
+                                                   tuple(by_table.get(t["table_name"], ())))
+                for t in tables}
+
+    def table(self, name: str) -> TapTable | None:
+        """A table by its qualified name, in any case (``lanner.objects``)."""
+        return self.tables.get(name.lower())
+
+    def __iter__(self) -> Iterator[TapTable]:
+        return iter(self.tables.values())
