@@ -42,6 +42,7 @@ from api.routers import (
     registry,
     scs,
     status,
+    tap,
     watchlists,
     watchmaps,
 )
@@ -104,6 +105,6 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(ObservedApp)
     for module in (objects, annotate, cone, scs, status, accounts, watchlists, watchmaps,
-                   filters, jobs, registry, home):
+                   filters, jobs, registry, tap, home):
         app.include_router(module.router)
     return app

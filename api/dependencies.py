@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -18,6 +20,9 @@ from broker.storage.stores import LightCurveArchive, ObjectCatalog, ReferenceCat
 from broker.storage.watchlists import WatchlistStore
 from broker.storage.watchmaps import WatchmapStore
 from broker.streaming.queue import Publisher
+
+if TYPE_CHECKING:
+    from broker.tap.execute import Engine
 
 
 class LazyStores:
@@ -42,6 +47,8 @@ class LazyStores:
         self._publisher_lock = threading.Lock()
         self._publisher: Publisher | None = None
         self._annotations_lock = threading.Lock()
+        self._tap_lock = threading.Lock()
+        self._tap: Engine | None = None
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -91,6 +98,24 @@ class LazyStores:
     @property
     def settings(self) -> Settings:
         return self.factory.settings
+
+    @property
+    def tap(self) -> Engine:
+        """The TAP engine: TAP_SCHEMA made by felis in a file of this process (in the
+        state folder, removed when the process exits), and the archive's shards."""
+        with self._tap_lock:
+            if self._tap is None:
+                from broker.storage.catalog import ChunkedCatalog  # noqa: PLC0415
+                from broker.tap.execute import Engine  # noqa: PLC0415
+                from broker.tap.tapschema import TapSchema  # noqa: PLC0415
+
+                catalog = self.catalog
+                shards = (catalog.shards if isinstance(catalog, ChunkedCatalog)
+                          else self.factory.shards)
+                path = self.settings.state_dir / "tap" / f"tap_schema-{os.getpid()}.db"
+                atexit.register(path.unlink, missing_ok=True)
+                self._tap = Engine(TapSchema(path), shards)
+            return self._tap
 
     def publisher(self) -> Publisher:
         """The API process's one producer (made on first use, closed with the factory;
