@@ -113,8 +113,53 @@ def test_tap_schema_answers_and_what_is_not_there_yet(archive) -> None:
                         "MOD(7, 3) AS m FROM TAP_SCHEMA.schemas").table.to_pylist()[0]
     assert logs == pytest.approx({"ln": math.log(100), "l10": 2.0, "c": 1 / math.tan(1),
                                   "m": 1.0})
-    if engine.shards.count > 1:
-        with pytest.raises(ADQLError, match="not supported yet"):
-            _run(engine, "SELECT band, COUNT(*) FROM lanner.alert_rows GROUP BY band")
+    with pytest.raises(ADQLError, match="not supported yet"):
+        _run(engine, "SELECT COUNT(DISTINCT band) FROM lanner.alert_rows")
     with pytest.raises(ADQLError, match="not both"):
         _run(engine, "SELECT o.ra FROM lanner.objects AS o, TAP_SCHEMA.schemas AS s")
+
+
+def test_aggregates_merge_exactly_across_shards(archive) -> None:
+    engine, harness = archive
+    rows = _plain(harness, "SELECT source_id, object_id, mjd, band, psf_flux FROM alert_rows")
+    assert engine.shards.count > 1
+    bands: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        bands.setdefault(row["band"], []).append(row)
+    answer = _run(engine, "SELECT band, COUNT(*) AS n, SUM(psf_flux) AS total, "
+                          "AVG(psf_flux) AS mean, MIN(mjd) AS first, MAX(mjd) AS last "
+                          "FROM lanner.alert_rows GROUP BY band ORDER BY n DESC, band")
+    got = answer.table.to_pylist()
+    want = sorted(bands, key=lambda b: (-len(bands[b]), b))
+    assert [r["band"] for r in got] == want
+    for row in got:
+        members = bands[row["band"]]
+        fluxes = [m["psf_flux"] for m in members if m["psf_flux"] is not None]
+        assert row["n"] == len(members)
+        assert row["total"] == pytest.approx(sum(fluxes))
+        assert row["mean"] == pytest.approx(sum(fluxes) / len(fluxes))
+        assert (row["first"], row["last"]) == (min(m["mjd"] for m in members),
+                                               max(m["mjd"] for m in members))
+    assert [f.name for f in answer.fields] == ["band", "n", "total", "mean", "first", "last"]
+    # HAVING, a global aggregate, DISTINCT, and counts per band per night.
+    busy = _run(engine, "SELECT object_id, COUNT(*) AS n FROM lanner.alert_rows "
+                        "GROUP BY object_id HAVING COUNT(*) > 3 ORDER BY n DESC, object_id")
+    per_object: dict[str, int] = {}
+    for row in rows:
+        per_object[row["object_id"]] = per_object.get(row["object_id"], 0) + 1
+    assert [(r["object_id"], r["n"]) for r in busy.table.to_pylist()] == sorted(
+        ((o, n) for o, n in per_object.items() if n > 3), key=lambda x: (-x[1], x[0]))
+    total = _run(engine, "SELECT COUNT(*) AS n, MAX(mjd) AS newest FROM lanner.alert_rows")
+    assert total.table.to_pylist() == [{"n": len(rows), "newest": max(r["mjd"] for r in rows)}]
+    distinct = _run(engine, "SELECT DISTINCT band FROM lanner.alert_rows ORDER BY band")
+    assert [r["band"] for r in distinct.table.to_pylist()] == sorted(bands)
+    nights = _run(engine, "SELECT band, FLOOR(mjd) AS night, COUNT(*) AS n FROM "
+                          "lanner.alert_rows GROUP BY band, FLOOR(mjd) ORDER BY night, band")
+    counted: dict[tuple[str, int], int] = {}
+    for row in rows:
+        key = (row["band"], math.floor(row["mjd"]))
+        counted[key] = counted.get(key, 0) + 1
+    assert [(r["band"], r["night"], r["n"]) for r in nights.table.to_pylist()] == sorted(
+        ((b, n, c) for (b, n), c in counted.items()), key=lambda x: (x[1], x[0]))
+    with pytest.raises(ADQLError, match="neither in GROUP BY"):
+        _run(engine, "SELECT band, mjd, COUNT(*) FROM lanner.alert_rows GROUP BY band")

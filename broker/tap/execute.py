@@ -28,6 +28,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -36,13 +37,13 @@ from sqlglot import exp
 
 from broker.storage.shards import ShardSet
 from broker.tap.adql import ADQLError, Checked
+from broker.tap.aggregate import PARTIALS, Split, needs_split, split
 from broker.tap.tapschema import TapSchema
 from broker.votable import Field, field_of
 
 #: The archive's tables that live on every shard, each row on its object's chunk's shard.
 CHUNKED = frozenset({"lanner.objects", "lanner.alert_rows", "lanner.object_context",
                      "lanner.object_matches"})
-_AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
 _SORT_KEY = "__lanner_sort_"
 
 
@@ -88,11 +89,9 @@ class Engine:
 
     def _shards(self, checked: Checked, maxrec: int) -> Answer:
         tree = checked.tree
-        if self.shards.count > 1 and (tree.args.get("group") or tree.args.get("distinct")
-                                      or any(tree.find_all(*_AGGREGATES))):
-            raise ADQLError("aggregates, GROUP BY and DISTINCT over the archive's shards are "
-                            "not supported yet (TAP_SCHEMA queries have them)")
         dialect = "sqlite" if self.shards.dialect.name == "sqlite" else "mysql"
+        if needs_split(tree):
+            return self._aggregate(checked, split(tree), dialect, maxrec)
         shard_tree = _rewrite(tree.copy(), dialect)
         keys = _sort_keys(shard_tree)
         offset = _offset(shard_tree)
@@ -119,6 +118,31 @@ class Engine:
         take = table.num_rows - offset if limit is None else min(limit, table.num_rows - offset)
         table = table.slice(offset, max(0, take))
         return self._finish(checked, table, maxrec)
+
+    def _aggregate(self, checked: Checked, parts: Split, dialect: str, maxrec: int) -> Answer:
+        """Partial aggregates on every shard, merged by the final query in SQLite."""
+        sql = _rewrite(parts.shard, dialect).sql(dialect=dialect)
+
+        def work(cursor: Any) -> tuple[list[str], list[tuple]]:
+            cursor.execute(sql)
+            return [d[0] for d in cursor.description], list(cursor.fetchall())
+
+        results = self.shards.all_shards(work, write=False)
+        names = next(iter(results.values()))[0]
+        final = _rewrite(parts.final, "sqlite")
+        limit = _limit(final)
+        final.set("limit", exp.Limit(expression=exp.Literal.number(
+            maxrec + 1 if limit is None else min(limit, maxrec + 1))))
+        with sqlite3.connect(":memory:") as connection:
+            columns = ", ".join(f'"{n}"' for n in names)
+            connection.execute(f"CREATE TABLE {PARTIALS} ({columns})")
+            marks = ", ".join("?" for _ in names)
+            connection.executemany(f"INSERT INTO {PARTIALS} VALUES ({marks})",
+                                   [_plain_row(r) for _, rows in results.values() for r in rows])
+            cursor = connection.execute(final.sql(dialect="sqlite"))
+            out_names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        return self._answer(checked, out_names, rows, maxrec)
 
     # -- answers
 
@@ -155,6 +179,11 @@ class Engine:
                 if found is not None:
                     return found.column(column.name)
         return None
+
+
+def _plain_row(row: tuple) -> tuple:
+    """A shard's row as SQLite takes it (MariaDB's Decimals as floats)."""
+    return tuple(float(v) if isinstance(v, Decimal) else v for v in row)
 
 
 def _arrow(names: Sequence[str], rows: Sequence[tuple]) -> pa.Table:
