@@ -28,6 +28,8 @@ def archive(harness, tmp_path) -> Any:
     for i, record in enumerate(records):
         if i % 3 == 0:
             ra, dec = CENTRE[0] + rng.uniform(-2, 2), CENTRE[1] + rng.uniform(-2, 2)
+        elif i % 3 == 1:  # around RA 0, on both sides of it
+            ra, dec = rng.uniform(-2, 2) % 360.0, rng.uniform(-2, 2)
         else:
             ra, dec = rng.uniform(0, 360), rng.uniform(-60, 60)
         object_id = 910_000_000_000 + i
@@ -36,7 +38,7 @@ def archive(harness, tmp_path) -> Any:
             key=str(object_id).encode())
     assert harness.ingest_once().archived == OBJECTS
     tap = TapSchema(tmp_path / "tap_schema.db")
-    return Engine(tap, harness.catalog.shards), harness
+    return Engine(tap, harness.catalog), harness
 
 
 def _plain(harness: Any, sql: str) -> list[dict[str, Any]]:
@@ -61,23 +63,36 @@ def _run(engine: Engine, text: str, maxrec: int = 10_000) -> Any:
     return engine.run(check(text, engine.tap), maxrec)
 
 
-def test_a_cone_returns_what_a_scan_finds(archive) -> None:
+#: Cones: around CENTRE, and across RA 0 from either side.
+CONES = [(*CENTRE, 1.5), (0.4, 0.5, 1.5), (359.7, -0.5, 2.0)]
+
+
+def test_cones_return_what_a_scan_finds(archive) -> None:
     engine, harness = archive
     objects = _plain(harness, "SELECT object_id, ra, `dec` FROM objects")
     assert len(objects) == OBJECTS
-    want = sorted(o["object_id"] for o in objects
-                   if _distance(o["ra"], o["dec"], *CENTRE) <= 1.5)
-    assert 0 < len(want) < OBJECTS
-    answer = _run(engine, "SELECT object_id, ra, dec, DISTANCE(POINT('ICRS', ra, dec), "
-                          f"POINT('ICRS', {CENTRE[0]}, {CENTRE[1]})) AS d FROM lanner.objects "
-                          f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', "
-                          f"{CENTRE[0]}, {CENTRE[1]}, 1.5)) ORDER BY d")
-    got = answer.table.to_pylist()
-    assert sorted(r["object_id"] for r in got) == want
-    assert [r["d"] for r in got] == sorted(r["d"] for r in got)
-    for row in got:
-        assert row["d"] == pytest.approx(_distance(row["ra"], row["dec"], *CENTRE), abs=1e-9)
-    assert not answer.overflow
+    for ra0, dec0, radius in CONES:
+        want = sorted(o["object_id"] for o in objects
+                      if _distance(o["ra"], o["dec"], ra0, dec0) <= radius)
+        assert 0 < len(want) < OBJECTS
+        text = ("SELECT object_id, ra, dec, DISTANCE(POINT('ICRS', ra, dec), "
+                f"POINT('ICRS', {ra0}, {dec0})) AS d FROM lanner.objects "
+                f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra0}, {dec0}, "
+                f"{radius})) ORDER BY d")
+        answer = _run(engine, text)
+        got = answer.table.to_pylist()
+        assert sorted(r["object_id"] for r in got) == want, (ra0, dec0)
+        assert [r["d"] for r in got] == sorted(r["d"] for r in got)
+        for row in got:
+            assert row["d"] == pytest.approx(_distance(row["ra"], row["dec"], ra0, dec0),
+                                             abs=1e-9)
+        # The cone was narrowed to the chunks and HEALPix ranges that cover it.
+        pruned, shards = engine._prune(check(text, engine.tap).tree.copy())
+        assert "chunk_id IN" in pruned.sql()
+        assert "hpx29 >=" in pruned.sql()
+        assert shards is not None
+        assert set(shards) <= set(range(engine.shards.count))
+        assert not answer.overflow
     names = [(f.name, f.datatype, f.ucd) for f in answer.fields]
     assert names[:2] == [("object_id", "char", "meta.id;meta.main"),
                          ("ra", "double", "pos.eq.ra;meta.main")]
