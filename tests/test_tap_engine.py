@@ -9,12 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from broker.simulator import AlertSimulator
-from broker.streaming import wire
 from broker.tap.adql import ADQLError, check
 from broker.tap.execute import Engine
 from broker.tap.tapschema import TapSchema
-from tests.support.alerts import placed
+from tests.support.alerts import produce_placed
 
 OBJECTS = 60
 CENTRE = (150.0, 10.0)
@@ -24,18 +22,16 @@ CENTRE = (150.0, 10.0)
 def archive(harness, tmp_path) -> Any:
     """60 objects, a third within 2 degrees of CENTRE, archived; the engine over them."""
     rng = np.random.default_rng(41)
-    records = list(AlertSimulator(schema="11.1", seed=43, cutouts=False).packets(OBJECTS))
-    for i, record in enumerate(records):
+    places = []
+    for i in range(OBJECTS):
         if i % 3 == 0:
             ra, dec = CENTRE[0] + rng.uniform(-2, 2), CENTRE[1] + rng.uniform(-2, 2)
         elif i % 3 == 1:  # around RA 0, on both sides of it
             ra, dec = rng.uniform(-2, 2) % 360.0, rng.uniform(-2, 2)
         else:
             ra, dec = rng.uniform(0, 360), rng.uniform(-60, 60)
-        object_id = 910_000_000_000 + i
-        harness.produce(harness.topics.lsst, wire.encode(
-            placed(record, object_id, float(ra), float(dec)), 1101),
-            key=str(object_id).encode())
+        places.append((float(ra), float(dec)))
+    produce_placed(harness, places, first_id=910_000_000_000, seed=43)
     assert harness.ingest_once().archived == OBJECTS
     tap = TapSchema(tmp_path / "tap_schema.db")
     return Engine(tap, harness.catalog), harness
