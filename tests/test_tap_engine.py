@@ -126,6 +126,8 @@ def test_tap_schema_answers_and_what_is_not_there_yet(archive) -> None:
                                   "m": 1.0})
     with pytest.raises(ADQLError, match="not supported yet"):
         _run(engine, "SELECT COUNT(DISTINCT band) FROM lanner.alert_rows")
+    with pytest.raises(ADQLError, match="annotations cannot be queried yet"):
+        _run(engine, "SELECT * FROM lanner.annotations")
     with pytest.raises(ADQLError, match="not both"):
         _run(engine, "SELECT o.ra FROM lanner.objects AS o, TAP_SCHEMA.schemas AS s")
 

@@ -78,6 +78,9 @@ class Engine:
             return self._tap_schema(checked, maxrec)
         if tables <= CHUNKED:
             return self._shards(checked, maxrec)
+        waiting = sorted(t for t in tables if t.startswith("lanner.") and t not in CHUNKED)
+        if waiting:
+            raise ADQLError(f"{', '.join(waiting)} cannot be queried yet (docs/tap.md)")
         raise ADQLError("a query reads either TAP_SCHEMA or the archive's tables, not both")
 
     # -- TAP_SCHEMA
