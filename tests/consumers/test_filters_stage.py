@@ -316,12 +316,13 @@ def test_an_annotation_runs_the_filters_that_use_annotations_again(harness, enri
     second = run_once()
     assert second.by_filter == {typed.filter_id: 1}
     [published] = _published(harness, typed.topic)
-    newest = max((r for r in enriched if r["object_id"] == object_id),
-                 key=lambda r: (r["mjd"], r["alert_id"]))
+    # The object's newest alert as the archive holds it. (Not as internal.enriched has it:
+    # the simulated packets, moved to new objects, share detection ids, and the archive keeps
+    # each detection under the object that was written first.)
+    stored = harness.catalog.alert_rows(object_id)
+    newest = max(stored, key=lambda r: (r["mjd"], r["source_id"]))
     assert (published["object_id"], published["columns"]) == (object_id, {"cls": "SN Ia"})
-    assert published["alert_id"] in {r["source_id"] for r in
-                                     harness.catalog.alert_rows(object_id)}
-    assert published["mjd"] >= newest["mjd"]
+    assert (published["alert_id"], published["mjd"]) == (newest["source_id"], newest["mjd"])
     assert len(_published(harness, plain.topic)) == plain_count  # not run again
     # Read again by the group (nothing new): nothing published twice.
     assert run_once().published == 0
