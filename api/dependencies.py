@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from broker.config import Settings
+from broker.exceptions import LannerError
 from broker.factory import Factory
 from broker.queries import ArchiveQueries
 from broker.retro import JobStore
@@ -110,11 +111,11 @@ class LazyStores:
                 from broker.tap.tapschema import TapSchema  # noqa: PLC0415
 
                 catalog = self.catalog
-                shards = (catalog.shards if isinstance(catalog, ChunkedCatalog)
-                          else self.factory.shards)
+                if not isinstance(catalog, ChunkedCatalog):
+                    raise LannerError("TAP reads the chunked catalog")
                 path = self.settings.state_dir / "tap" / f"tap_schema-{os.getpid()}.db"
                 atexit.register(path.unlink, missing_ok=True)
-                self._tap = Engine(TapSchema(path), shards)
+                self._tap = Engine(TapSchema(path), catalog)
             return self._tap
 
     def publisher(self) -> Publisher:

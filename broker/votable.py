@@ -141,7 +141,8 @@ def binary2_rows(fields: Sequence[Field], batch: pa.RecordBatch) -> np.ndarray:
             if longest:
                 layout.append((key, f"S{longest}"))
                 values[key] = data
-                padding.append((key, lengths, longest))
+                if int(lengths.min()) < longest:  # values of one length need no unpadding
+                    padding.append((key, lengths, longest))
         elif field.datatype == "boolean" or field.datatype in _FIXED:
             array, nulls = _fixed(column, field.datatype)
             layout.append((key, "u1" if field.datatype == "boolean" else array.dtype.str))

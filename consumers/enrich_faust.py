@@ -222,23 +222,29 @@ class FaustEnrich:
     def run(self) -> EnrichReport:
         """Run the faust worker until SIGTERM or SIGINT (a clean stop) or a crash (raised as a
         `LannerError`); the report of every batch done."""
-        worker = faust.Worker(self.app, quiet=True, redirect_stdouts=False,
-                              override_logging=False)
-        worker.spinner = None  # a terminal spinner: control characters in the command's output
-        code: object = 0
-        try:
-            worker.execute_from_commandline()
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            self.stopping.set()
-            self.executor.shutdown(wait=True)
-            shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
-        reason = worker.crash_reason or self.app.crash_reason
-        if reason is not None or code not in (0, None):
-            msg = f"the faust enrich worker stopped on an error: {reason or f'exit {code}'}"
-            raise LannerError(msg)
+        run_worker(self.app, self.executor, self.stopping, STAGE)
         return self.total
+
+
+def run_worker(app: faust.App, executor: ThreadPoolExecutor, stopping: threading.Event,
+               stage: str) -> None:
+    """Run a stage's faust worker until SIGTERM or SIGINT (a clean stop) or a crash, raised
+    as a `LannerError`; then stop its store thread and remove faust's data folder."""
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.spinner = None  # a terminal spinner: control characters in the command's output
+    code: object = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        stopping.set()
+        executor.shutdown(wait=True)
+        shutil.rmtree(app.conf.datadir, ignore_errors=True)
+    reason = worker.crash_reason or app.crash_reason
+    if reason is not None or code not in (0, None):
+        msg = f"the faust {stage} worker stopped on an error: {reason or f'exit {code}'}"
+        raise LannerError(msg)
 
 
 def event_message(event: faust.EventT[bytes]) -> Message:

@@ -28,7 +28,6 @@ nothing twice. The consumer group is the stage's own, whichever engine runs.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from broker.exceptions import LannerError, ServiceUnavailableError
 from broker.factory import Factory
 from broker.streaming.queue import Message
 from consumers import filters as filters_stage
-from consumers.enrich_faust import event_message, faust_app
+from consumers.enrich_faust import event_message, faust_app, run_worker
 from consumers.filters import FiltersReport, FiltersStage
 
 log = structlog.get_logger(__name__)
@@ -160,20 +159,5 @@ class FaustFilters:
     def run(self) -> FiltersReport:
         """Run the faust worker until SIGTERM or SIGINT (a clean stop) or a crash (raised as a
         `LannerError`); the report of every batch done."""
-        worker = faust.Worker(self.app, quiet=True, redirect_stdouts=False,
-                              override_logging=False)
-        worker.spinner = None
-        code: object = 0
-        try:
-            worker.execute_from_commandline()
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            self.stopping.set()
-            self.executor.shutdown(wait=True)
-            shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
-        reason = worker.crash_reason or self.app.crash_reason
-        if reason is not None or code not in (0, None):
-            msg = f"the faust filters worker stopped on an error: {reason or f'exit {code}'}"
-            raise LannerError(msg)
+        run_worker(self.app, self.executor, self.stopping, filters_stage.STAGE)
         return self.total

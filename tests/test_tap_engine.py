@@ -9,12 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from broker.simulator import AlertSimulator
-from broker.streaming import wire
 from broker.tap.adql import ADQLError, check
 from broker.tap.execute import Engine
 from broker.tap.tapschema import TapSchema
-from tests.support.alerts import placed
+from tests.support.alerts import produce_placed
 
 OBJECTS = 60
 CENTRE = (150.0, 10.0)
@@ -24,19 +22,19 @@ CENTRE = (150.0, 10.0)
 def archive(harness, tmp_path) -> Any:
     """60 objects, a third within 2 degrees of CENTRE, archived; the engine over them."""
     rng = np.random.default_rng(41)
-    records = list(AlertSimulator(schema="11.1", seed=43, cutouts=False).packets(OBJECTS))
-    for i, record in enumerate(records):
+    places = []
+    for i in range(OBJECTS):
         if i % 3 == 0:
             ra, dec = CENTRE[0] + rng.uniform(-2, 2), CENTRE[1] + rng.uniform(-2, 2)
+        elif i % 3 == 1:  # around RA 0, on both sides of it
+            ra, dec = rng.uniform(-2, 2) % 360.0, rng.uniform(-2, 2)
         else:
             ra, dec = rng.uniform(0, 360), rng.uniform(-60, 60)
-        object_id = 910_000_000_000 + i
-        harness.produce(harness.topics.lsst, wire.encode(
-            placed(record, object_id, float(ra), float(dec)), 1101),
-            key=str(object_id).encode())
+        places.append((float(ra), float(dec)))
+    produce_placed(harness, places, first_id=910_000_000_000, seed=43)
     assert harness.ingest_once().archived == OBJECTS
     tap = TapSchema(tmp_path / "tap_schema.db")
-    return Engine(tap, harness.catalog.shards), harness
+    return Engine(tap, harness.catalog), harness
 
 
 def _plain(harness: Any, sql: str) -> list[dict[str, Any]]:
@@ -61,23 +59,36 @@ def _run(engine: Engine, text: str, maxrec: int = 10_000) -> Any:
     return engine.run(check(text, engine.tap), maxrec)
 
 
-def test_a_cone_returns_what_a_scan_finds(archive) -> None:
+#: Cones: around CENTRE, and across RA 0 from either side.
+CONES = [(*CENTRE, 1.5), (0.4, 0.5, 1.5), (359.7, -0.5, 2.0)]
+
+
+def test_cones_return_what_a_scan_finds(archive) -> None:
     engine, harness = archive
     objects = _plain(harness, "SELECT object_id, ra, `dec` FROM objects")
     assert len(objects) == OBJECTS
-    want = sorted(o["object_id"] for o in objects
-                   if _distance(o["ra"], o["dec"], *CENTRE) <= 1.5)
-    assert 0 < len(want) < OBJECTS
-    answer = _run(engine, "SELECT object_id, ra, dec, DISTANCE(POINT('ICRS', ra, dec), "
-                          f"POINT('ICRS', {CENTRE[0]}, {CENTRE[1]})) AS d FROM lanner.objects "
-                          f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', "
-                          f"{CENTRE[0]}, {CENTRE[1]}, 1.5)) ORDER BY d")
-    got = answer.table.to_pylist()
-    assert sorted(r["object_id"] for r in got) == want
-    assert [r["d"] for r in got] == sorted(r["d"] for r in got)
-    for row in got:
-        assert row["d"] == pytest.approx(_distance(row["ra"], row["dec"], *CENTRE), abs=1e-9)
-    assert not answer.overflow
+    for ra0, dec0, radius in CONES:
+        want = sorted(o["object_id"] for o in objects
+                      if _distance(o["ra"], o["dec"], ra0, dec0) <= radius)
+        assert 0 < len(want) < OBJECTS
+        text = ("SELECT object_id, ra, dec, DISTANCE(POINT('ICRS', ra, dec), "
+                f"POINT('ICRS', {ra0}, {dec0})) AS d FROM lanner.objects "
+                f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra0}, {dec0}, "
+                f"{radius})) ORDER BY d")
+        answer = _run(engine, text)
+        got = answer.table.to_pylist()
+        assert sorted(r["object_id"] for r in got) == want, (ra0, dec0)
+        assert [r["d"] for r in got] == sorted(r["d"] for r in got)
+        for row in got:
+            assert row["d"] == pytest.approx(_distance(row["ra"], row["dec"], ra0, dec0),
+                                             abs=1e-9)
+        # The cone was narrowed to the chunks and HEALPix ranges that cover it.
+        pruned, shards = engine._prune(check(text, engine.tap).tree.copy())
+        assert "chunk_id IN" in pruned.sql()
+        assert "hpx29 >=" in pruned.sql()
+        assert shards is not None
+        assert set(shards) <= set(range(engine.shards.count))
+        assert not answer.overflow
     names = [(f.name, f.datatype, f.ucd) for f in answer.fields]
     assert names[:2] == [("object_id", "char", "meta.id;meta.main"),
                          ("ra", "double", "pos.eq.ra;meta.main")]
@@ -113,8 +124,55 @@ def test_tap_schema_answers_and_what_is_not_there_yet(archive) -> None:
                         "MOD(7, 3) AS m FROM TAP_SCHEMA.schemas").table.to_pylist()[0]
     assert logs == pytest.approx({"ln": math.log(100), "l10": 2.0, "c": 1 / math.tan(1),
                                   "m": 1.0})
-    if engine.shards.count > 1:
-        with pytest.raises(ADQLError, match="not supported yet"):
-            _run(engine, "SELECT band, COUNT(*) FROM lanner.alert_rows GROUP BY band")
+    with pytest.raises(ADQLError, match="not supported yet"):
+        _run(engine, "SELECT COUNT(DISTINCT band) FROM lanner.alert_rows")
+    with pytest.raises(ADQLError, match="annotations cannot be queried yet"):
+        _run(engine, "SELECT * FROM lanner.annotations")
     with pytest.raises(ADQLError, match="not both"):
         _run(engine, "SELECT o.ra FROM lanner.objects AS o, TAP_SCHEMA.schemas AS s")
+
+
+def test_aggregates_merge_exactly_across_shards(archive) -> None:
+    engine, harness = archive
+    rows = _plain(harness, "SELECT source_id, object_id, mjd, band, psf_flux FROM alert_rows")
+    assert engine.shards.count > 1
+    bands: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        bands.setdefault(row["band"], []).append(row)
+    answer = _run(engine, "SELECT band, COUNT(*) AS n, SUM(psf_flux) AS total, "
+                          "AVG(psf_flux) AS mean, MIN(mjd) AS first, MAX(mjd) AS last "
+                          "FROM lanner.alert_rows GROUP BY band ORDER BY n DESC, band")
+    got = answer.table.to_pylist()
+    want = sorted(bands, key=lambda b: (-len(bands[b]), b))
+    assert [r["band"] for r in got] == want
+    for row in got:
+        members = bands[row["band"]]
+        fluxes = [m["psf_flux"] for m in members if m["psf_flux"] is not None]
+        assert row["n"] == len(members)
+        assert row["total"] == pytest.approx(sum(fluxes))
+        assert row["mean"] == pytest.approx(sum(fluxes) / len(fluxes))
+        assert (row["first"], row["last"]) == (min(m["mjd"] for m in members),
+                                               max(m["mjd"] for m in members))
+    assert [f.name for f in answer.fields] == ["band", "n", "total", "mean", "first", "last"]
+    # HAVING, a global aggregate, DISTINCT, and counts per band per night.
+    busy = _run(engine, "SELECT object_id, COUNT(*) AS n FROM lanner.alert_rows "
+                        "GROUP BY object_id HAVING COUNT(*) > 3 ORDER BY n DESC, object_id")
+    per_object: dict[str, int] = {}
+    for row in rows:
+        per_object[row["object_id"]] = per_object.get(row["object_id"], 0) + 1
+    assert [(r["object_id"], r["n"]) for r in busy.table.to_pylist()] == sorted(
+        ((o, n) for o, n in per_object.items() if n > 3), key=lambda x: (-x[1], x[0]))
+    total = _run(engine, "SELECT COUNT(*) AS n, MAX(mjd) AS newest FROM lanner.alert_rows")
+    assert total.table.to_pylist() == [{"n": len(rows), "newest": max(r["mjd"] for r in rows)}]
+    distinct = _run(engine, "SELECT DISTINCT band FROM lanner.alert_rows ORDER BY band")
+    assert [r["band"] for r in distinct.table.to_pylist()] == sorted(bands)
+    nights = _run(engine, "SELECT band, FLOOR(mjd) AS night, COUNT(*) AS n FROM "
+                          "lanner.alert_rows GROUP BY band, FLOOR(mjd) ORDER BY night, band")
+    counted: dict[tuple[str, int], int] = {}
+    for row in rows:
+        key = (row["band"], math.floor(row["mjd"]))
+        counted[key] = counted.get(key, 0) + 1
+    assert [(r["band"], r["night"], r["n"]) for r in nights.table.to_pylist()] == sorted(
+        ((b, n, c) for (b, n), c in counted.items()), key=lambda x: (x[1], x[0]))
+    with pytest.raises(ADQLError, match="neither in GROUP BY"):
+        _run(engine, "SELECT band, mjd, COUNT(*) FROM lanner.alert_rows GROUP BY band")

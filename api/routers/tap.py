@@ -107,9 +107,13 @@ def _rows(answer: Answer, writer: str) -> Iterator[bytes]:
         yield buffer.getvalue()
 
 
-@router.api_route("/sync", methods=["GET", "POST"], summary="Run an ADQL query",
-                  description="TAP 1.1 synchronous query: LANG=ADQL, QUERY, and optionally "
-                  "MAXREC and RESPONSEFORMAT (votable, csv, tsv). docs/tap.md.")
+_SYNC = ("TAP 1.1 synchronous query: LANG=ADQL, QUERY, and optionally MAXREC and "
+         "RESPONSEFORMAT (votable, csv, tsv). docs/tap.md.")
+
+
+@router.get("/sync", summary="Run an ADQL query", description=_SYNC, operation_id="tap_sync_get")
+@router.post("/sync", summary="Run an ADQL query", description=_SYNC,
+             operation_id="tap_sync_post")
 async def sync(request: Request, caller: CallerDep, stores: Stores) -> Response:
     try:
         params = await _params(request)

@@ -26,24 +26,28 @@ than MAXREC rows merged means overflow: the first MAXREC are returned and the an
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
+from broker.domain.sky import cone_cover
+from broker.storage.catalog import ChunkedCatalog
 from broker.storage.shards import ShardSet
 from broker.tap.adql import ADQLError, Checked
+from broker.tap.aggregate import PARTIALS, Split, needs_split, split
 from broker.tap.tapschema import TapSchema
 from broker.votable import Field, field_of
 
 #: The archive's tables that live on every shard, each row on its object's chunk's shard.
 CHUNKED = frozenset({"lanner.objects", "lanner.alert_rows", "lanner.object_context",
                      "lanner.object_matches"})
-_AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
 _SORT_KEY = "__lanner_sort_"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,17 @@ class Answer:
 
 
 class Engine:
-    """Runs checked queries on TAP_SCHEMA's file and on the archive's shards."""
+    """Runs checked queries on TAP_SCHEMA's file and on the chunked archive's shards."""
 
-    def __init__(self, tap: TapSchema, shards: ShardSet) -> None:
+    def __init__(self, tap: TapSchema, catalog: ChunkedCatalog) -> None:
         self.tap = tap
-        self.shards = shards
+        self.catalog = catalog
+        self.shards: ShardSet = catalog.shards
+
+    def _on(self, shards: Sequence[int] | None, work: Callable[[Any], T]) -> list[T]:
+        """``work`` on the given shards (every shard for None), in parallel."""
+        chosen = range(self.shards.count) if shards is None else shards
+        return list(self.shards.on_shards(dict.fromkeys(chosen, work), write=False).values())
 
     def run(self, checked: Checked, maxrec: int) -> Answer:
         tables = set(checked.tables)
@@ -68,6 +78,9 @@ class Engine:
             return self._tap_schema(checked, maxrec)
         if tables <= CHUNKED:
             return self._shards(checked, maxrec)
+        waiting = sorted(t for t in tables if t.startswith("lanner.") and t not in CHUNKED)
+        if waiting:
+            raise ADQLError(f"{', '.join(waiting)} cannot be queried yet (docs/tap.md)")
         raise ADQLError("a query reads either TAP_SCHEMA or the archive's tables, not both")
 
     # -- TAP_SCHEMA
@@ -87,13 +100,14 @@ class Engine:
     # -- the shards
 
     def _shards(self, checked: Checked, maxrec: int) -> Answer:
-        tree = checked.tree
-        if self.shards.count > 1 and (tree.args.get("group") or tree.args.get("distinct")
-                                      or any(tree.find_all(*_AGGREGATES))):
-            raise ADQLError("aggregates, GROUP BY and DISTINCT over the archive's shards are "
-                            "not supported yet (TAP_SCHEMA queries have them)")
         dialect = "sqlite" if self.shards.dialect.name == "sqlite" else "mysql"
-        shard_tree = _rewrite(tree.copy(), dialect)
+        tree, shards = self._prune(checked.tree.copy())
+        if shards == []:
+            return self._finish(checked, _arrow([e.alias_or_name for e in tree.expressions],
+                                                []), maxrec)
+        if needs_split(tree):
+            return self._aggregate(checked, split(tree), dialect, maxrec, shards)
+        shard_tree = _rewrite(tree, dialect)
         keys = _sort_keys(shard_tree)
         offset = _offset(shard_tree)
         limit = _limit(shard_tree)
@@ -106,9 +120,9 @@ class Engine:
             cursor.execute(sql)
             return [d[0] for d in cursor.description], list(cursor.fetchall())
 
-        results = self.shards.all_shards(work, write=False)
-        names = next(iter(results.values()))[0]
-        rows = [row for _, shard_rows in results.values() for row in shard_rows]
+        results = self._on(shards, work)
+        names = results[0][0]
+        rows = [row for _, shard_rows in results for row in shard_rows]
         table = _arrow(names, rows)
         if keys:
             # NULL sorts as the smallest value, as in MariaDB and SQLite.
@@ -119,6 +133,68 @@ class Engine:
         take = table.num_rows - offset if limit is None else min(limit, table.num_rows - offset)
         table = table.slice(offset, max(0, take))
         return self._finish(checked, table, maxrec)
+
+    def _aggregate(self, checked: Checked, parts: Split, dialect: str, maxrec: int,
+                   shards: Sequence[int] | None) -> Answer:
+        """Partial aggregates on the shards, merged by the final query in SQLite."""
+        sql = _rewrite(parts.shard, dialect).sql(dialect=dialect)
+
+        def work(cursor: Any) -> tuple[list[str], list[tuple]]:
+            cursor.execute(sql)
+            return [d[0] for d in cursor.description], list(cursor.fetchall())
+
+        results = self._on(shards, work)
+        names = results[0][0]
+        final = _rewrite(parts.final, "sqlite")
+        limit = _limit(final)
+        final.set("limit", exp.Limit(expression=exp.Literal.number(
+            maxrec + 1 if limit is None else min(limit, maxrec + 1))))
+        with sqlite3.connect(":memory:") as connection:
+            columns = ", ".join(f'"{n}"' for n in names)
+            connection.execute(f"CREATE TABLE {PARTIALS} ({columns})")
+            marks = ", ".join("?" for _ in names)
+            connection.executemany(f"INSERT INTO {PARTIALS} VALUES ({marks})",
+                                   [_plain_row(r) for _, rows in results for r in rows])
+            cursor = connection.execute(final.sql(dialect="sqlite"))
+            out_names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        return self._answer(checked, out_names, rows, maxrec)
+
+    def _prune(self, tree: exp.Select) -> tuple[exp.Select, list[int] | None]:
+        """A cone on a chunked table's position, ``1 = CONTAINS(POINT(..., t.ra, t.dec),
+        CIRCLE(..., a, d, r))`` among the WHERE clause's top-level conditions, limits the query
+        to the chunks and HEALPix ranges that cover it (as the cone search reads them,
+        `broker.storage.catalog.cover_rows`): those conditions are added to the query, which
+        then runs only on the shards holding those chunks. The exact test stays."""
+        where = tree.args.get("where")
+        if where is None:
+            return tree, None
+        for condition in where.this.flatten() if isinstance(where.this, exp.And) else [where.this]:
+            cone = _cone(condition)
+            if cone is None:
+                continue
+            alias, ra, dec, radius = cone
+            table = next((t for t in tree.find_all(exp.Table)
+                          if t.alias_or_name == alias and t.find_ancestor(exp.Select) is tree),
+                         None)
+            described = self.tap.table(f"{table.db}.{table.name}") if table is not None else None
+            if described is None or described.column("hpx29") is None or \
+                    described.column("chunk_id") is None:
+                continue
+            cover = cone_cover(self.catalog.chunker, ra, dec, radius)
+            if not cover.chunks or not cover.ranges:
+                return tree, []
+            chunk_in = exp.In(this=exp.column("chunk_id", table=alias),
+                              expressions=[exp.Literal.number(c) for c in cover.chunks])
+            ranges = [exp.and_(exp.GTE(this=exp.column("hpx29", table=alias),
+                                       expression=exp.Literal.number(lo)),
+                               exp.LT(this=exp.column("hpx29", table=alias),
+                                      expression=exp.Literal.number(hi)))
+                      for lo, hi in cover.ranges]
+            tree.set("where", exp.Where(this=exp.and_(
+                where.this, chunk_in, exp.Paren(this=exp.or_(*ranges)))))
+            return tree, sorted(self.catalog.placement.by_shard(cover.chunks))
+        return tree, None
 
     # -- answers
 
@@ -155,6 +231,52 @@ class Engine:
                 if found is not None:
                     return found.column(column.name)
         return None
+
+
+def _contains(condition: exp.Expr) -> exp.Contains | None:
+    """The CONTAINS of ``1 = CONTAINS(...)`` (either side), else None."""
+    if not isinstance(condition, exp.EQ):
+        return None
+    sides = (condition.this, condition.expression)
+    one = next((e for e in sides if isinstance(e, exp.Literal) and e.this == "1"), None)
+    contains = next((e for e in sides if isinstance(e, exp.Contains)), None)
+    return contains if one is not None else None
+
+
+def _cone(condition: exp.Expr) -> tuple[str, float, float, float] | None:
+    """``1 = CONTAINS(POINT(s, t.ra, t.dec), CIRCLE(s, a, d, r))`` with literal a, d, r: the
+    table alias and the cone, else None."""
+    contains = _contains(condition)
+    point = contains.this if contains is not None else None
+    circle = contains.expression if contains is not None else None
+    if not (isinstance(point, exp.Anonymous) and point.name.upper() == "POINT"
+            and isinstance(circle, exp.Anonymous) and circle.name.upper() == "CIRCLE"):
+        return None
+    ra, dec = point.expressions[1], point.expressions[2]
+    if not (isinstance(ra, exp.Column) and isinstance(dec, exp.Column) and ra.table
+            and ra.table == dec.table and ra.name.lower() == "ra" and dec.name.lower() == "dec"):
+        return None
+    try:
+        a, d, r = (_number(e) for e in circle.expressions[1:])
+    except ValueError:
+        return None
+    return (ra.table, a, d, r) if -90 <= d <= 90 and 0 <= r <= 180 else None
+
+
+def _number(node: exp.Expr) -> float:
+    """A literal number, negated or not; ValueError otherwise."""
+    if isinstance(node, exp.Neg):
+        return -_number(node.this)
+    if isinstance(node, exp.Paren):
+        return _number(node.this)
+    if isinstance(node, exp.Literal) and not node.is_string:
+        return float(node.this)
+    raise ValueError(node)
+
+
+def _plain_row(row: tuple) -> tuple:
+    """A shard's row as SQLite takes it (MariaDB's Decimals as floats)."""
+    return tuple(float(v) if isinstance(v, Decimal) else v for v in row)
 
 
 def _arrow(names: Sequence[str], rows: Sequence[tuple]) -> pa.Table:

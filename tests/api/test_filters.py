@@ -13,12 +13,10 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from broker.domain.alerts import flux_to_mag
-from broker.simulator import AlertSimulator
 from broker.storage.watchlists import Hit
-from broker.streaming import wire
 from tests.api.conftest import users_with_tokens
 from tests.domain.test_filters import HOSTILE_CASES
-from tests.support.alerts import placed
+from tests.support.alerts import produce_placed, scattered
 
 OBJECTS = 30
 
@@ -26,13 +24,7 @@ OBJECTS = 30
 @pytest.fixture
 def api(harness, tmp_path) -> Any:
     """Alerts of 30 objects archived, and an app on the harness's catalog with two users."""
-    records = list(AlertSimulator(schema="11.1", seed=31, cutouts=False).packets(OBJECTS))
-    rng = np.random.default_rng(6)
-    for i, record in enumerate(records):
-        object_id = 900_000_000_100 + i
-        harness.produce(harness.topics.lsst, wire.encode(
-            placed(record, object_id, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60))),
-            1101), key=str(object_id).encode())
+    produce_placed(harness, scattered(OBJECTS, 6), first_id=900_000_000_100, seed=31)
     assert harness.ingest_once().archived == OBJECTS
     factory = harness.factory(tmp_path)
     factory.__dict__["catalog"] = harness.catalog

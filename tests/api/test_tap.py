@@ -9,15 +9,12 @@ import io
 import xml.etree.ElementTree as ET
 from typing import Any
 
-import numpy as np
 import pytest
 from astropy.io.votable import parse, parse_single_table
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from broker.simulator import AlertSimulator
-from broker.streaming import wire
-from tests.support.alerts import placed
+from tests.support.alerts import produce_placed, scattered
 from tests.support.server import served
 
 OBJECTS = 25
@@ -25,13 +22,7 @@ OBJECTS = 25
 
 @pytest.fixture
 def tap(harness, tmp_path) -> Any:
-    rng = np.random.default_rng(8)
-    for i, record in enumerate(AlertSimulator(schema="11.1", seed=47, cutouts=False)
-                               .packets(OBJECTS)):
-        object_id = 920_000_000_000 + i
-        harness.produce(harness.topics.lsst, wire.encode(
-            placed(record, object_id, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60))),
-            1101), key=str(object_id).encode())
+    produce_placed(harness, scattered(OBJECTS, 8), first_id=920_000_000_000, seed=47)
     assert harness.ingest_once().archived == OBJECTS
     factory = harness.factory(tmp_path)
     app = create_app(factory)

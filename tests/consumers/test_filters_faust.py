@@ -12,13 +12,10 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
-
 from broker.filterset import utc_day
-from broker.simulator import AlertSimulator
-from broker.streaming import lanner_schemas, wire
+from broker.streaming import lanner_schemas
 from consumers import filters as filters_stage
-from tests.support.alerts import placed
+from tests.support.alerts import produce_placed, scattered
 from tests.support.backends import ServicesHarness, committed_offsets
 from tests.support.data import REPO_ROOT
 
@@ -27,13 +24,7 @@ DEADLINE_S = 90.0
 
 
 def _enriched(harness: ServicesHarness) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(21)
-    for i, record in enumerate(AlertSimulator(schema="11.1", seed=8, cutouts=False)
-                               .packets(ALERTS)):
-        object_id = 710_000_000_100 + i
-        harness.produce(harness.topics.lsst, wire.encode(
-            placed(record, object_id, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60))),
-            1101), key=str(object_id).encode())
+    produce_placed(harness, scattered(ALERTS, 21), first_id=710_000_000_100, seed=8)
     assert harness.ingest_once().archived == ALERTS
     assert harness.enrich_once().enriched == ALERTS
     return [lanner_schemas.decode("enriched", m.value) for m in harness.outputs(harness.enriched)]

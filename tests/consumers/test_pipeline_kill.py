@@ -22,14 +22,13 @@ from mocpy import MOC
 from api.app import create_app
 from broker.domain.watchlists import Cones
 from broker.factory import Factory
-from broker.simulator import AlertSimulator
 from broker.storage.accounts import AccountStore
 from broker.storage.filters import FilterStore
 from broker.storage.kafka import KafkaClients
 from broker.storage.watchlists import WatchlistStore
 from broker.storage.watchmaps import WatchmapStore
-from broker.streaming import lanner_schemas, wire
-from tests.support.alerts import placed
+from broker.streaming import lanner_schemas
+from tests.support.alerts import produce_placed
 from tests.support.backends import ServicesHarness, committed_offsets
 from tests.support.data import REPO_ROOT
 from tests.support.server import served
@@ -133,11 +132,8 @@ def test_killed_enrich_and_filters_processes_lose_no_alert(stack, kafka_topics,
             [f.topic for f in made.values()])
 
         places = _positions(rng, cones)
-        packets = AlertSimulator(schema="11.1", seed=29, cutouts=False).packets(ALERTS)
-        for i, (record, (ra, dec, _)) in enumerate(zip(packets, places, strict=True)):
-            object_id = 730_000_000_000 + i
-            harness.produce(harness.topics.lsst, wire.encode(
-                placed(record, object_id, ra, dec), 1101), key=str(object_id).encode())
+        produce_placed(harness, [(ra, dec) for ra, dec, _ in places],
+                       first_id=730_000_000_000, seed=29)
         assert harness.ingest_once().archived == ALERTS
 
         env = harness.process_env(

@@ -32,11 +32,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError, TokenError
 
 from broker.domain.filters.columns import COLUMNS, FUNCTIONS, Type
+from broker.sqltext import TextError, located, parse_one
 
 #: Longest filter text, characters.
 MAX_TEXT = 8_192
@@ -54,15 +53,8 @@ MAX_SELECT = 64
 MAX_LIMIT = 100_000
 
 
-class FilterError(ValueError):
+class FilterError(TextError):
     """A filter that is not valid: a plain message, and where (1-based line and column)."""
-
-    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
-        self.message = message
-        self.line = line
-        self.column = column
-        where = f" (line {line}, column {column})" if line is not None else ""
-        super().__init__(f"{message}{where}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,62 +119,12 @@ def compile_filter(text: str, scope: Scope) -> Plan:
     return _Compiler(text, scope).plan(tree)
 
 
-def _position(text: str, start: int) -> tuple[int, int]:
-    line = text.count("\n", 0, start) + 1
-    return line, start - (text.rfind("\n", 0, start) + 1) + 1
-
-
 def _parse(text: str) -> exp.Select:
-    try:
-        tokens = sqlglot.tokenize(text, read="mysql")
-    except TokenError as exc:
-        raise FilterError(f"the filter cannot be read: {_first_line(exc)}") from None
-    depth = 0
-    for token in tokens:
-        line, column = _position(text, token.start)
-        if token.comments:
-            raise FilterError("comments are not allowed in a filter (put notes in its "
-                              "description)", line, column)
-        if token.token_type == sqlglot.TokenType.L_PAREN:
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise FilterError(f"brackets are nested more than {MAX_DEPTH} deep", line,
-                                  column)
-        elif token.token_type == sqlglot.TokenType.R_PAREN:
-            depth -= 1
-        elif token.token_type == sqlglot.TokenType.SEMICOLON and token is not tokens[-1]:
-            raise FilterError("a filter is one SELECT statement: nothing may follow ';'",
-                              line, column)
-    try:
-        statements = sqlglot.parse(text, read="mysql")
-    except ParseError as exc:
-        error = exc.errors[0] if exc.errors else {}
-        description = str(error.get("description") or _first_line(exc))
-        raise FilterError(f"syntax error: {_plain(description)}", error.get("line"),
-                          error.get("col")) from None
-    except RecursionError:
-        raise FilterError(f"the filter is nested too deeply (at most {MAX_DEPTH} levels)"
-                          ) from None
-    statements = [s for s in statements if s is not None]
-    if len(statements) != 1:
-        raise FilterError("a filter is one SELECT statement")
-    tree = statements[0]
+    tree = parse_one(text, "mysql", FilterError, what="filter", max_depth=MAX_DEPTH,
+                     comments=False)
     if not isinstance(tree, exp.Select):
         raise FilterError(f"a filter is a SELECT, not {type(tree).__name__.upper()}")
     return tree
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _plain(description: str) -> str:
-    """sqlglot's parser messages name its classes; a user reads the SQL words instead."""
-    if "Required keyword" in description and "missing" in description:
-        return "an operator or clause is missing its operand"
-    if description.startswith("Invalid expression / Unexpected token"):
-        return "unexpected word or symbol"
-    return description
 
 
 # ---- checking and compiling ---------------------------------------------------------------
@@ -225,12 +167,8 @@ class _Compiler:
         self.annotators: set[str] = set()
         self.nodes = 0
 
-    def fail(self, message: str, node: exp.Expr | None) -> FilterError:
-        starts = [n.meta["start"] for n in (node.walk() if node is not None else ())
-                  if isinstance(n, exp.Expr) and "start" in n.meta]
-        if not starts:
-            return FilterError(message)
-        return FilterError(message, *_position(self.text, min(starts)))
+    def fail(self, message: str, node: exp.Expr | None) -> TextError:
+        return located(FilterError, message, self.text, node)
 
     def plan(self, tree: exp.Select) -> Plan:
         for name, label in _REFUSED_CLAUSES.items():
