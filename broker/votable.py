@@ -21,7 +21,9 @@ quantum over to the next block so that the stream is one base64 text.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
@@ -187,19 +189,47 @@ def binary2(fields: Sequence[Field], batches: Iterable[pa.RecordBatch], *, name:
     ``OVERFLOW`` known only once the rows are out, as DALI allows)."""
     yield _header(fields, name=name, infos=infos, description=description).encode()
     yield b'<DATA><BINARY2><STREAM encoding="base64">\n'
-    carry = np.zeros(0, dtype=np.uint8)
-    for batch in batches:
-        for start in range(0, batch.num_rows, block_rows):
-            block = binary2_rows(fields, batch.slice(start, block_rows))
-            raw = np.concatenate([carry, block]) if carry.size else block
-            whole = raw.size - raw.size % 3
-            carry = raw[whole:]
-            if whole:
-                yield pybase64.b64encode(raw[:whole].data) + b"\n"
-    if carry.size:
-        yield pybase64.b64encode(carry.data) + b"\n"
+    carry = b""
+    for block in _encoded_blocks(fields, batches, block_rows):
+        # base64 runs in quanta of 3 bytes: the 0 to 2 bytes left over at the end of a block
+        # begin the next quantum with the next block's first bytes (no copy of the block).
+        start = 0
+        if carry:
+            start = min(3 - len(carry), block.size)
+            carry += block[:start].tobytes()
+            if len(carry) < 3:
+                continue
+            yield pybase64.b64encode(carry)
+            carry = b""
+        whole = start + (block.size - start) // 3 * 3
+        if whole > start:
+            yield pybase64.b64encode(block[start:whole].data) + b"\n"
+        carry = block[whole:].tobytes()
+    if carry:
+        yield pybase64.b64encode(carry) + b"\n"
     tail = "".join(f"<INFO name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in trailer)
     yield f"</STREAM></BINARY2></DATA>\n</TABLE>\n{tail}</RESOURCE>\n</VOTABLE>\n".encode()
+
+
+#: Threads that build blocks of rows (numpy and pyarrow let go of the GIL while they copy),
+#: shared by every document written in the process.
+_BUILDERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="votable")
+#: Blocks built ahead of the one being written, per document: what bounds its memory.
+_AHEAD = 4
+
+
+def _encoded_blocks(fields: Sequence[Field], batches: Iterable[pa.RecordBatch],
+                    block_rows: int) -> Iterator[np.ndarray]:
+    """Each block's BINARY2 bytes, in order, built on `_BUILDERS` a few blocks ahead."""
+    pending: deque[Future[np.ndarray]] = deque()
+    for batch in batches:
+        for start in range(0, batch.num_rows, block_rows):
+            pending.append(_BUILDERS.submit(binary2_rows, fields,
+                                            batch.slice(start, block_rows)))
+            if len(pending) > _AHEAD:
+                yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _cell(value: object, datatype: str) -> str:

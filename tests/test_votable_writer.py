@@ -129,3 +129,12 @@ def test_text_a_char_field_cannot_hold_is_refused() -> None:
         b"".join(binary2(fields, [batch]))
     with pytest.raises(VOTableError, match="no VOTable datatype"):
         field_of("when", pa.timestamp("us"))
+
+
+def test_blocks_smaller_than_a_base64_quantum_join_up() -> None:
+    """Rows of two bytes (one flag byte, one boolean) written one per block: every block is
+    shorter than base64's three-byte quantum."""
+    values = {"ok": pa.array([True, None, False, True, None, False, False])}
+    batch = pa.RecordBatch.from_pydict(values)
+    fields = [field_of("ok", pa.bool_())]
+    _assert_same(_read(b"".join(binary2(fields, [batch], block_rows=1))), values)
