@@ -68,7 +68,7 @@ from bench.filters import records, shapes  # noqa: E402
 from broker.config import get_settings  # noqa: E402
 from broker.factory import Factory  # noqa: E402
 from broker.filterset import utc_day  # noqa: E402
-from broker.storage.kafka import KafkaClients  # noqa: E402
+from broker.storage.kafka import KafkaClients, produce_all  # noqa: E402
 from broker.streaming import lanner_schemas  # noqa: E402
 
 PROBE = "SELECT mag WHERE mag IS NULL OR mag IS NOT NULL"
@@ -161,15 +161,7 @@ def engine_run(run: Run, engine: str, round_: int, values: list[tuple[bytes, byt
         producer = clients.producer()
         cpu_before = cpu_seconds(process)
         started_ms = time.time() * 1000
-        for key, value in values:
-            while True:
-                try:
-                    producer.produce(source, value=value, key=key)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-            producer.poll(0)
-        producer.flush(120)
+        produce_all(producer, source, values)
         probed = read_topic(run.settings.kafka_bootstrap, made.topic, len(values), 3600,
                             [process])
         cpu = cpu_seconds(process) - cpu_before
