@@ -49,11 +49,12 @@ from bench.pipeline import (  # noqa: E402
     _load_catalogs,
     _stop,
     arguments,
+    feed,
 )
 from broker.config import Settings  # noqa: E402
 from broker.simulator import AlertSimulator  # noqa: E402
 from broker.storage.filters import FilterStore  # noqa: E402
-from broker.storage.kafka import KafkaClients, produce_all, produce_at_rate  # noqa: E402
+from broker.storage.kafka import KafkaClients  # noqa: E402
 from broker.storage.shards import MariaDBShards  # noqa: E402
 
 OWNER = "bench"
@@ -121,16 +122,8 @@ def measure(settings: Settings, *, count: int, rate: float | None, processes: in
         topics = [probe]
         reader = Reader(settings.kafka_bootstrap, probe, family="filtered")
         reader.start()
-        started_ms = time.time() * 1000.0
-        if rate is None:
-            produce_all(clients.producer(), env["LANNER_TOPIC_ALERTS_LSST"], messages)
-        else:
-            produce_at_rate(clients.producer(**{"linger.ms": 0}),
-                            env["LANNER_TOPIC_ALERTS_LSST"], messages, rate)
-        del messages
-        reader.wait_for(count, 3600)
-        reader.stopping.set()
-        reader.join(30)
+        started_ms = feed(clients, env["LANNER_TOPIC_ALERTS_LSST"], messages, reader, count,
+                          rate=rate)
     finally:
         _stop(workers)
         _cleanup(settings, env)

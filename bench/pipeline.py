@@ -173,6 +173,24 @@ def _start(settings: Settings, env: dict[str, str], processes: int,
     return clients, workers
 
 
+def feed(clients: KafkaClients, topic: str, messages: list[tuple[bytes | None, bytes]],
+         reader: Reader, count: int, *, rate: float | None = None,
+         timeout: float = 3600.0) -> float:
+    """Produce the packets, as fast as Kafka takes them or at ``rate`` a second, then wait
+    until the reader has ``count`` records and stop it; when the first was produced (ms).
+    The list is emptied once produced, so that its memory is free while the stages work."""
+    started_ms = time.time() * 1000.0
+    if rate is None:
+        produce_all(clients.producer(), topic, messages)
+    else:
+        produce_at_rate(clients.producer(**{"linger.ms": 0}), topic, messages, rate)
+    messages.clear()
+    reader.wait_for(count, timeout)
+    reader.stopping.set()
+    reader.join(30)
+    return started_ms
+
+
 def _stop(workers: list[subprocess.Popen]) -> None:
     for worker in workers:
         worker.terminate()
@@ -189,12 +207,7 @@ def sustained(settings: Settings, count: int, processes: int, partitions: int, s
         clients, workers = _start(settings, env, processes, partitions)
         reader = Reader(settings.kafka_bootstrap, env["LANNER_TOPIC_ENRICHED"])
         reader.start()
-        started_ms = time.time() * 1000.0
-        produce_all(clients.producer(), env["LANNER_TOPIC_ALERTS_LSST"], messages)
-        del messages
-        reader.wait_for(count, 3600)
-        reader.stopping.set()
-        reader.join(30)
+        started_ms = feed(clients, env["LANNER_TOPIC_ALERTS_LSST"], messages, reader, count)
     finally:
         _stop(workers)
         _cleanup(settings, env)
@@ -218,11 +231,8 @@ def latency(settings: Settings, rate: float, seconds: float, processes: int, par
         clients, workers = _start(settings, env, processes, partitions)
         reader = Reader(settings.kafka_bootstrap, env["LANNER_TOPIC_ENRICHED"])
         reader.start()
-        produce_at_rate(clients.producer(**{"linger.ms": 0}), env["LANNER_TOPIC_ALERTS_LSST"],
-                        messages, rate)
-        reader.wait_for(count, seconds + 600)
-        reader.stopping.set()
-        reader.join(30)
+        feed(clients, env["LANNER_TOPIC_ALERTS_LSST"], messages, reader, count, rate=rate,
+             timeout=seconds + 600)
     finally:
         _stop(workers)
         _cleanup(settings, env)
