@@ -19,10 +19,11 @@ reference catalogs and annotators are named by literal arguments and checked aga
 the ones the filter's owner may read (annotators: those who have annotated something).
 Another user's private watchlist is refused exactly as a watchlist that does not exist is.
 
-Why one file of about 600 lines: it is the language's one walk of one tree. The parse, the
-node kinds the compiler accepts, their type rules and the plan they become are the whitelist
-together: split, a node kind could be added in one place and checked in another. The columns
-and functions it names are data (`columns.py`); the evaluation of the plan is `evaluate.py`.
+Why one file of about 530 lines: it is the language's one walk of one tree. The node kinds the
+compiler accepts, their type rules and the plan they become are the whitelist together: split,
+a node kind could be added in one place and checked in another. Reading the text into a tree is
+shared with ADQL (`broker.sqltext`); the columns and functions it names are data
+(`columns.py`); the evaluation of the plan is `evaluate.py`.
 """
 
 from __future__ import annotations
