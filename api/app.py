@@ -43,6 +43,7 @@ from api.routers import (
     scs,
     status,
     tap,
+    tap_async,
     watchlists,
     watchmaps,
 )
@@ -50,6 +51,7 @@ from broker import lanner_version
 from broker.config import get_settings
 from broker.factory import Factory
 from broker.jobs import runner as job_runner
+from broker.tap.jobs import TapRunner, results_dir
 
 DESCRIPTION = """\
 Objects, light curves, cutouts and cone search over Lanner's alert archive.
@@ -63,6 +65,18 @@ answer.
 
 Public reads need no token. Send one as `Authorization: Bearer <token>`.
 """
+
+
+def tap_runner(stores: LazyStores) -> TapRunner | None:
+    """The workers of asynchronous TAP jobs, started (None when ``tap_workers`` is 0)."""
+    settings = stores.settings
+    if settings.tap_workers == 0:
+        return None
+    runner = TapRunner(lambda: stores.tap_jobs, lambda: stores.tap,
+                       results_dir(settings.state_dir),
+                       workers=settings.tap_workers, per_owner=settings.tap_jobs_per_user)
+    runner.start()
+    return runner
 
 
 def create_app(factory: Factory | None = None) -> FastAPI:
@@ -85,13 +99,16 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         structlog.get_logger("api").info("api started", backend=built.settings.backend.value)
         runner = None
+        stores: LazyStores = app.state.stores
         if built.settings.api_jobs:
-            stores: LazyStores = app.state.stores
             runner = job_runner(stores)
             runner.start()
+        app.state.tap_runner = tap_runner(stores)
         try:
             yield
         finally:
+            if app.state.tap_runner is not None:
+                app.state.tap_runner.stop()
             if runner is not None:
                 runner.stop()
             built.close()
@@ -105,6 +122,6 @@ def create_app(factory: Factory | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(ObservedApp)
     for module in (objects, annotate, cone, scs, status, accounts, watchlists, watchmaps,
-                   filters, jobs, registry, tap, home):
+                   filters, jobs, registry, tap, tap_async, home):
         app.include_router(module.router)
     return app

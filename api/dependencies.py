@@ -24,6 +24,7 @@ from broker.streaming.queue import Publisher
 
 if TYPE_CHECKING:
     from broker.tap.execute import Engine
+    from broker.tap.jobs import TapJobStore
 
 
 class LazyStores:
@@ -85,6 +86,11 @@ class LazyStores:
     def jobs(self) -> JobStore:
         with self._jobs_lock:
             return self.factory.jobs
+
+    @property
+    def tap_jobs(self) -> TapJobStore:
+        with self._jobs_lock:
+            return self.factory.tap_jobs
 
     @property
     def filters(self) -> FilterStore:

@@ -183,6 +183,24 @@ class Settings(BaseSettings):
     api_jobs: bool = Field(
         True, description="Whether the API process runs the background jobs (the retroactive "
         "match of new watchlists and watchmaps against the archive), one at a time.")
+    tap_sync_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Longest a /tap/sync query may run, in seconds: each "
+        "of its statements is stopped by its database after this long (max_statement_time).")
+    tap_async_seconds: int = Field(
+        600, ge=1, le=86_400, description="Longest an asynchronous TAP job may run, in seconds "
+        "(its executionDuration; a caller may ask for less, never more).")
+    tap_workers: int = Field(
+        2, ge=0, le=64, description="Asynchronous TAP jobs the API process runs at once (0: this "
+        "process runs none; another API process does).")
+    tap_jobs_per_user: int = Field(
+        2, ge=1, le=64, description="Asynchronous TAP jobs one user (or one anonymous address) "
+        "may have running at once; more wait queued.")
+    tap_queue: int = Field(
+        64, ge=1, le=100_000, description="Most asynchronous TAP jobs waiting in the queue: past "
+        "it, a new job is refused with 503 and Retry-After.")
+    tap_retention_days: float = Field(
+        7.0, gt=0, le=365, description="How long an asynchronous TAP job and its result are "
+        "kept (its destruction time; a caller may ask for less, never more).")
     filter_max_share: float = Field(
         0.05, gt=0, le=1, description="Largest share of the reference window's alerts a filter "
         "may pass to be enabled (Babamul refuses filters that pass more than 5 % of a night).")

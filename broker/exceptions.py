@@ -159,3 +159,12 @@ class NotDrainedError(TransientError):
     def __init__(self, group: str, message: str) -> None:
         self.group = group
         super().__init__(f"group {group}: {message}")
+
+
+class StatementTimeoutError(LannerError):
+    """A read ran past the time it was given (MariaDB's ``max_statement_time``, or SQLite's
+    progress handler) and was stopped by the database."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the query ran past its time limit of {seconds:g} s and was stopped")
+        self.seconds = seconds

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from broker.storage.watchlists import WatchlistStore
     from broker.storage.watchmaps import WatchmapStore
     from broker.streaming.memory import MemoryBroker
+    from broker.tap.jobs import TapJobStore
 
 
 class _Closeable(Protocol):
@@ -143,6 +144,15 @@ class Factory:
         from broker.storage.filters import FilterStore  # noqa: PLC0415
 
         store = FilterStore(self.shards)
+        store.setup()
+        return store
+
+    @cached_property
+    def tap_jobs(self) -> TapJobStore:
+        """Asynchronous TAP queries (shard 0 of the catalog's shard set)."""
+        from broker.tap.jobs import TapJobStore  # noqa: PLC0415
+
+        store = TapJobStore(self.shards)
         store.setup()
         return store
 

@@ -9,48 +9,42 @@ stream out as a BINARY2 VOTable (`broker.votable`, the default), TABLEDATA, CSV 
 
 MAXREC: a caller's tier gives the most rows an answer holds (anonymous callers and users
 10,000; docs/api.md): that is the default and the hard limit; an answer cut there says
-``OVERFLOW``. Asynchronous queries (UWS) are not here yet.
+``OVERFLOW``. Each statement of a query is stopped by its database after ``tap_sync_seconds``.
+Asynchronous queries (UWS) are at ``/tap/async`` (`api.routers.tap_async`).
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
 from typing import Annotated
 from xml.sax.saxutils import escape, quoteattr
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from api.auth import CallerDep
 from api.dependencies import LazyStores, get_stores
-from broker.exceptions import TransientError
+from broker.exceptions import StatementTimeoutError, TransientError
 from broker.tap.adql import ADQLError, check
-from broker.tap.execute import Answer
-from broker.votable import binary2, tabledata
+from broker.tap.output import (
+    DECLARED,
+    MEDIA,
+    VOTABLE,
+    FormatError,
+    encode,
+    error_document,
+    writer_for,
+)
 
 router = APIRouter(prefix="/tap", tags=["IVOA"])
 Stores = Annotated[LazyStores, Depends(get_stores)]
 
-VOTABLE = "application/x-votable+xml"
-#: RESPONSEFORMAT values (and their MIME types) → writer name.
-FORMATS = {"votable": "binary2", VOTABLE: "binary2", "text/xml": "binary2",
-           f"{VOTABLE};serialization=binary2": "binary2",
-           f"{VOTABLE};serialization=tabledata": "tabledata", "votable/td": "tabledata",
-           "csv": "csv", "text/csv": "csv", "text/csv;header=present": "csv",
-           "tsv": "tsv", "text/tab-separated-values": "tsv"}
-_MEDIA = {"binary2": VOTABLE, "tabledata": VOTABLE, "csv": "text/csv;header=present",
-          "tsv": "text/tab-separated-values"}
 
-
-class _RefusedError(Exception):
+class RefusedError(Exception):
     """A request DALI says to answer with an error document."""
 
 
-async def _params(request: Request) -> dict[str, str]:
+async def read_params(request: Request) -> dict[str, str]:
     """The request's parameters, names lower-cased (DALI), from the query and a form body."""
     params = {k.lower(): v for k, v in request.query_params.items()}
     if request.method == "POST":
@@ -61,50 +55,45 @@ async def _params(request: Request) -> dict[str, str]:
     return params
 
 
-def _error(message: str, status: int = 400) -> Response:
-    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">\n'
-            '<RESOURCE type="results">\n<INFO name="QUERY_STATUS" value="ERROR">'
-            f"{escape(message)}</INFO>\n</RESOURCE>\n</VOTABLE>\n")
-    return Response(body, status_code=status, media_type=VOTABLE)
+def error_response(message: str, status: int = 400,
+                   headers: dict[str, str] | None = None) -> Response:
+    return Response(error_document(message), status_code=status, media_type=VOTABLE,
+                    headers=headers)
 
 
-def _maxrec(params: dict[str, str], hard: int) -> int:
+def maxrec_of(params: dict[str, str], hard: int) -> int:
+    """MAXREC, at most ``hard`` (the caller's tier's rows) and ``hard`` when not given."""
     raw = params.get("maxrec")
     if raw is None or raw == "":
         return hard
     try:
         value = int(raw)
     except ValueError:
-        raise _RefusedError(f"MAXREC must be a whole number, not {raw!r}") from None
+        raise RefusedError(f"MAXREC must be a whole number, not {raw!r}") from None
     if value < 0:
-        raise _RefusedError("MAXREC must not be negative")
+        raise RefusedError("MAXREC must not be negative")
     return min(value, hard)
 
 
-def _format(params: dict[str, str]) -> str:
+def format_of(params: dict[str, str]) -> str:
+    """RESPONSEFORMAT (or FORMAT) as given, once it is known to be one this service writes."""
     wanted = (params.get("responseformat") or params.get("format") or "votable").strip()
-    writer = FORMATS.get(wanted.lower().replace(" ", ""))
-    if writer is None:
-        raise _RefusedError(f"RESPONSEFORMAT {wanted!r} is not one of votable, csv, tsv "
-                       f"(or {', '.join(sorted(k for k in FORMATS if '/' in k))})")
-    return writer
+    try:
+        writer_for(wanted)
+    except FormatError as exc:
+        raise RefusedError(str(exc)) from None
+    return wanted
 
 
-def _rows(answer: Answer, writer: str) -> Iterator[bytes]:
-    status = [("QUERY_STATUS", "OK")]
-    trailer = [("QUERY_STATUS", "OVERFLOW")] if answer.overflow else []
-    batches = answer.table.to_batches(max_chunksize=65_536)
-    if writer == "binary2":
-        yield from binary2(answer.fields, batches, infos=status, trailer=trailer)
-    elif writer == "tabledata":
-        yield from tabledata(answer.fields, batches, infos=status, trailer=trailer)
-    else:
-        buffer = io.BytesIO()
-        options = pacsv.WriteOptions(delimiter="\t" if writer == "tsv" else ",")
-        table = answer.table.rename_columns([f.name for f in answer.fields])
-        pacsv.write_csv(table if table.num_columns else pa.table({}), buffer, options)
-        yield buffer.getvalue()
+def lang_of(params: dict[str, str], *, required: bool = True) -> str:
+    lang = params.get("lang")
+    if not lang:
+        if required:
+            raise RefusedError("LANG is required (LANG=ADQL)")
+        return "ADQL"
+    if lang.upper() not in ("ADQL", "ADQL-2.0", "ADQL-2.1"):
+        raise RefusedError(f"LANG={lang} is not supported: use ADQL")
+    return lang
 
 
 _SYNC = ("TAP 1.1 synchronous query: LANG=ADQL, QUERY, and optionally MAXREC and "
@@ -116,27 +105,24 @@ _SYNC = ("TAP 1.1 synchronous query: LANG=ADQL, QUERY, and optionally MAXREC and
              operation_id="tap_sync_post")
 async def sync(request: Request, caller: CallerDep, stores: Stores) -> Response:
     try:
-        params = await _params(request)
+        params = await read_params(request)
         if params.get("request", "doQuery").lower() != "doquery":
-            raise _RefusedError(f"REQUEST={params['request']} is not supported: use doQuery")
-        lang = params.get("lang")
-        if not lang:
-            raise _RefusedError("LANG is required (LANG=ADQL)")
-        if lang.upper() not in ("ADQL", "ADQL-2.0", "ADQL-2.1"):
-            raise _RefusedError(f"LANG={lang} is not supported: use ADQL")
+            raise RefusedError(f"REQUEST={params['request']} is not supported: use doQuery")
+        lang_of(params)
         query = params.get("query")
         if not query or not query.strip():
-            raise _RefusedError("QUERY is required")
-        maxrec = _maxrec(params, caller.limits.max_rows)
-        writer = _format(params)
+            raise RefusedError("QUERY is required")
+        maxrec = maxrec_of(params, caller.limits.max_rows)
+        writer = writer_for(format_of(params))
         engine = stores.tap
         checked = await run_in_threadpool(check, query, engine.tap)
-        answer = await run_in_threadpool(engine.run, checked, maxrec)
-    except (_RefusedError, ADQLError) as exc:
-        return _error(str(exc))
+        answer = await run_in_threadpool(engine.run, checked, maxrec,
+                                         seconds=stores.settings.tap_sync_seconds)
+    except (RefusedError, ADQLError, StatementTimeoutError) as exc:
+        return error_response(str(exc))
     except TransientError as exc:
-        return _error(f"the archive is unavailable: {exc}", status=503)
-    return StreamingResponse(_rows(answer, writer), media_type=_MEDIA[writer])
+        return error_response(f"the archive is unavailable: {exc}", status=503)
+    return StreamingResponse(encode(answer, writer), media_type=MEDIA[writer])
 
 
 @router.get("/availability", summary="VOSI availability")
@@ -153,10 +139,7 @@ async def capabilities(request: Request, caller: CallerDep) -> Response:
     formats = "".join(
         f"<outputFormat><mime>{escape(mime)}</mime>"
         f"{''.join(f'<alias>{a}</alias>' for a in aliases)}</outputFormat>"
-        for mime, aliases in ((f"{VOTABLE};serialization=binary2", ["votable"]),
-                              (f"{VOTABLE};serialization=tabledata", ["votable/td"]),
-                              ("text/csv;header=present", ["csv"]),
-                              ("text/tab-separated-values", ["tsv"])))
+        for mime, aliases in DECLARED)
     geometry = "".join(
         f'<feature><form>{name}</form></feature>' for name in (
             "POINT", "CIRCLE", "CONTAINS", "DISTANCE", "COORD1", "COORD2"))

@@ -20,6 +20,7 @@ import contextlib
 import re
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ import pymysql
 from pymysql.connections import Connection
 
 from broker.config import Settings
-from broker.exceptions import ServiceUnavailableError
+from broker.exceptions import ServiceUnavailableError, StatementTimeoutError
 from broker.storage.dialect import Dialect, MariaDBDialect, SQLiteDialect, qmark
 
 T = TypeVar("T")
@@ -87,6 +88,12 @@ class ShardSet(ABC):
     @abstractmethod
     def cursor(self, connection: Any) -> contextlib.AbstractContextManager[Any]:
         """A cursor taking ``%s`` parameters."""
+
+    @abstractmethod
+    def query(self, cursor: Any, sql: str, *,
+              seconds: float | None = None) -> tuple[list[str], list[tuple]]:
+        """A read's column names and rows, stopped by the database (`StatementTimeoutError`)
+        once it has run ``seconds`` (None: no limit)."""
 
     @abstractmethod
     def ensure_database(self) -> None:
@@ -267,6 +274,19 @@ class MariaDBShards(ShardSet):
     def cursor(self, connection: Any) -> contextlib.AbstractContextManager[Any]:
         return connection.cursor()
 
+    def query(self, cursor: Any, sql: str, *,
+              seconds: float | None = None) -> tuple[list[str], list[tuple]]:
+        if seconds is not None:
+            # MariaDB stops the statement itself (error 1969) and keeps the connection.
+            sql = f"SET STATEMENT max_statement_time={max(seconds, 0.001):.3f} FOR {sql}"
+        try:
+            cursor.execute(sql)
+            return [d[0] for d in cursor.description], list(cursor.fetchall())
+        except pymysql.err.OperationalError as exc:
+            if seconds is not None and exc.args and exc.args[0] == _STATEMENT_TIMEOUT:
+                raise StatementTimeoutError(seconds) from None
+            raise
+
     def _on_server(self, statement: str) -> None:
         for shard in range(self.count):
             connection = self.connect(shard, database=False)
@@ -284,6 +304,10 @@ class MariaDBShards(ShardSet):
     def drop_database(self) -> None:
         self.reset()
         self._on_server(f"DROP DATABASE IF EXISTS `{self.database}`")
+
+
+#: MariaDB's ER_STATEMENT_TIMEOUT: max_statement_time reached.
+_STATEMENT_TIMEOUT = 1969
 
 
 class _SQLiteConnection:
@@ -329,6 +353,10 @@ class _SQLiteCursor:
     @property
     def rowcount(self) -> int:
         return self._cursor.rowcount
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._cursor.connection
 
     @property
     def description(self) -> Any:
@@ -389,6 +417,25 @@ class SQLiteShards(ShardSet):
 
     def begin(self, connection: Any) -> None:
         connection.raw.execute("BEGIN IMMEDIATE")
+
+    def query(self, cursor: Any, sql: str, *,
+              seconds: float | None = None) -> tuple[list[str], list[tuple]]:
+        if seconds is None:
+            cursor.execute(sql)
+            return [d[0] for d in cursor.description], cursor.fetchall()
+        # SQLite runs a statement as its rows are fetched: the handler watches both.
+        deadline = time.monotonic() + seconds
+        raw = cursor.connection
+        raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
+        try:
+            cursor.execute(sql)
+            return [d[0] for d in cursor.description], cursor.fetchall()
+        except sqlite3.OperationalError as exc:
+            if str(exc) == "interrupted":
+                raise StatementTimeoutError(seconds) from None
+            raise
+        finally:
+            raw.set_progress_handler(None, 0)
 
     @contextlib.contextmanager
     def _cursor(self, connection: Any) -> Iterator[_SQLiteCursor]:

@@ -26,7 +26,9 @@ than MAXREC rows merged means overflow: the first MAXREC are returned and the an
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -36,6 +38,7 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from broker.domain.sky import cone_cover
+from broker.exceptions import StatementTimeoutError
 from broker.storage.catalog import ChunkedCatalog
 from broker.storage.shards import ShardSet
 from broker.tap.adql import ADQLError, Checked
@@ -72,12 +75,14 @@ class Engine:
         chosen = range(self.shards.count) if shards is None else shards
         return list(self.shards.on_shards(dict.fromkeys(chosen, work), write=False).values())
 
-    def run(self, checked: Checked, maxrec: int) -> Answer:
+    def run(self, checked: Checked, maxrec: int, *, seconds: float | None = None) -> Answer:
+        """The query's answer, at most ``maxrec`` rows; each statement it takes is stopped by
+        its database after ``seconds`` (`broker.exceptions.StatementTimeoutError`)."""
         tables = set(checked.tables)
         if tables <= {t.name for t in self.tap if t.schema == "TAP_SCHEMA"}:
-            return self._tap_schema(checked, maxrec)
+            return self._tap_schema(checked, maxrec, seconds)
         if tables <= CHUNKED:
-            return self._shards(checked, maxrec)
+            return self._shards(checked, maxrec, seconds)
         waiting = sorted(t for t in tables if t.startswith("lanner.") and t not in CHUNKED)
         if waiting:
             raise ADQLError(f"{', '.join(waiting)} cannot be queried yet (docs/tap.md)")
@@ -85,28 +90,26 @@ class Engine:
 
     # -- TAP_SCHEMA
 
-    def _tap_schema(self, checked: Checked, maxrec: int) -> Answer:
+    def _tap_schema(self, checked: Checked, maxrec: int, seconds: float | None) -> Answer:
         tree = _rewrite(checked.tree.copy(), "sqlite")
         limit = _limit(tree)
         tree.set("limit", exp.Limit(expression=exp.Literal.number(
             min(limit, maxrec + 1) if limit is not None else maxrec + 1)))
         sql = tree.sql(dialect="sqlite")
-        with sqlite3.connect(f"file:{self.tap.path}?mode=ro", uri=True) as connection:
-            cursor = connection.execute(sql)
-            names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
+        with closing(sqlite3.connect(f"file:{self.tap.path}?mode=ro", uri=True)) as connection:
+            names, rows = _sqlite_rows(connection, sql, seconds)
         return self._answer(checked, names, rows, maxrec)
 
     # -- the shards
 
-    def _shards(self, checked: Checked, maxrec: int) -> Answer:
+    def _shards(self, checked: Checked, maxrec: int, seconds: float | None) -> Answer:
         dialect = "sqlite" if self.shards.dialect.name == "sqlite" else "mysql"
         tree, shards = self._prune(checked.tree.copy())
         if shards == []:
             return self._finish(checked, _arrow([e.alias_or_name for e in tree.expressions],
                                                 []), maxrec)
         if needs_split(tree):
-            return self._aggregate(checked, split(tree), dialect, maxrec, shards)
+            return self._aggregate(checked, split(tree), dialect, maxrec, shards, seconds)
         shard_tree = _rewrite(tree, dialect)
         keys = _sort_keys(shard_tree)
         offset = _offset(shard_tree)
@@ -117,8 +120,7 @@ class Engine:
         sql = shard_tree.sql(dialect=dialect)
 
         def work(cursor: Any) -> tuple[list[str], list[tuple]]:
-            cursor.execute(sql)
-            return [d[0] for d in cursor.description], list(cursor.fetchall())
+            return self.shards.query(cursor, sql, seconds=seconds)
 
         results = self._on(shards, work)
         names = results[0][0]
@@ -135,13 +137,12 @@ class Engine:
         return self._finish(checked, table, maxrec)
 
     def _aggregate(self, checked: Checked, parts: Split, dialect: str, maxrec: int,
-                   shards: Sequence[int] | None) -> Answer:
+                   shards: Sequence[int] | None, seconds: float | None) -> Answer:
         """Partial aggregates on the shards, merged by the final query in SQLite."""
         sql = _rewrite(parts.shard, dialect).sql(dialect=dialect)
 
         def work(cursor: Any) -> tuple[list[str], list[tuple]]:
-            cursor.execute(sql)
-            return [d[0] for d in cursor.description], list(cursor.fetchall())
+            return self.shards.query(cursor, sql, seconds=seconds)
 
         results = self._on(shards, work)
         names = results[0][0]
@@ -149,15 +150,13 @@ class Engine:
         limit = _limit(final)
         final.set("limit", exp.Limit(expression=exp.Literal.number(
             maxrec + 1 if limit is None else min(limit, maxrec + 1))))
-        with sqlite3.connect(":memory:") as connection:
+        with closing(sqlite3.connect(":memory:")) as connection:
             columns = ", ".join(f'"{n}"' for n in names)
             connection.execute(f"CREATE TABLE {PARTIALS} ({columns})")
             marks = ", ".join("?" for _ in names)
             connection.executemany(f"INSERT INTO {PARTIALS} VALUES ({marks})",
                                    [_plain_row(r) for _, rows in results for r in rows])
-            cursor = connection.execute(final.sql(dialect="sqlite"))
-            out_names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
+            out_names, rows = _sqlite_rows(connection, final.sql(dialect="sqlite"), seconds)
         return self._answer(checked, out_names, rows, maxrec)
 
     def _prune(self, tree: exp.Select) -> tuple[exp.Select, list[int] | None]:
@@ -272,6 +271,22 @@ def _number(node: exp.Expr) -> float:
     if isinstance(node, exp.Literal) and not node.is_string:
         return float(node.this)
     raise ValueError(node)
+
+
+def _sqlite_rows(connection: sqlite3.Connection, sql: str,
+                 seconds: float | None) -> tuple[list[str], list[tuple]]:
+    """A read on a SQLite connection of the engine's own (TAP_SCHEMA's file, the merge of
+    partial aggregates), stopped after ``seconds`` as the shards' reads are."""
+    if seconds is not None:
+        deadline = time.monotonic() + seconds
+        connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
+    try:
+        cursor = connection.execute(sql)
+        return [d[0] for d in cursor.description], cursor.fetchall()
+    except sqlite3.OperationalError as exc:
+        if seconds is not None and str(exc) == "interrupted":
+            raise StatementTimeoutError(seconds) from None
+        raise
 
 
 def _plain_row(row: tuple) -> tuple:
