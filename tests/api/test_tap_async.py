@@ -79,7 +79,8 @@ def test_a_job_runs_and_its_result_equals_the_answer(archive, tmp_path) -> None:
         assert list(table["object_id"]) == _object_ids(archive)
         parameters = {p.get("id"): p.text for p in job.iterfind("uws:parameters/uws:parameter",
                                                                   NS)}
-        assert parameters["QUERY"] == QUERY and parameters["LANG"] == "ADQL"
+        assert parameters["QUERY"] == QUERY
+        assert parameters["LANG"] == "ADQL"
         assert client.get(f"{url}/phase").text == "COMPLETED"
         assert int(client.get(f"{url}/executionduration").text) == 600
         # The job list, with its filters.
@@ -94,7 +95,8 @@ def test_a_job_runs_and_its_result_equals_the_answer(archive, tmp_path) -> None:
         assert len(ET.fromstring(client.get("/tap/async", params={"AFTER": future}).content)) == 0
         # DELETE answers 303 to the caller's own (short) list; the job and its result are gone.
         gone = client.delete(url, follow_redirects=False)
-        assert gone.status_code == 303 and "/tap/async" in gone.headers["location"]
+        assert gone.status_code == 303
+        assert "/tap/async" in gone.headers["location"]
         assert client.get(url).status_code == 404
         assert client.get(href).status_code == 404
         deleted = client.post(other, data={"ACTION": "DELETE"}, follow_redirects=False)
@@ -122,18 +124,21 @@ def test_pending_jobs_take_parameters_then_run(archive, tmp_path) -> None:
         assert datetime.fromisoformat(client.get(f"{url}/destruction").text.replace(
             "Z", "+00:00")) == soon
         ran = client.post(f"{url}/phase", data={"PHASE": "RUN"}, follow_redirects=False)
-        assert ran.status_code == 303 and ran.headers["location"].endswith(url)
+        assert ran.status_code == 303
+        assert ran.headers["location"].endswith(url)
         job = _job(client, url, WAIT="30", PHASE="QUEUED")
         job = _job(client, url, WAIT="30")
         assert job.findtext("uws:phase", namespaces=NS) == "COMPLETED"
         result = client.get(f"{url}/results/result")
         assert result.headers["content-type"].startswith("text/csv")
         lines = result.text.splitlines()
-        assert len(lines) == 6 and lines[0] == '"object_id","ra","dec"'
+        assert len(lines) == 6
+        assert lines[0] == '"object_id","ra","dec"'
         assert [line.split(",")[0].strip('"') for line in lines[1:]] == _object_ids(archive)[:5]
         # A job that has left PENDING takes no more parameters.
         late = client.post(f"{url}/parameters", data={"QUERY": "SELECT 1"})
-        assert late.status_code == 400 and "only a PENDING job" in late.text
+        assert late.status_code == 400
+        assert "only a PENDING job" in late.text
 
 
 def test_a_bad_query_ends_in_error_with_its_document(archive, tmp_path) -> None:
@@ -145,12 +150,14 @@ def test_a_bad_query_ends_in_error_with_its_document(archive, tmp_path) -> None:
         error = client.get(f"{url}/error")
         assert error.status_code == 200
         infos = [i for r in parse(io.BytesIO(error.content)).resources for i in r.infos]
-        assert [i.value for i in infos] == ["ERROR"] and "nosuch" in infos[0].content
+        assert [i.value for i in infos] == ["ERROR"]
+        assert "nosuch" in infos[0].content
         assert client.get(f"{url}/results/result").status_code == 404
         # Malformed parameters are refused when the job is made.
         refused = client.post("/tap/async", data={"LANG": "ADQL", "QUERY": QUERY,
                                                   "MAXREC": "lots"})
-        assert refused.status_code == 400 and "MAXREC" in refused.text
+        assert refused.status_code == 400
+        assert "MAXREC" in refused.text
         assert client.post(f"{url}/phase", data={"PHASE": "HOLD"}).status_code == 400
         assert client.get("/tap/async/nosuchjob").status_code == 404
 
@@ -181,7 +188,8 @@ def test_queue_limits_abort_and_restart(archive, tmp_path) -> None:
         assert client.post(f"{second}/phase", data={"PHASE": "RUN"}).status_code == 200
         refused = client.post("/tap/async", data={"LANG": "ADQL", "QUERY": QUERY,
                                                   "PHASE": "RUN"})
-        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) > 0
         pending = _make(client, QUERY=QUERY)  # PENDING jobs do not count against the queue
         busy = client.post(f"{pending}/phase", data={"PHASE": "RUN"})
         assert busy.status_code == 503
@@ -198,7 +206,8 @@ def test_queue_limits_abort_and_restart(archive, tmp_path) -> None:
                                     response_format="csv", maxrec=100, execution_duration=60,
                                     retention=timedelta(days=1), queue=10)
     claimed = factory.tap_jobs.claim(per_owner=10)
-    assert claimed is not None and claimed.job_id in (stale.job_id, first.rsplit("/", 1)[1])
+    assert claimed is not None
+    assert claimed.job_id in (stale.job_id, first.rsplit("/", 1)[1])
     factory.tap_jobs.clock = lambda: datetime.now(UTC) - timedelta(minutes=5)
     factory.tap_jobs.heartbeat([claimed.job_id])
     factory.tap_jobs.clock = lambda: datetime.now(UTC)
