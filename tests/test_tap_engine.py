@@ -4,11 +4,14 @@ backend: every answer equals one computed without the rewriter, from the rows re
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 
+from broker.exceptions import StatementTimeoutError
+from broker.storage.annotations import AnnotationStore
 from broker.tap.adql import ADQLError, check
 from broker.tap.execute import Engine
 from broker.tap.tapschema import TapSchema
@@ -126,8 +129,11 @@ def test_tap_schema_answers_and_what_is_not_there_yet(archive) -> None:
                                   "m": 1.0})
     with pytest.raises(ADQLError, match="not supported yet"):
         _run(engine, "SELECT COUNT(DISTINCT band) FROM lanner.alert_rows")
-    with pytest.raises(ADQLError, match="annotations cannot be queried yet"):
-        _run(engine, "SELECT * FROM lanner.annotations")
+    with pytest.raises(ADQLError, match="annotations cannot be joined"):
+        _run(engine, "SELECT o.ra FROM lanner.objects AS o JOIN lanner.annotations AS a "
+                     "ON a.object_id = o.object_id")
+    with pytest.raises(ADQLError, match="unknown table"):
+        _run(engine, "SELECT * FROM lanner.dr_objects")
     with pytest.raises(ADQLError, match="not both"):
         _run(engine, "SELECT o.ra FROM lanner.objects AS o, TAP_SCHEMA.schemas AS s")
 
@@ -176,3 +182,49 @@ def test_aggregates_merge_exactly_across_shards(archive) -> None:
         ((b, n, c) for (b, n), c in counted.items()), key=lambda x: (x[1], x[0]))
     with pytest.raises(ADQLError, match="neither in GROUP BY"):
         _run(engine, "SELECT band, mjd, COUNT(*) FROM lanner.alert_rows GROUP BY band")
+
+
+def test_annotations_are_read_on_shard_zero(archive) -> None:
+    engine, harness = archive
+    store = AnnotationStore(harness.catalog.shards)
+    objects = sorted(r["object_id"] for r in _plain(harness, "SELECT object_id FROM objects"))
+    store.add(objects[0], "classifier", "SN Ia", 0.9)
+    store.add(objects[0], "classifier", "SN II", 0.6)
+    store.add(objects[1], "other", "AGN")
+    answer = _run(engine, "SELECT object_id, annotator, version, class, score "
+                          "FROM lanner.annotations ORDER BY object_id, version")
+    assert [(r["object_id"], r["annotator"], r["version"], r["class"])
+            for r in answer.table.to_pylist()] == [
+        (objects[0], "classifier", 1, "SN Ia"), (objects[0], "classifier", 2, "SN II"),
+        (objects[1], "other", 1, "AGN")]
+    counted = _run(engine, "SELECT annotator, COUNT(*) AS n FROM lanner.annotations "
+                           "GROUP BY annotator ORDER BY annotator")
+    assert counted.table.to_pylist() == [{"annotator": "classifier", "n": 2},
+                                         {"annotator": "other", "n": 1}]
+
+
+def test_a_query_past_its_time_limit_is_stopped_by_the_database(archive) -> None:
+    engine, harness = archive
+    # 60**5 (7.8e8) combinations: minutes of work, stopped after a tenth of a second.
+    endless = ("SELECT COUNT(*) AS n FROM lanner.objects AS a, lanner.objects AS b, "
+               "lanner.objects AS c, lanner.objects AS d, lanner.objects AS e "
+               "WHERE a.ra + b.ra + c.ra + d.ra + e.ra > 1e9")
+    for text in (endless, "SELECT COUNT(*) AS n FROM TAP_SCHEMA.columns AS a, "
+                          "TAP_SCHEMA.columns AS b, TAP_SCHEMA.columns AS c "
+                          "WHERE a.column_index + b.column_index + c.column_index < 0"):
+        started = time.monotonic()
+        with pytest.raises(StatementTimeoutError, match=r"time limit of 0\.1 s"):
+            engine.run(check(text, engine.tap), 100, seconds=0.1)
+        # Stopped by the database, not abandoned: the call returns soon after the limit.
+        assert time.monotonic() - started < 5
+    if harness.name == "services":  # and MariaDB runs nothing of it any more
+        def running(cursor: Any) -> list[tuple]:
+            cursor.execute("SELECT info FROM information_schema.processlist "
+                           "WHERE command = 'Query' AND info LIKE '%%AS e%%' "
+                           "AND id <> CONNECTION_ID()")
+            return list(cursor.fetchall())
+
+        assert not any(harness.catalog.shards.all_shards(running, write=False).values())
+    # The same engine answers the next query.
+    assert _run(engine, "SELECT COUNT(*) AS n FROM lanner.objects").table.to_pylist() == [
+        {"n": OBJECTS}]

@@ -35,6 +35,7 @@ from broker.tap.output import (
     error_document,
     writer_for,
 )
+from broker.tap.tapschema import delimited
 
 router = APIRouter(prefix="/tap", tags=["IVOA"])
 Stores = Annotated[LazyStores, Depends(get_stores)]
@@ -182,7 +183,7 @@ async def tables(stores: Stores) -> Response:
     for table in tap:
         columns = "".join(
             "<column" + (' std="true"' if c.std else "") + ">"
-            f"<name>{escape(c.name)}</name>"
+            f"<name>{escape(delimited(c.name))}</name>"
             + (f"<description>{escape(c.description)}</description>" if c.description else "")
             + (f"<unit>{escape(c.unit)}</unit>" if c.unit else "")
             + (f"<ucd>{escape(c.ucd)}</ucd>" if c.ucd else "")

@@ -49,6 +49,8 @@ from broker.votable import Field, field_of
 #: The archive's tables that live on every shard, each row on its object's chunk's shard.
 CHUNKED = frozenset({"lanner.objects", "lanner.alert_rows", "lanner.object_context",
                      "lanner.object_matches"})
+#: The archive's public tables that live on shard 0 alone (not chunked).
+ON_SHARD0 = frozenset({"lanner.annotations"})
 _SORT_KEY = "__lanner_sort_"
 T = TypeVar("T")
 
@@ -83,9 +85,11 @@ class Engine:
             return self._tap_schema(checked, maxrec, seconds)
         if tables <= CHUNKED:
             return self._shards(checked, maxrec, seconds)
-        waiting = sorted(t for t in tables if t.startswith("lanner.") and t not in CHUNKED)
-        if waiting:
-            raise ADQLError(f"{', '.join(waiting)} cannot be queried yet (docs/tap.md)")
+        if tables <= ON_SHARD0:
+            return self._shards(checked, maxrec, seconds, only=[0])
+        if tables & ON_SHARD0 and tables & CHUNKED:
+            raise ADQLError(f"{', '.join(sorted(tables & ON_SHARD0))} cannot be joined with the "
+                            "chunked tables yet: query it alone (docs/tap.md)")
         raise ADQLError("a query reads either TAP_SCHEMA or the archive's tables, not both")
 
     # -- TAP_SCHEMA
@@ -102,9 +106,12 @@ class Engine:
 
     # -- the shards
 
-    def _shards(self, checked: Checked, maxrec: int, seconds: float | None) -> Answer:
+    def _shards(self, checked: Checked, maxrec: int, seconds: float | None,
+                only: list[int] | None = None) -> Answer:
         dialect = "sqlite" if self.shards.dialect.name == "sqlite" else "mysql"
         tree, shards = self._prune(checked.tree.copy())
+        if only is not None:
+            shards = only
         if shards == []:
             return self._finish(checked, _arrow([e.alias_or_name for e in tree.expressions],
                                                 []), maxrec)
@@ -206,7 +213,10 @@ class Engine:
         table = table.slice(0, maxrec)
         fields = [self._field(item, table.schema.field(i))
                   for i, item in enumerate(checked.tree.expressions)]
-        return Answer(fields, table, overflow)
+        # Each column as its FIELD declares it: a column of NULLs only, or of a type the
+        # database widened (MariaDB's booleans are integers), takes the declared type.
+        columns = [_as_declared(table.column(i), field) for i, field in enumerate(fields)]
+        return Answer(fields, pa.table(columns, names=table.column_names), overflow)
 
     def _field(self, item: exp.Expr, arrow: pa.Field) -> Field:
         """A column's FIELD from TAP_SCHEMA (datatype, UCD, unit, description); an
@@ -287,6 +297,21 @@ def _sqlite_rows(connection: sqlite3.Connection, sql: str,
         if seconds is not None and str(exc) == "interrupted":
             raise StatementTimeoutError(seconds) from None
         raise
+
+
+#: The Arrow type of each VOTable datatype TAP_SCHEMA declares.
+_DECLARED = {"boolean": pa.bool_(), "unsignedByte": pa.uint8(), "short": pa.int16(),
+             "int": pa.int32(), "long": pa.int64(), "float": pa.float32(),
+             "double": pa.float64(), "char": pa.string(), "unicodeChar": pa.string()}
+
+
+def _as_declared(column: pa.ChunkedArray, field: Field) -> pa.ChunkedArray:
+    wanted = _DECLARED.get(field.datatype)
+    if wanted is None or column.type == wanted:
+        return column
+    if column.null_count == len(column):
+        return pa.chunked_array([pa.nulls(len(column), wanted)])
+    return pc.cast(column, wanted)
 
 
 def _plain_row(row: tuple) -> tuple:

@@ -21,10 +21,39 @@ import sqlalchemy as sa
 from broker.storage import schema as felis_schema
 
 #: The archive's tables a TAP query may read, all public.
-PUBLIC = ("objects", "alert_rows", "object_context", "object_matches", "annotations",
-          "dr_objects")
+PUBLIC = ("objects", "alert_rows", "object_context", "object_matches", "annotations")
 #: TAP_SCHEMA's schema_index of the archive's schema (listed first) and of TAP_SCHEMA's own.
 _INDEX = {"lanner": 0, "TAP_SCHEMA": 100_000}
+#: ADQL 2.1's reserved words (its own and SQL-92's): a column so named is listed in
+#: TAP_SCHEMA and /tables as a delimited identifier (``"size"``), as TAP 1.1 says.
+RESERVED = frozenset("""
+ABSOLUTE ACTION ADD ALL ALLOCATE ALTER AND ANY ARE AS ASC ASSERTION AT AUTHORIZATION AVG BEGIN
+BETWEEN BIT BIT_LENGTH BOTH BY CASCADE CASCADED CASE CAST CATALOG CHAR CHARACTER CHAR_LENGTH
+CHARACTER_LENGTH CHECK CLOSE COALESCE COLLATE COLLATION COLUMN COMMIT CONNECT CONNECTION
+CONSTRAINT CONSTRAINTS CONTINUE CONVERT CORRESPONDING COUNT CREATE CROSS CURRENT CURRENT_DATE
+CURRENT_TIME CURRENT_TIMESTAMP CURRENT_USER CURSOR DATE DAY DEALLOCATE DECIMAL DECLARE DEFAULT
+DEFERRABLE DEFERRED DELETE DESC DESCRIBE DESCRIPTOR DIAGNOSTICS DISCONNECT DISTINCT DOMAIN
+DOUBLE DROP ELSE END END-EXEC ESCAPE EXCEPT EXCEPTION EXEC EXECUTE EXISTS EXTERNAL EXTRACT
+FALSE FETCH FIRST FLOAT FOR FOREIGN FOUND FROM FULL GET GLOBAL GO GOTO GRANT GROUP HAVING HOUR
+IDENTITY IMMEDIATE IN INDICATOR INITIALLY INNER INPUT INSENSITIVE INSERT INT INTEGER INTERSECT
+INTERVAL INTO IS ISOLATION JOIN KEY LANGUAGE LAST LEADING LEFT LEVEL LIKE LOCAL LOWER MATCH MAX
+MIN MINUTE MODULE MONTH NAMES NATIONAL NATURAL NCHAR NEXT NO NOT NULL NULLIF NUMERIC
+OCTET_LENGTH OF ON ONLY OPEN OPTION OR ORDER OUTER OUTPUT OVERLAPS PAD PARTIAL POSITION
+PRECISION PREPARE PRESERVE PRIMARY PRIOR PRIVILEGES PROCEDURE PUBLIC READ REAL REFERENCES
+RELATIVE RESTRICT REVOKE RIGHT ROLLBACK ROWS SCHEMA SCROLL SECOND SECTION SELECT SESSION
+SESSION_USER SET SIZE SMALLINT SOME SPACE SQL SQLCODE SQLERROR SQLSTATE SUBSTRING SUM
+SYSTEM_USER TABLE TEMPORARY THEN TIME TIMESTAMP TIMEZONE_HOUR TIMEZONE_MINUTE TO TRAILING
+TRANSACTION TRANSLATE TRANSLATION TRIM TRUE UNION UNIQUE UNKNOWN UPDATE UPPER USAGE USER USING
+VALUE VALUES VARCHAR VARYING VIEW WHEN WHENEVER WHERE WITH WORK WRITE YEAR ZONE ABS ACOS AREA
+ASIN ATAN ATAN2 BIT_AND BIT_NOT BIT_OR BIT_XOR BOX CEILING CENTROID CIRCLE CONTAINS COORD1
+COORD2 COORDSYS COS COT DEGREES DISTANCE EXP FLOOR ILIKE INTERSECTS IN_UNIT LOG LOG10 MOD PI
+POINT POLYGON POWER RADIANS REGION RAND ROUND SIN SQRT TOP TAN TRUNCATE
+""".split())  # noqa: SIM905 - a list of words reads as one
+
+
+def delimited(name: str) -> str:
+    """A column's name as ADQL must write it: quoted if it is a reserved word."""
+    return f'"{name}"' if name.upper() in RESERVED else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +109,25 @@ class TapSchema:
             DataLoader(archive, manager, context, tap_schema_index=_INDEX["lanner"]).load()
             DataLoader(manager.schema, manager, context,
                        tap_schema_index=_INDEX["TAP_SCHEMA"]).load()
+            self._delimit(context.engine, manager)
             self.tables = self._read(context.engine, manager)
         finally:
             context.close()
+
+    @staticmethod
+    def _delimit(engine: sa.Engine, manager: object) -> None:
+        """Reserved words among the column names, quoted in TAP_SCHEMA.columns (and in
+        key_columns, which name them too)."""
+        for name in ("columns", "key_columns"):
+            table = manager[name]  # type: ignore[index]
+            fields = ["column_name"] if name == "columns" else ["from_column", "target_column"]
+            with engine.begin() as connection:
+                for field in fields:
+                    column = table.c[field]
+                    for value in connection.execute(sa.select(column).distinct()).scalars():
+                        if value is not None and delimited(value) != value:
+                            connection.execute(sa.update(table).where(column == value)
+                                               .values({field: delimited(value)}))
 
     @staticmethod
     def _read(engine: sa.Engine, manager: object) -> dict[str, TapTable]:
@@ -99,7 +144,7 @@ class TapSchema:
         by_table: dict[str, list[TapColumn]] = {}
         for c in columns:
             by_table.setdefault(c["table_name"], []).append(TapColumn(
-                c["column_name"], c["datatype"], c["arraysize"], c["xtype"], c["unit"],
+                c["column_name"].strip('"'), c["datatype"], c["arraysize"], c["xtype"], c["unit"],
                 c["ucd"], c["utype"], c["description"], bool(c["principal"]),
                 bool(c["indexed"]), bool(c["std"])))
         return {t["table_name"].lower(): TapTable(t["schema_name"], t["table_name"],
