@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Annotated
 from xml.sax.saxutils import escape, quoteattr
 
+import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
@@ -25,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from api.auth import CallerDep
 from api.dependencies import LazyStores, get_stores
 from broker.exceptions import StatementTimeoutError, TransientError
-from broker.tap.adql import ADQLError, check
+from broker.tap.adql import LANGUAGES, ADQLError, check
 from broker.tap.output import (
     DECLARED,
     MEDIA,
@@ -37,6 +38,7 @@ from broker.tap.output import (
 )
 from broker.tap.tapschema import delimited
 
+log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/tap", tags=["IVOA"])
 Stores = Annotated[LazyStores, Depends(get_stores)]
 
@@ -92,7 +94,7 @@ def lang_of(params: dict[str, str], *, required: bool = True) -> str:
         if required:
             raise RefusedError("LANG is required (LANG=ADQL)")
         return "ADQL"
-    if lang.upper() not in ("ADQL", "ADQL-2.0", "ADQL-2.1"):
+    if lang.upper() not in LANGUAGES:
         raise RefusedError(f"LANG={lang} is not supported: use ADQL")
     return lang
 
@@ -123,6 +125,9 @@ async def sync(request: Request, caller: CallerDep, stores: Stores) -> Response:
         return error_response(str(exc))
     except TransientError as exc:
         return error_response(f"the archive is unavailable: {exc}", status=503)
+    except Exception as exc:  # still an error document, as DALI asks; the trace is logged
+        log.exception("TAP query failed")
+        return error_response(f"the query failed: {type(exc).__name__}", status=500)
     return StreamingResponse(encode(answer, writer), media_type=MEDIA[writer])
 
 
@@ -195,8 +200,17 @@ async def tables(stores: Stores) -> Response:
             + "</column>" for c in table.columns)
         described = (f"<description>{escape(table.description)}</description>"
                      if table.description else "")
+        keys = "".join(
+            f"<foreignKey><targetTable>{escape(key.target)}</targetTable>"
+            + "".join(f"<fkColumn><fromColumn>{escape(f)}</fromColumn>"
+                      f"<targetColumn>{escape(t)}</targetColumn></fkColumn>"
+                      for f, t in key.columns)
+            + (f"<description>{escape(key.description)}</description>"
+               if key.description else "")
+            + "</foreignKey>" for key in table.keys)
         schemas.setdefault(table.schema, []).append(
-            f'<table type="table"><name>{escape(table.name)}</name>{described}{columns}</table>')
+            f'<table type="table"><name>{escape(table.name)}</name>{described}{columns}{keys}'
+            "</table>")
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<vosi:tableset xmlns:vosi="http://www.ivoa.net/xml/VOSITables/v1.0" '

@@ -37,6 +37,8 @@ MAX_DEPTH = 50
 MAX_NODES = 20_000
 MAX_IN_ITEMS = 10_000
 MAX_TABLES = 8
+#: The query languages (LANG) a TAP request may name.
+LANGUAGES = ("ADQL", "ADQL-2.0", "ADQL-2.1")
 
 #: ADQL 2.1's functions (section 2.3): mathematical and trigonometric, string, aggregate,
 #: conversion and geometric, by the name sqlglot gives the node (its SQL name, or the name

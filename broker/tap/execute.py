@@ -125,11 +125,7 @@ class Engine:
         shard_tree.set("offset", None)
         shard_tree.set("limit", exp.Limit(expression=exp.Literal.number(per_shard)))
         sql = shard_tree.sql(dialect=dialect)
-
-        def work(cursor: Any) -> tuple[list[str], list[tuple]]:
-            return self.shards.query(cursor, sql, seconds=seconds)
-
-        results = self._on(shards, work)
+        results = self._on(shards, self._reader(sql, shard_tree, seconds))
         names = results[0][0]
         rows = [row for _, shard_rows in results for row in shard_rows]
         table = _arrow(names, rows)
@@ -146,12 +142,9 @@ class Engine:
     def _aggregate(self, checked: Checked, parts: Split, dialect: str, maxrec: int,
                    shards: Sequence[int] | None, seconds: float | None) -> Answer:
         """Partial aggregates on the shards, merged by the final query in SQLite."""
-        sql = _rewrite(parts.shard, dialect).sql(dialect=dialect)
-
-        def work(cursor: Any) -> tuple[list[str], list[tuple]]:
-            return self.shards.query(cursor, sql, seconds=seconds)
-
-        results = self._on(shards, work)
+        shard_tree = _rewrite(parts.shard, dialect)
+        results = self._on(shards, self._reader(shard_tree.sql(dialect=dialect), shard_tree,
+                                                seconds))
         names = results[0][0]
         final = _rewrite(parts.final, "sqlite")
         limit = _limit(final)
@@ -165,6 +158,20 @@ class Engine:
                                    [_plain_row(r) for _, rows in results for r in rows])
             out_names, rows = _sqlite_rows(connection, final.sql(dialect="sqlite"), seconds)
         return self._answer(checked, out_names, rows, maxrec)
+
+    def _reader(self, sql: str, tree: exp.Select,
+                seconds: float | None) -> Callable[[Any], tuple[list[str], list[tuple]]]:
+        """The work of reading ``sql`` on a shard. A table TAP_SCHEMA describes that a shard
+        has not made yet (no annotation was ever stored) reads as empty."""
+        def work(cursor: Any) -> tuple[list[str], list[tuple]]:
+            try:
+                return self.shards.query(cursor, sql, seconds=seconds)
+            except Exception as exc:
+                if not self.shards.dialect.is_missing_table(exc):
+                    raise
+                return [e.alias_or_name for e in tree.expressions], []
+
+        return work
 
     def _prune(self, tree: exp.Select) -> tuple[exp.Select, list[int] | None]:
         """A cone on a chunked table's position, ``1 = CONTAINS(POINT(..., t.ra, t.dec),

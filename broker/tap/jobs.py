@@ -40,7 +40,7 @@ from broker.exceptions import NotFoundError, StatementTimeoutError
 from broker.storage import schema
 from broker.storage.dialect import column_list, marks
 from broker.storage.shard0 import Shard0Tables, utc
-from broker.tap.adql import ADQLError, check
+from broker.tap.adql import LANGUAGES, ADQLError, check
 from broker.tap.execute import Engine
 from broker.tap.output import MEDIA, encode, writer_for
 
@@ -411,6 +411,8 @@ class TapRunner:
         path = self.result_path(job.job_id)
         partial = path.with_name(f".{job.job_id}.{os.getpid()}.part")
         try:
+            if job.lang.upper() not in LANGUAGES:
+                raise ADQLError(f"LANG={job.lang} is not supported: use ADQL")
             engine = self.engine()
             checked = check(job.query, engine.tap)
             answer = engine.run(checked, job.maxrec, seconds=float(job.execution_duration))

@@ -74,13 +74,23 @@ class TapColumn:
 
 
 @dataclass(frozen=True, slots=True)
+class TapKey:
+    """A row of TAP_SCHEMA.keys from a table, with its key_columns (from, target)."""
+
+    target: str
+    description: str | None
+    columns: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TapTable:
-    """A row of TAP_SCHEMA.tables, with its columns in order."""
+    """A row of TAP_SCHEMA.tables, with its columns in order and its foreign keys."""
 
     schema: str
     name: str  # qualified, as TAP_SCHEMA.tables has it: ``lanner.objects``
     description: str | None
     columns: tuple[TapColumn, ...]
+    keys: tuple[TapKey, ...] = ()
 
     def column(self, name: str) -> TapColumn | None:
         lowered = name.lower()
@@ -109,15 +119,20 @@ class TapSchema:
             DataLoader(archive, manager, context, tap_schema_index=_INDEX["lanner"]).load()
             DataLoader(manager.schema, manager, context,
                        tap_schema_index=_INDEX["TAP_SCHEMA"]).load()
-            self._delimit(context.engine, manager)
+            self._amend(context.engine, manager)
             self.tables = self._read(context.engine, manager)
         finally:
             context.close()
 
     @staticmethod
-    def _delimit(engine: sa.Engine, manager: object) -> None:
-        """Reserved words among the column names, quoted in TAP_SCHEMA.columns (and in
-        key_columns, which name them too)."""
+    def _amend(engine: sa.Engine, manager: object) -> None:
+        """What TAP 1.1 asks of TAP_SCHEMA that felis leaves: every column of TAP_SCHEMA's
+        own tables is standard (``std`` 1), and reserved words among the column names are
+        quoted in TAP_SCHEMA.columns (and in key_columns, which name them too)."""
+        columns_t = manager["columns"]  # type: ignore[index]
+        with engine.begin() as connection:
+            connection.execute(sa.update(columns_t).where(
+                columns_t.c.table_name.like("TAP\\_SCHEMA.%", escape="\\")).values(std=1))
         for name in ("columns", "key_columns"):
             table = manager[name]  # type: ignore[index]
             fields = ["column_name"] if name == "columns" else ["from_column", "target_column"]
@@ -133,8 +148,13 @@ class TapSchema:
     def _read(engine: sa.Engine, manager: object) -> dict[str, TapTable]:
         tables_t = manager["tables"]  # type: ignore[index]
         columns_t = manager["columns"]  # type: ignore[index]
+        keys_t = manager["keys"]  # type: ignore[index]
+        key_columns_t = manager["key_columns"]  # type: ignore[index]
         with engine.connect() as connection:
             tables = connection.execute(sa.select(tables_t)).mappings().all()
+            keys = connection.execute(sa.select(keys_t)).mappings().all()
+            key_columns = connection.execute(sa.select(key_columns_t).order_by(
+                sa.literal_column("rowid"))).mappings().all()
             # felis inserts a table's columns in the description's order: rowid keeps it where
             # the description gives no column_index.
             columns = connection.execute(sa.select(columns_t).order_by(
@@ -147,9 +167,17 @@ class TapSchema:
                 c["column_name"].strip('"'), c["datatype"], c["arraysize"], c["xtype"], c["unit"],
                 c["ucd"], c["utype"], c["description"], bool(c["principal"]),
                 bool(c["indexed"]), bool(c["std"])))
+        pairs: dict[str, list[tuple[str, str]]] = {}
+        for k in key_columns:
+            pairs.setdefault(k["key_id"], []).append((k["from_column"], k["target_column"]))
+        by_from: dict[str, list[TapKey]] = {}
+        for k in keys:
+            by_from.setdefault(k["from_table"], []).append(TapKey(
+                k["target_table"], k["description"], tuple(pairs.get(k["key_id"], ()))))
         return {t["table_name"].lower(): TapTable(t["schema_name"], t["table_name"],
                                                    t["description"],
-                                                   tuple(by_table.get(t["table_name"], ())))
+                                                   tuple(by_table.get(t["table_name"], ())),
+                                                   tuple(by_from.get(t["table_name"], ())))
                 for t in tables}
 
     def table(self, name: str) -> TapTable | None:
