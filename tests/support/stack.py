@@ -90,5 +90,7 @@ class ServiceStack:
 
     def close(self) -> None:
         self.cassandra.close()
-        if self.started_here:
+        # A session with a suffix shares the services with other sessions running at once:
+        # it leaves them up even if it started them.
+        if self.started_here and not TEST_SUFFIX:
             manager.down(self.settings)
