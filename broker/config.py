@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     tap_queue: int = Field(
         64, ge=1, le=100_000, description="Most asynchronous TAP jobs waiting in the queue: past "
         "it, a new job is refused with 503 and Retry-After.")
+    tap_anonymous_upload_bytes: int = Field(
+        1 * 2**20, ge=0, description="Most bytes a TAP query without a token may upload (a "
+        "short list to cross-match, as TOPCAT sends); a token's tier gives its own limit.")
     tap_retention_days: float = Field(
         7.0, gt=0, le=365, description="How long an asynchronous TAP job and its result are "
         "kept (its destruction time; a caller may ask for less, never more).")

@@ -12,7 +12,8 @@ service's own bookkeeping (accounts, tokens, jobs, filters) are not in it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,12 @@ class TapSchema:
                                                    tuple(by_table.get(t["table_name"], ())),
                                                    tuple(by_from.get(t["table_name"], ())))
                 for t in tables}
+
+    def with_tables(self, extra: Iterable[TapTable]) -> TapSchema:
+        """This TAP_SCHEMA and ``extra`` tables (a request's uploads), for one query."""
+        copied = copy.copy(self)
+        copied.tables = {**self.tables, **{t.name.lower(): t for t in extra}}
+        return copied
 
     def table(self, name: str) -> TapTable | None:
         """A table by its qualified name, in any case (``lanner.objects``)."""
