@@ -327,3 +327,130 @@ def test_area_centroid_and_coordsys_of_literal_regions(sky) -> None:
     assert _distance(got["a"], got["d"], math.degrees(math.atan2(mean[1], mean[0])) % 360.0,
                      math.degrees(math.asin(mean[2] / np.linalg.norm(mean)))) < 1e-3
     assert (got["box_d"], got["frame"]) == (0.5, "ICRS")
+
+
+# -- near-neighbour joins
+
+RADIUS = 30.0 / 3600.0
+
+
+def _edges() -> list[tuple[float, float]]:
+    """Places on chunk edges: RA 0, a stripe edge, an RA edge inside a stripe, the corner of
+    both, and a stripe edge near the north pole."""
+    from tests.support.backends import CHUNKER
+
+    stripe = 180.0 / CHUNKER.num_stripes
+    dec_edge = -90.0 + 43 * stripe
+    lo, hi = 0.001, 30.0  # the first RA edge of the equator's stripe, by bisection
+    start = CHUNKER.locate_one(lo, 0.5)
+    assert CHUNKER.locate_one(hi, 0.5) != start
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if CHUNKER.locate_one(mid, 0.5) == start else (lo, mid)
+    return [(0.0, 0.3), (10.0, dec_edge), (hi, 0.5), (hi, dec_edge),
+            (123.0, -90.0 + 84 * stripe)]
+
+
+@pytest.fixture
+def pairs(harness, tmp_path) -> Any:
+    """Clusters of objects within 25 arcseconds of chunk edges, and others anywhere."""
+    rng = np.random.default_rng(61)
+    places = []
+    for ra, dec in _edges():
+        for _ in range(7):
+            offset = rng.uniform(-25, 25, size=2) / 3600.0
+            places.append((float((ra + offset[0] / math.cos(math.radians(dec))) % 360.0),
+                           float(dec + offset[1])))
+    places += [(float(rng.uniform(0, 360)), float(rng.uniform(-70, 70))) for _ in range(25)]
+    produce_placed(harness, places, first_id=930_000_000_000, seed=67)
+    assert harness.ingest_once().archived == len(places)
+    engine = Engine(TapSchema(tmp_path / "tap_schema.db"), harness.catalog)
+    return engine, harness
+
+
+def _near(left: list[dict[str, Any]], right: list[dict[str, Any]], key: str,
+          radius: float = RADIUS) -> list[tuple[Any, Any]]:
+    """All pairs within the radius, brute force."""
+    return sorted((a["object_id"], b[key]) for a in left for b in right
+                  if _distance(a["ra"], a["dec"], b["ra"], b["dec"]) <= radius)
+
+
+def test_near_neighbour_joins_find_every_pair_once(pairs) -> None:
+    engine, harness = pairs
+    objects = _plain(harness, "SELECT object_id, ra, `dec`, chunk_id FROM objects")
+    want = _near(objects, objects, "object_id")
+    chunk = {o["object_id"]: o["chunk_id"] for o in objects}
+    count = engine.shards.count
+    across = [(a, b) for a, b in want if chunk[a] != chunk[b]]
+    assert any(chunk[a] % count != chunk[b] % count for a, b in across)
+    assert len(want) > len(objects) + 20  # more than each object with itself
+    point, circle = "POINT('ICRS', b.ra, b.dec)", f"CIRCLE('ICRS', a.ra, a.dec, {RADIUS!r})"
+    queries = [
+        f"SELECT a.object_id AS x, b.object_id AS y FROM lanner.objects AS a JOIN "
+        f"lanner.objects AS b ON 1 = CONTAINS({point}, {circle})",
+        f"SELECT a.object_id AS x, b.object_id AS y FROM lanner.objects AS a, lanner.objects "
+        f"AS b WHERE DISTANCE(POINT('ICRS', a.ra, a.dec), {point}) <= {RADIUS!r}",
+        f"SELECT a.object_id AS x, b.object_id AS y FROM lanner.objects AS b JOIN "
+        f"lanner.objects AS a ON {RADIUS!r} >= DISTANCE(a.ra, a.dec, b.ra, b.dec)",
+    ]
+    for text in queries:
+        got = sorted((r["x"], r["y"]) for r in _run(engine, text).table.to_pylist())
+        assert got == want, text
+    counted = _run(engine, "SELECT COUNT(*) AS n FROM lanner.objects AS a JOIN lanner.objects "
+                           f"AS b ON 1 = CONTAINS({point}, {circle}) WHERE a.object_id <> "
+                           "b.object_id")
+    assert counted.table.to_pylist() == [{"n": sum(1 for a, b in want if a != b)}]
+    # A LEFT JOIN keeps the objects with no other object near.
+    lonely = _run(engine, "SELECT a.object_id AS x, b.object_id AS y FROM lanner.objects AS a "
+                          f"LEFT JOIN lanner.objects AS b ON 1 = CONTAINS({point}, {circle}) "
+                          "AND a.object_id <> b.object_id")
+    others = [(a, b) for a, b in want if a != b]
+    alone = {o["object_id"] for o in objects} - {a for a, _ in others}
+    assert alone
+    assert sorted(((r["x"], r["y"]) for r in lonely.table.to_pylist()),
+                  key=lambda p: (p[0], p[1] or "")) == sorted(
+        others + [(a, None) for a in alone], key=lambda p: (p[0], p[1] or ""))
+    # Narrowed by a region on one table: the pairs whose first member is in it.
+    ra0, dec0 = _edges()[2]
+    box = f"BOX('ICRS', {ra0!r}, {dec0!r}, 0.02, 0.02)"
+    boxed = _run(engine, "SELECT a.object_id AS x, b.object_id AS y FROM lanner.objects AS a "
+                         f"JOIN lanner.objects AS b ON DISTANCE(POINT('ICRS', a.ra, a.dec), "
+                         f"{point}) <= {RADIUS!r} WHERE 1 = CONTAINS({point}, {box})")
+    inside = {o["object_id"] for o in objects
+              if _in_box([o["ra"]], [o["dec"]], (ra0, dec0, 0.02, 0.02))[0]}
+    assert inside
+    assert sorted((r["x"], r["y"]) for r in boxed.table.to_pylist()) == [
+        (a, b) for a, b in want if b in inside]
+
+
+def test_objects_near_other_objects_alert_rows(pairs) -> None:
+    engine, harness = pairs
+    objects = _plain(harness, "SELECT object_id, ra, `dec` FROM objects")
+    rows = _plain(harness, "SELECT source_id, object_id, ra, `dec` FROM alert_rows")
+    want = [(o, s) for o, s in _near(objects, rows, "source_id")
+            if s not in {r["source_id"] for r in rows if r["object_id"] == o}]
+    assert want
+    got = _run(engine, "SELECT o.object_id AS x, s.source_id AS y FROM lanner.objects AS o "
+                       "JOIN lanner.alert_rows AS s ON DISTANCE(POINT('ICRS', o.ra, o.dec), "
+                       f"POINT('ICRS', s.ra, s.dec)) <= {RADIUS!r} WHERE s.object_id <> "
+                       "o.object_id ORDER BY x, y")
+    assert [(r["x"], r["y"]) for r in got.table.to_pylist()] == sorted(want)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("SELECT a.ra FROM lanner.objects AS a JOIN lanner.objects AS b ON a.n_detections = "
+     "b.n_detections", "joined on object_id"),
+    ("SELECT a.ra FROM lanner.objects AS a JOIN lanner.objects AS b ON DISTANCE(POINT('ICRS', "
+     "a.ra, a.dec), POINT('ICRS', b.ra, b.dec)) < 0.1", "at most 60 arcseconds"),
+    ("SELECT a.ra FROM lanner.objects AS a JOIN lanner.objects AS b ON DISTANCE(POINT('ICRS', "
+     "a.ra, a.dec), POINT('ICRS', b.ra, b.dec)) < b.ra", "joined on object_id"),
+    ("SELECT a.ra FROM lanner.objects AS a FULL JOIN lanner.objects AS b ON DISTANCE("
+     "POINT('ICRS', a.ra, a.dec), POINT('ICRS', b.ra, b.dec)) < 0.001", "not FULL"),
+    ("SELECT a.ra FROM lanner.objects AS a, lanner.objects AS b, lanner.alert_rows AS c WHERE "
+     "DISTANCE(POINT('ICRS', a.ra, a.dec), POINT('ICRS', b.ra, b.dec)) < 0.001 AND "
+     "c.object_id = a.object_id", "joined on object_id"),
+])
+def test_joins_that_would_lose_pairs_are_refused(archive, text: str, message: str) -> None:
+    engine, _ = archive
+    with pytest.raises(ADQLError, match=message):
+        _run(engine, text)

@@ -23,18 +23,22 @@ than MAXREC rows merged means overflow: the first MAXREC are returned and the an
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
 from broker.domain.sky import cone_cover
 from broker.storage.catalog import ChunkedCatalog
+from broker.storage.dialect import column_list, marks, q
 from broker.storage.shards import ShardSet
+from broker.tap import neighbours
 from broker.tap.adql import ADQLError, Checked
 from broker.tap.aggregate import PARTIALS, Split, needs_split, split
 from broker.tap.functions import point_in_region, position_of, rewrite
@@ -47,6 +51,34 @@ CHUNKED = frozenset({"lanner.objects", "lanner.alert_rows", "lanner.object_conte
                      "lanner.object_matches"})
 _SORT_KEY = "__lanner_sort_"
 T = TypeVar("T")
+
+
+@dataclass
+class _Halo:
+    """The rows of a near-neighbour join's remote table each shard needs from the others
+    (`broker.tap.neighbours`), loaded into a temporary table of that shard's connection
+    for the query and dropped after it."""
+
+    name: str
+    table: str
+    columns: list[str]
+    sqlite: bool
+    rows: dict[int, list[tuple]] = field(default_factory=dict)
+
+    def around(self, shard: int, work: Callable[[Any], T]) -> Callable[[Any], T]:
+        def run(cursor: Any) -> T:
+            cursor.execute(f"CREATE TEMPORARY TABLE {q(self.name)} AS SELECT "
+                           f"{column_list(self.columns)} FROM {q(self.table)} WHERE 1 = 0")
+            try:
+                if self.rows.get(shard):
+                    cursor.executemany(f"INSERT INTO {q(self.name)} ({column_list(self.columns)})"
+                                       f" VALUES ({marks(len(self.columns))})", self.rows[shard])
+                return work(cursor)
+            finally:
+                cursor.execute(f"DROP TABLE IF EXISTS temp.{q(self.name)}" if self.sqlite
+                               else f"DROP TEMPORARY TABLE IF EXISTS {q(self.name)}")
+
+        return run
 
 
 @dataclass(frozen=True)
@@ -66,10 +98,13 @@ class Engine:
         self.catalog = catalog
         self.shards: ShardSet = catalog.shards
 
-    def _on(self, shards: Sequence[int] | None, work: Callable[[Any], T]) -> list[T]:
-        """``work`` on the given shards (every shard for None), in parallel."""
+    def _on(self, shards: Sequence[int] | None, work: Callable[[Any], T],
+            halo: _Halo | None = None) -> list[T]:
+        """``work`` on the given shards (every shard for None), in parallel, each with its
+        halo of a near-neighbour join's rows loaded first if there is one."""
         chosen = range(self.shards.count) if shards is None else shards
-        return list(self.shards.on_shards(dict.fromkeys(chosen, work), write=False).values())
+        jobs = {s: work if halo is None else halo.around(s, work) for s in chosen}
+        return list(self.shards.on_shards(jobs, write=False).values())
 
     def run(self, checked: Checked, maxrec: int) -> Answer:
         tables = set(checked.tables)
@@ -100,12 +135,19 @@ class Engine:
 
     def _shards(self, checked: Checked, maxrec: int) -> Answer:
         dialect = "sqlite" if self.shards.dialect.name == "sqlite" else "mysql"
-        tree, shards = self._prune(checked.tree.copy())
+        tree = checked.tree.copy()
+        near = neighbours.plan(tree, CHUNKED)
+        halo = None
+        if near is not None and self._region(tree, near.local) is None:
+            near = neighbours.swapped(near, tree)  # the table that can be narrowed is local
+        tree, shards = self._prune(tree, None if near is None else near.local)
         if shards == []:
             return self._finish(checked, _arrow([e.alias_or_name for e in tree.expressions],
                                                 []), maxrec)
+        if near is not None:
+            halo = self._halo(tree, near, shards)
         if needs_split(tree):
-            return self._aggregate(checked, split(tree), dialect, maxrec, shards)
+            return self._aggregate(checked, split(tree), dialect, maxrec, shards, halo)
         shard_tree = rewrite(tree, dialect)
         keys = _sort_keys(shard_tree)
         offset = _offset(shard_tree)
@@ -119,7 +161,7 @@ class Engine:
             cursor.execute(sql)
             return [d[0] for d in cursor.description], list(cursor.fetchall())
 
-        results = self._on(shards, work)
+        results = self._on(shards, work, halo)
         names = results[0][0]
         rows = [row for _, shard_rows in results for row in shard_rows]
         table = _arrow(names, rows)
@@ -134,7 +176,7 @@ class Engine:
         return self._finish(checked, table, maxrec)
 
     def _aggregate(self, checked: Checked, parts: Split, dialect: str, maxrec: int,
-                   shards: Sequence[int] | None) -> Answer:
+                   shards: Sequence[int] | None, halo: _Halo | None) -> Answer:
         """Partial aggregates on the shards, merged by the final query in SQLite."""
         sql = rewrite(parts.shard, dialect).sql(dialect=dialect)
 
@@ -142,7 +184,7 @@ class Engine:
             cursor.execute(sql)
             return [d[0] for d in cursor.description], list(cursor.fetchall())
 
-        results = self._on(shards, work)
+        results = self._on(shards, work, halo)
         names = results[0][0]
         final = rewrite(parts.final, "sqlite")
         limit = _limit(final)
@@ -158,6 +200,65 @@ class Engine:
             out_names = [d[0] for d in cursor.description]
             rows = cursor.fetchall()
         return self._answer(checked, out_names, rows, maxrec)
+
+    def _halo(self, tree: exp.Select, near: neighbours.NearJoin,
+              shards: Sequence[int] | None) -> _Halo:
+        """Read the remote table's rows (the columns the query uses) from every shard, or
+        from around the local table's region if it has one, and put each in the halo of the
+        shards that need it; the remote table is replaced in ``tree`` by its rows on a shard
+        plus that shard's halo."""
+        chunker = self.catalog.chunker
+        reach = neighbours.check_radius(near, chunker)
+        described = self.tap.table(near.remote_table)
+        assert described is not None  # a table of the checked query
+        used = {c.name.lower() for c in tree.find_all(exp.Column) if c.table == near.remote}
+        columns = [c.name for c in described.columns if c.name.lower() in used | {"ra", "dec"}]
+        table = near.remote_table.split(".", 1)[1]
+        scan = f"SELECT {column_list(columns)} FROM {q(table)}"
+        scan_shards, chunks, empty = None, None, False
+        found = self._region(tree, near.local)
+        if found is not None:
+            _, (ra, dec, radius) = found
+            chunks = frozenset(cone_cover(chunker, ra, dec, radius).chunks)
+            # A remote row within the radius of a local row in the region is within
+            # radius + reach of its centre.
+            wide = cone_cover(chunker, ra, dec, radius + reach)
+            ranges = " OR ".join(f"(hpx29 >= {lo} AND hpx29 < {hi})" for lo, hi in wide.ranges)
+            scan += (f" WHERE chunk_id IN ({', '.join(str(c) for c in wide.chunks)}) "
+                     f"AND ({ranges})")
+            scan_shards = sorted(self.catalog.placement.by_shard(wide.chunks))
+            empty = not wide.ranges
+        read: dict[int, list[tuple]] = {}
+
+        def work(shard: int) -> Callable[[Any], None]:
+            def run(cursor: Any) -> None:
+                cursor.execute(scan)
+                read[shard] = [_plain_row(r) for r in cursor.fetchall()]
+            return run
+
+        chosen = range(self.shards.count) if scan_shards is None else scan_shards
+        if not empty:
+            self.shards.on_shards({s: work(s) for s in chosen}, write=False)
+        halo = _Halo(f"lanner_halo_{uuid.uuid4().hex[:16]}", table, columns,
+                     self.shards.dialect.name == "sqlite")
+        ra_at, dec_at = columns.index("ra"), columns.index("dec")
+        wanted = set(range(self.shards.count) if shards is None else shards)
+        for stored, rows in read.items():
+            positions = np.array([(r[ra_at], r[dec_at]) for r in rows], dtype=np.float64)
+            if not rows:
+                continue
+            needs = neighbours.halo(chunker, self.catalog.placement, positions[:, 0],
+                                    positions[:, 1], stored, reach, chunks)
+            for shard, indices in needs.items():
+                if shard in wanted:
+                    halo.rows.setdefault(shard, []).extend(rows[i] for i in indices.tolist())
+        union = exp.union(exp.select(*columns).from_(table),
+                          exp.select(*columns).from_(halo.name), distinct=False)
+        remote = next(t for t in tree.find_all(exp.Table) if t.alias_or_name == near.remote
+                      and t.find_ancestor(exp.Select) is tree)
+        remote.replace(exp.Subquery(this=union, alias=exp.TableAlias(
+            this=exp.to_identifier(near.remote))))
+        return halo
 
     def _prune(self, tree: exp.Select, alias: str | None = None) -> tuple[exp.Select,
                                                                           list[int] | None]:
