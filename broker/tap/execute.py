@@ -138,7 +138,8 @@ class Engine:
         tree = checked.tree.copy()
         near = neighbours.plan(tree, CHUNKED)
         halo = None
-        if near is not None and self._region(tree, near.local) is None:
+        if near is not None and self._region(tree, near.local) is None \
+                and self._region(tree, near.remote) is not None:
             near = neighbours.swapped(near, tree)  # the table that can be narrowed is local
         tree, shards = self._prune(tree, None if near is None else near.local)
         if shards == []:
