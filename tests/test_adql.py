@@ -4,6 +4,7 @@ cases) is refused, each with a message; comments never reach the SQL made from a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,64 @@ def test_comments_never_reach_the_sql_made_from_the_tree(tap: TapSchema) -> None
     made = checked.tree.sql(dialect="mysql")
     for hidden in ("SLEEP", "BENCHMARK", "DROP", "/*", "--"):
         assert hidden not in made, hidden
+
+
+_IN = "SELECT object_id FROM lanner.objects WHERE 1 = "
+_P = "POINT('ICRS', ra, dec)"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (f"{_IN}CONTAINS(POINT('GALACTIC', ra, dec), CIRCLE('ICRS', 1, 2, 3))",
+     "POINT in 'GALACTIC'"),
+    (f"{_IN}CONTAINS({_P}, BOX('FK5', 1, 2, 3, 4))", "BOX in 'FK5'"),
+    (f"{_IN}CONTAINS({_P}, CIRCLE(ra, 1, 2, 3))", "first argument is its coordinate system"),
+    (f"{_IN}CONTAINS({_P}, CIRCLE('ICRS', 'x', 2, 3))", "takes numbers"),
+    (f"{_IN}CONTAINS({_P}, BOX('ICRS', 1, NULL, 3, 4))", "takes numbers"),
+    (f"{_IN}CONTAINS({_P}, BOX('ICRS', ra, 2, 3, 4))", "BOX in CONTAINS takes literal numbers"),
+    (f"{_IN}CONTAINS({_P}, POLYGON('ICRS', 1, 2, 3, 4, 5, dec))", "literal numbers"),
+    (f"{_IN}CONTAINS({_P}, BOX('ICRS', 1, 2, 181, 4))", "width 181 is outside"),
+    (f"{_IN}CONTAINS({_P}, BOX('ICRS', 1, 95, 1, 4))", "declination 95 is outside"),
+    (f"{_IN}CONTAINS({_P}, CIRCLE('ICRS', 1, 2, -1))", "radius -1 is outside"),
+    (f"{_IN}CONTAINS({_P}, POLYGON('ICRS', 0, 0, 2, 2, 2, 0, 0, 2))", "edges 1 and 3 cross"),
+    (f"{_IN}CONTAINS({_P}, POLYGON('ICRS', 0, 0, 1, 0, 1, 0, 0, 1))", "are the same point"),
+    (f"{_IN}CONTAINS({_P}, POLYGON('ICRS', 0, 0, 1, 0, 2, 0))", "turns back on itself"),
+    (f"{_IN}CONTAINS({_P}, POLYGON('ICRS', 0, 0, 120, 0, 240, 0))", "smaller than a hemisphere"),
+    (f"{_IN}CONTAINS({_P}, POLYGON('ICRS', " + ", ".join(
+        f"{math.cos(i / 101 * 2 * math.pi):.6f}, {math.sin(i / 101 * 2 * math.pi):.6f}"
+        for i in range(101)) + "))", "101 vertices; at most 100"),
+    (f"{_IN}CONTAINS(BOX('ICRS', 1, 2, 3, 4), CIRCLE('ICRS', 1, 2, 3))",
+     "CONTAINS is supported for a POINT in a CIRCLE, BOX or POLYGON"),
+    (f"{_IN}INTERSECTS(BOX('ICRS', 1, 2, 3, 4), POLYGON('ICRS', 0, 0, 1, 0, 0, 1))",
+     "INTERSECTS is supported for a POINT and"),
+    ("SELECT POINT('ICRS', ra, dec) FROM lanner.objects", "POINT is a geometry value"),
+    ("SELECT CENTROID(CIRCLE('ICRS', ra, dec, 1)) FROM lanner.objects",
+     "CENTROID is a geometry value"),
+    ("SELECT AREA(BOX('ICRS', ra, dec, 1, 1)) FROM lanner.objects", "AREA is supported for"),
+    ("SELECT COORD1(CENTROID(POLYGON('ICRS', ra, 0, 1, 0, 0, 1))) FROM lanner.objects",
+     "CENTROID is supported for"),
+    ("SELECT COORDSYS(ra) FROM lanner.objects", "COORDSYS takes a POINT"),
+    ("SELECT DISTANCE(CIRCLE('ICRS', ra, dec, 1), POINT('ICRS', 1, 2)) FROM lanner.objects",
+     "DISTANCE takes a POINT"),
+])
+def test_geometry_that_cannot_be_run_is_refused(tap: TapSchema, text: str,
+                                                message: str) -> None:
+    from broker.tap.functions import rewrite
+
+    checked = check(text, tap)
+    for dialect in ("mysql", "sqlite"):
+        with pytest.raises(ADQLError, match=message):
+            rewrite(checked.tree, dialect)
+
+
+@pytest.mark.parametrize("text", [
+    f"{_IN}CONTAINS({_P}, BOX('ICRS', 1, 2, 3))",
+    f"{_IN}CONTAINS({_P}, POLYGON('ICRS', 0, 0, 1, 0, 0, 1, 2))",
+    f"{_IN}CONTAINS({_P}, POLYGON('ICRS', 0, 0, 1, 0))",
+    f"{_IN}CONTAINS({_P}, CIRCLE('ICRS', 1, 2))",
+    f"{_IN}INTERSECTS({_P})",
+    "SELECT AREA(BOX('ICRS', 1, 2, 3, 4), 1) FROM lanner.objects",
+])
+def test_geometry_with_the_wrong_arguments_is_refused_by_the_check(tap: TapSchema,
+                                                                  text: str) -> None:
+    with pytest.raises(ADQLError, match="takes"):
+        check(text, tap)

@@ -148,7 +148,8 @@ async def capabilities(request: Request, caller: CallerDep) -> Response:
         for mime, aliases in DECLARED)
     geometry = "".join(
         f'<feature><form>{name}</form></feature>' for name in (
-            "POINT", "CIRCLE", "CONTAINS", "DISTANCE", "COORD1", "COORD2"))
+            "POINT", "CIRCLE", "BOX", "POLYGON", "CONTAINS", "INTERSECTS", "DISTANCE", "AREA",
+            "CENTROID", "COORD1", "COORD2", "COORDSYS"))
     limit = caller.limits.max_rows
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
