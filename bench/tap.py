@@ -14,8 +14,8 @@ their chunk's shard (`ChunkPlacement`), director rows to their id's shard, as th
 them, by ``LOAD DATA`` (the dialect's bulk insert) with the secondary indexes built after the
 load. Two databases are loaded from the same generated rows, ``bench_tap_1shard`` (all rows on
 the first server) and ``bench_tap_2shards`` (both servers); a ``bench_loaded`` table records
-what was loaded, and a rerun with the same ``--rows`` and ``--seed`` reuses them (``--reload``
-loads again; ``--drop`` drops them at the end).
+what was loaded, batch by batch: a rerun with the same ``--rows`` and ``--seed`` reuses them,
+or goes on with a load cut short (``--reload`` loads again; ``--drop`` drops them at the end).
 
 Scan: ``SELECT band, COUNT(*) FROM lanner.alert_rows GROUP BY band`` through
 `broker.tap.adql.check` and `broker.tap.execute.Engine.run` (partial counts per shard, in
@@ -232,7 +232,7 @@ class Layout:
             return work
         self.shards.on_shards({s: on(s) for s in range(self.count)})
 
-    def finish(self, marker: dict[str, str]) -> None:
+    def finish(self) -> None:
         def work(cursor: Any) -> None:
             for table in ("alert_rows", "objects"):
                 for statement in _indexes(table):
@@ -241,35 +241,52 @@ class Layout:
                 cursor.fetchall()
         self.shards.all_shards(work)
 
-        def mark(cursor: Any) -> None:
-            cursor.execute("CREATE TABLE IF NOT EXISTS bench_loaded "
-                           "(name VARCHAR(32) PRIMARY KEY, value VARCHAR(64))")
+    def mark(self, marker: dict[str, str]) -> None:
+        def work(cursor: Any) -> None:
             cursor.executemany("REPLACE INTO bench_loaded VALUES (%s, %s)", list(marker.items()))
-        self.shards.run(0, mark)
+        self.shards.run(0, work)
 
 
 def load(layouts: list[Layout], rows: int, seed: int, chunker: Chunker, *,
          reload: bool) -> float | None:
-    """Load the rows into every layout not already holding them; the seconds it took."""
+    """Load the rows into every layout not already holding them; the seconds it took.
+
+    The marker says how many batches are in; a load cut short (a server restarted under it)
+    goes on from there at the next run. A batch loaded twice adds nothing: ``LOAD DATA LOCAL``
+    skips rows whose key is stored, so a batch half-committed over the shards is whole after.
+    """
     marker = {"rows": str(rows), "seed": str(seed), "generator": GENERATOR}
-    todo = [layout for layout in layouts if reload or layout.loaded() != marker]
+    found = {layout.count: layout.loaded() for layout in layouts}
+    todo = [layout for layout in layouts if reload or found[layout.count] != {
+        **marker, "batches": "all"}]
     if not todo:
         print(f"reusing the loaded databases ({rows:,} alert rows)", flush=True)
         return None
     started = time.perf_counter()
+    done_before: dict[int, int] = {}
     for layout in todo:
-        layout.begin()
+        was = found[layout.count]
+        if not reload and {k: was.get(k) for k in marker} == marker:
+            done_before[layout.count] = int(was.get("batches", "0"))
+        else:
+            layout.begin()
+            layout.loaded()  # the marker's table, empty
+            done_before[layout.count] = 0
     done = 0
-    with tempfile.TemporaryDirectory(prefix="bench-tap-") as folder, \
-            ThreadPoolExecutor(max_workers=len(todo)) as pool:
-        for alerts, objects, director in generate(rows, seed, chunker):
-            list(pool.map(Layout.add, todo, *zip(*[(alerts, objects, director, folder)]
-                                                  * len(todo), strict=True)))
+    with tempfile.TemporaryDirectory(prefix="bench-tap-") as folder:
+        for batch, (alerts, objects, director) in enumerate(generate(rows, seed, chunker)):
+            wanted = [t for t in todo if done_before[t.count] <= batch]
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                list(pool.map(Layout.add, wanted, *zip(*[(alerts, objects, director, folder)]
+                                                        * len(wanted), strict=True)))
+            for layout in wanted:
+                layout.mark({**marker, "batches": str(batch + 1)})
             done += alerts.num_rows
             print(f"  loaded {done:,} / {rows:,} alert rows "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     for layout in todo:
-        layout.finish(marker)
+        layout.finish()
+        layout.mark({**marker, "batches": "all"})
     seconds = time.perf_counter() - started
     print(f"loaded {rows:,} alert rows into {', '.join(DATABASES[t.count] for t in todo)} in "
           f"{seconds:.0f} s (indexes included)", flush=True)
