@@ -23,8 +23,9 @@ parallel, merged), timed ``--repeats`` times after one untimed run, on each data
 answers must be equal and sum to ``--rows``. ``scan_speedup_2_shards`` is the 1-shard median
 over the 2-shard median (goal: >= 1.8).
 
-Cone: ``lanner serve --workers W`` on ``bench_tap_2shards``; ``--clients`` processes with one
-keep-alive connection each send ``GET /tap/sync?LANG=ADQL&QUERY=SELECT object_id, ra, dec,
+Cone: ``lanner serve --workers W`` on ``bench_tap_2shards``; ``--clients`` processes, each with
+one keep-alive connection and a power-tier user's token (the anonymous tier allows 1,800
+requests an hour), send ``GET /tap/sync?LANG=ADQL&QUERY=SELECT object_id, ra, dec,
 n_detections FROM lanner.objects WHERE 1=CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', a, d,
 0.05))`` (BINARY2) at random positions of the survey's sky, after a warm-up, each request timed
 to its last byte; every answer is then read with astropy and compared with the engine's own
@@ -40,6 +41,7 @@ table uploads are not built yet), and the details.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
@@ -67,7 +69,9 @@ from api_cone import _serve  # noqa: E402
 
 from broker.config import Settings  # noqa: E402
 from broker.domain.sky import Chunker, ChunkPlacement, hpx29  # noqa: E402
+from broker.exceptions import ConflictError  # noqa: E402
 from broker.storage import schema  # noqa: E402
+from broker.storage.accounts import AccountStore  # noqa: E402
 from broker.storage.catalog import ChunkedCatalog  # noqa: E402
 from broker.storage.shards import MariaDBShards  # noqa: E402
 from broker.tap.adql import check  # noqa: E402
@@ -312,15 +316,16 @@ def cone_query(ra: float, dec: float) -> str:
             f"1=CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.6f}, {dec:.6f}, {RADIUS}))")
 
 
-def _client(port: int, mine: list[str], warmup: list[str], barrier: Any, results: Any,
-            index: int) -> None:
+def _client(port: int, token: str, mine: list[str], warmup: list[str], barrier: Any,
+            results: Any, index: int) -> None:
     """One client process: one keep-alive connection, warm-up, then each request timed."""
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
         def ask(query: str) -> bytes:
             params = urllib.parse.urlencode({"LANG": "ADQL", "QUERY": query})
-            connection.request("GET", f"/tap/sync?{params}")
+            connection.request("GET", f"/tap/sync?{params}",
+                               headers={"Authorization": f"Bearer {token}"})
             response = connection.getresponse()
             body = response.read()
             if response.status != 200:
@@ -342,9 +347,21 @@ def _client(port: int, mine: list[str], warmup: list[str], barrier: Any, results
         results.put((index, [], [], repr(exc)))
 
 
-def cones(settings: Settings, engine: Engine, workers: int, clients: int, queries: int,
+def _token(layout: Layout) -> str:
+    """A token of a power-tier user: the anonymous tier's 1,800 requests an hour are fewer
+    than one run sends."""
+    accounts = AccountStore(layout.shards)
+    accounts.setup()
+    with contextlib.suppress(ConflictError):  # made by an earlier run
+        accounts.add_user("bench_tap", tier="power")
+    return accounts.issue_token("bench_tap", "bench/tap.py")[0].text
+
+
+def cones(layout: Layout, engine: Engine, workers: int, clients: int, queries: int,
           seed: int) -> dict[str, Any]:
     from astropy.io.votable import parse_single_table  # noqa: PLC0415
+
+    token = _token(layout)
 
     rng = np.random.default_rng(seed + 1)
     ra, dec, _ = survey_sky(clients * queries + 8 * clients, rng)
@@ -360,7 +377,7 @@ def cones(settings: Settings, engine: Engine, workers: int, clients: int, querie
         barrier = context.Barrier(clients + 1)
         results = context.Queue()
         processes = [context.Process(target=_client, args=(
-            port, work[i::clients], warmup[i::clients], barrier, results, i))
+            port, token, work[i::clients], warmup[i::clients], barrier, results, i))
             for i in range(clients)]
         for process in processes:
             process.start()
@@ -422,7 +439,7 @@ def main() -> dict[str, Any]:
                 print(f"scan on {count} shard(s): median {median:.2f} s of "
                       f"{', '.join(f'{t:.2f}' for t in times)}; {counts}", flush=True)
             assert scans[1][2] == scans[2][2], "the two layouts answer differently"
-            figures = cones(settings, engines[2], args.workers, args.clients, args.queries,
+            figures = cones(layouts[1], engines[2], args.workers, args.clients, args.queries,
                             args.seed)
         print(f"cone over HTTP, {args.clients} clients, {args.workers} worker(s): p50 "
               f"{figures['cone_p50_ms']} ms, p99 {figures['cone_p99_ms']} ms, "
