@@ -1,5 +1,7 @@
 """`broker.votable`: astropy reads back, value for value and NULL for NULL, every table the
-writer writes as BINARY2 and as TABLEDATA, across block and batch boundaries."""
+writer writes as BINARY2 and as TABLEDATA, across block and batch boundaries; and STILTS's
+votlint reports nothing on either, nor on the TAP route's error document (where STILTS is
+missing, those tests fail under CI and are skipped elsewhere: tests/support/stilts.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import pyarrow as pa
 import pytest
 from astropy.io.votable import parse, parse_single_table
 
-from broker.votable import VOTableError, binary2, binary2_rows, field_of, tabledata
+from broker.tap.output import error_document
+from broker.votable import Field, VOTableError, binary2, binary2_rows, field_of, tabledata
+from tests.support.stilts import votlint
 
 
 def _mixed(n: int, seed: int) -> dict[str, pa.Array]:
@@ -138,3 +142,86 @@ def test_blocks_smaller_than_a_base64_quantum_join_up() -> None:
     batch = pa.RecordBatch.from_pydict(values)
     fields = [field_of("ok", pa.bool_())]
     _assert_same(_read(b"".join(binary2(fields, [batch], block_rows=1))), values)
+
+
+_UNICODE = ["Bételgeuse", None, "", "Ωmega Centauri", "東京", "naïve <&> 'q'", "plain"]
+
+
+def test_unicode_text_reads_back_as_unicodechar() -> None:
+    """unicodeChar (UCS-2) carries text outside ASCII, in both serializations."""
+    values = {"name": pa.array(_UNICODE), "id": pa.array(range(len(_UNICODE)), pa.int32())}
+    batch = pa.RecordBatch.from_pydict(values)
+    fields = [Field("name", "unicodeChar", arraysize="*"), field_of("id", pa.int32())]
+    for writer in (binary2, tabledata):
+        table = _read(b"".join(writer(fields, [batch])))
+        assert [str(v) for v in table["name"]] == [v or "" for v in _UNICODE], writer
+        assert list(table["id"]) == list(range(len(_UNICODE)))
+    beyond = pa.RecordBatch.from_pydict({"name": pa.array(["star \N{GLOWING STAR}"])})
+    for writer in (binary2, tabledata):
+        with pytest.raises(VOTableError, match="Basic Multilingual Plane"):
+            b"".join(writer(fields[:1], [beyond]))
+
+
+def test_a_fixed_arraysize_text_field_is_refused() -> None:
+    batch = pa.RecordBatch.from_pydict({"band": pa.array(["g", "r"])})
+    with pytest.raises(VOTableError, match="fixed arraysize 1"):
+        b"".join(binary2([Field("band", "char")], [batch]))
+
+
+def _described(batch: pa.RecordBatch) -> list[Field]:
+    """FIELDs as TAP_SCHEMA describes columns: UCDs, units, descriptions, an xtype."""
+    meta = {"alert_id": ("meta.id;meta.main", None), "ra": ("pos.eq.ra", "deg"),
+            "mag": ("phot.mag", "mag"), "ndet": ("meta.number", None)}
+    fields = []
+    for f in batch.schema:
+        ucd, unit = meta.get(f.name, (None, None))
+        fields.append(field_of(f.name, f.type, ucd=ucd, unit=unit,
+                               description=f"The {f.name} & <more>"))
+    return fields
+
+
+def _lint_cases() -> dict[str, tuple[list[Field], list[pa.RecordBatch], dict[str, Any]]]:
+    mixed = [pa.RecordBatch.from_pydict(_mixed(300, 3)), pa.RecordBatch.from_pydict(_mixed(7, 4))]
+    empty = mixed[0].slice(0, 0)
+    unicode = pa.RecordBatch.from_pydict({"name": pa.array(_UNICODE),
+                                          "ascii": pa.array([v and "x" for v in _UNICODE])})
+    return {
+        "mixed_with_nulls": (_described(mixed[0]), mixed, {}),
+        "overflow": (_described(mixed[0]), mixed[:1],
+                     {"trailer": [("QUERY_STATUS", "OVERFLOW")]}),
+        "empty_batch": (_described(empty), [empty], {}),
+        "no_batches": (_described(empty), [], {}),
+        "unicode": ([Field("name", "unicodeChar", arraysize="*", ucd="meta.id"),
+                     field_of("ascii", pa.string())], [unicode], {"description": "Ωmega"}),
+    }
+
+
+@pytest.mark.parametrize("case", ["mixed_with_nulls", "overflow", "empty_batch", "no_batches",
+                                  "unicode"])
+@pytest.mark.parametrize("writer", [binary2, tabledata], ids=["binary2", "tabledata"])
+def test_votlint_finds_nothing(writer: Callable[..., Any], case: str, tmp_path) -> None:
+    fields, batches, options = _lint_cases()[case]
+    document = b"".join(writer(fields, batches, block_rows=64, **options)
+                        if writer is binary2 else writer(fields, batches, **options))
+    assert votlint(document, tmp_path) == []
+
+
+def test_votlint_finds_nothing_in_the_tap_error_document(tmp_path) -> None:
+    document = error_document("no table 'lanner.nope' <here> & \"there\": Ωmega").encode()
+    assert b'value="ERROR"' in document
+    assert votlint(document, tmp_path) == []
+
+
+def test_votlint_reports_a_document_that_lies(tmp_path) -> None:
+    """The check can fail: a document whose FIELD is edited to say ``int`` over a stream of
+    ``long`` values (the row ``1, "ccc"`` then reads as two rows, the second cut short), and a
+    TABLEDATA row with one cell too many."""
+    batch = pa.RecordBatch.from_pydict({"id": pa.array([1], pa.int64()),
+                                        "name": pa.array(["ccc"])})
+    lying = b"".join(binary2([field_of("id", pa.int64()), field_of("name", pa.string())],
+                             [batch])).replace(b'datatype="long"', b'datatype="int"')
+    assert any(line.startswith("ERROR") for line in votlint(lying, tmp_path))
+    batch = pa.RecordBatch.from_pydict({"id": pa.array([1, 2, 3], pa.int32())})
+    extra = b"".join(tabledata([field_of("id", pa.int32())], [batch])).replace(
+        b"<TD>2</TD>", b"<TD>2</TD><TD>9</TD>")
+    assert any("Wrong number of TDs" in line for line in votlint(extra, tmp_path))

@@ -100,7 +100,7 @@ def lang_of(params: dict[str, str], *, required: bool = True) -> str:
 
 
 _SYNC = ("TAP 1.1 synchronous query: LANG=ADQL, QUERY, and optionally MAXREC and "
-         "RESPONSEFORMAT (votable, csv, tsv). docs/tap.md.")
+         "RESPONSEFORMAT (votable, votable/td, csv, tsv, parquet). docs/tap.md.")
 
 
 @router.get("/sync", summary="Run an ADQL query", description=_SYNC, operation_id="tap_sync_get")

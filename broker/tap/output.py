@@ -1,5 +1,6 @@
 """A TAP answer as bytes, in the format the caller asked for: a VOTable (BINARY2, the default,
-or TABLEDATA) by `broker.votable`, CSV or TSV by pyarrow; and DALI's error document. Shared by
+or TABLEDATA) by `broker.votable`, VOParquet by `broker.voparquet`, CSV or TSV by pyarrow;
+and DALI's error document. Shared by
 ``/tap/sync``, which streams the bytes, and the asynchronous jobs, which write them to a file.
 """
 
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from broker.tap.execute import Answer
+from broker.voparquet import MEDIA_TYPE, voparquet
 from broker.votable import binary2, tabledata
 
 VOTABLE = "application/x-votable+xml"
@@ -21,15 +23,17 @@ FORMATS = {"votable": "binary2", VOTABLE: "binary2", "text/xml": "binary2",
            f"{VOTABLE};serialization=binary2": "binary2",
            f"{VOTABLE};serialization=tabledata": "tabledata", "votable/td": "tabledata",
            "csv": "csv", "text/csv": "csv", "text/csv;header=present": "csv",
-           "tsv": "tsv", "text/tab-separated-values": "tsv"}
+           "tsv": "tsv", "text/tab-separated-values": "tsv",
+           "parquet": "voparquet", MEDIA_TYPE: "voparquet"}
 #: Each writer's media type.
 MEDIA = {"binary2": VOTABLE, "tabledata": VOTABLE, "csv": "text/csv;header=present",
-         "tsv": "text/tab-separated-values"}
+         "tsv": "text/tab-separated-values", "voparquet": MEDIA_TYPE}
 #: The formats TAPRegExt declares: MIME type and short names.
 DECLARED = ((f"{VOTABLE};serialization=binary2", ("votable",)),
             (f"{VOTABLE};serialization=tabledata", ("votable/td",)),
             ("text/csv;header=present", ("csv",)),
-            ("text/tab-separated-values", ("tsv",)))
+            ("text/tab-separated-values", ("tsv",)),
+            (MEDIA_TYPE, ("parquet",)))
 
 
 class FormatError(ValueError):
@@ -40,7 +44,7 @@ def writer_for(wanted: str) -> str:
     """The writer of a RESPONSEFORMAT value (case and spaces aside); `FormatError` if none."""
     writer = FORMATS.get(wanted.strip().lower().replace(" ", ""))
     if writer is None:
-        msg = (f"RESPONSEFORMAT {wanted!r} is not one of votable, csv, tsv "
+        msg = (f"RESPONSEFORMAT {wanted!r} is not one of votable, csv, tsv, parquet "
                f"(or {', '.join(sorted(k for k in FORMATS if '/' in k))})")
         raise FormatError(msg)
     return writer
@@ -56,6 +60,8 @@ def encode(answer: Answer, writer: str) -> Iterator[bytes]:
         yield from binary2(answer.fields, batches, infos=status, trailer=trailer)
     elif writer == "tabledata":
         yield from tabledata(answer.fields, batches, infos=status, trailer=trailer)
+    elif writer == "voparquet":
+        yield from voparquet(answer.fields, batches, infos=status, trailer=trailer)
     else:
         buffer = io.BytesIO()
         options = pacsv.WriteOptions(delimiter="\t" if writer == "tsv" else ",")

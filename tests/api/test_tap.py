@@ -9,6 +9,7 @@ import io
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from astropy.io.votable import parse, parse_single_table
 from fastapi.testclient import TestClient
@@ -65,6 +66,14 @@ def test_sync_answers_in_every_format(tap) -> None:
     assert [r["object_id"] for r in rows] == want
     tsv = client.get("/tap/sync", params={"lang": "adql", "query": query, "format": "tsv"})
     assert tsv.text.splitlines()[0].split("\t") == ['"object_id"', '"ra"', '"dec"']
+    parquet = client.get("/tap/sync", params={"LANG": "ADQL", "QUERY": query,
+                                              "RESPONSEFORMAT": "parquet"})
+    assert parquet.headers["content-type"] == "application/vnd.apache.parquet"
+    read = pq.read_table(io.BytesIO(parquet.content))
+    assert read.column("object_id").to_pylist() == want
+    footer = pq.ParquetFile(io.BytesIO(parquet.content)).metadata.metadata
+    assert b"QUERY_STATUS" in footer[b"IVOA.VOTable-Parquet.content"]
+    assert read.column("ra").to_pylist() == pytest.approx(list(table["ra"]))
 
 
 def test_maxrec_and_errors(tap) -> None:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from tests.support.alerts import produce_placed, scattered
 from tests.support.server import served
-from tests.support.stilts import stilts
+from tests.support.stilts import run
 
 
 def test_taplint_reports_no_error_and_no_warning(harness, tmp_path) -> None:
@@ -23,8 +23,7 @@ def test_taplint_reports_no_error_and_no_warning(harness, tmp_path) -> None:
     factory.settings = factory.settings.model_copy(update={"state_dir": tmp_path / "state"})
     app = create_app(factory)
     with TestClient(app), served(app) as url:
-        run = stilts("taplint", f"tapurl={url}/tap", "report=EWS")
-    report = run.stdout + run.stderr
+        report = run("taplint", f"tapurl={url}/tap", "report=EWS")
     totals = re.search(r"Totals: Errors: (\d+); Warnings: (\d+)", report)
     assert totals is not None, report[-3000:]
     problems = [line for line in report.splitlines() if re.match(r"[EW]-", line)]
