@@ -103,12 +103,12 @@ def create_app(factory: Factory | None = None) -> FastAPI:
         if built.settings.api_jobs:
             runner = job_runner(stores)
             runner.start()
-        app.state.tap_runner = tap_runner(stores)
+        tap = app.state.tap_runner = tap_runner(stores)
         try:
             yield
         finally:
-            if app.state.tap_runner is not None:
-                app.state.tap_runner.stop()
+            if tap is not None:  # this lifespan's own (a second server of the app has its own)
+                tap.stop()
             if runner is not None:
                 runner.stop()
             built.close()

@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     tap_anonymous_upload_bytes: int = Field(
         1 * 2**20, ge=0, description="Most bytes a TAP query without a token may upload (a "
         "short list to cross-match, as TOPCAT sends); a token's tier gives its own limit.")
+    tap_upload_urls: bool = Field(
+        True, description="Whether a TAP query may upload a table by an http(s) URL the "
+        "service fetches (public addresses only; broker.tap.upload.fetch).")
     tap_retention_days: float = Field(
         7.0, gt=0, le=365, description="How long an asynchronous TAP job and its result are "
         "kept (its destruction time; a caller may ask for less, never more).")

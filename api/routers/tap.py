@@ -23,8 +23,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
-from api.auth import CallerDep
+from api.auth import Caller, CallerDep
 from api.dependencies import LazyStores, get_stores
+from broker.config import Settings
 from broker.exceptions import StatementTimeoutError, TransientError
 from broker.tap.adql import LANGUAGES, ADQLError, check
 from broker.tap.output import (
@@ -37,6 +38,9 @@ from broker.tap.output import (
     writer_for,
 )
 from broker.tap.tapschema import delimited
+from broker.tap.upload import Upload
+from broker.tap.upload import fetch as fetch_upload
+from broker.tap.upload import read as read_uploads
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/tap", tags=["IVOA"])
@@ -49,13 +53,38 @@ class RefusedError(Exception):
 
 async def read_params(request: Request) -> dict[str, str]:
     """The request's parameters, names lower-cased (DALI), from the query and a form body."""
+    params, _ = await read_request(request)
+    return params
+
+
+async def read_request(request: Request) -> tuple[dict[str, str], dict[str, bytes]]:
+    """The request's parameters (names lower-cased) and the files of a multipart body by
+    part name (the tables ``UPLOAD=name,param:part`` names)."""
     params = {k.lower(): v for k, v in request.query_params.items()}
+    parts: dict[str, bytes] = {}
     if request.method == "POST":
         form = await request.form()
         for key, value in form.multi_items():
             if isinstance(value, str):
                 params[key.lower()] = value
-    return params
+            else:
+                parts[key] = await value.read()
+    return params, parts
+
+
+def upload_limit(caller: Caller, settings: Settings) -> int:
+    """The most bytes the caller may upload with a query."""
+    return caller.limits.max_upload_bytes if caller.user is not None \
+        else settings.tap_anonymous_upload_bytes
+
+
+def uploads_of(params: dict[str, str], parts: dict[str, bytes], caller: Caller,
+               settings: Settings) -> list[Upload]:
+    spec = params.get("upload")
+    if not spec:
+        return []
+    return read_uploads(spec, parts, upload_limit(caller, settings),
+                        fetch=fetch_upload if settings.tap_upload_urls else None)
 
 
 def error_response(message: str, status: int = 400,
@@ -108,7 +137,7 @@ _SYNC = ("TAP 1.1 synchronous query: LANG=ADQL, QUERY, and optionally MAXREC and
              operation_id="tap_sync_post")
 async def sync(request: Request, caller: CallerDep, stores: Stores) -> Response:
     try:
-        params = await read_params(request)
+        params, parts = await read_request(request)
         if params.get("request", "doQuery").lower() != "doquery":
             raise RefusedError(f"REQUEST={params['request']} is not supported: use doQuery")
         lang_of(params)
@@ -118,9 +147,12 @@ async def sync(request: Request, caller: CallerDep, stores: Stores) -> Response:
         maxrec = maxrec_of(params, caller.limits.max_rows)
         writer = writer_for(format_of(params))
         engine = stores.tap
-        checked = await run_in_threadpool(check, query, engine.tap)
+        uploads = await run_in_threadpool(uploads_of, params, parts, caller, stores.settings)
+        described = engine.tap.with_tables(u.table for u in uploads) if uploads else engine.tap
+        checked = await run_in_threadpool(check, query, described)
         answer = await run_in_threadpool(engine.run, checked, maxrec,
-                                         seconds=stores.settings.tap_sync_seconds)
+                                         seconds=stores.settings.tap_sync_seconds,
+                                         uploads=uploads)
     except (RefusedError, ADQLError, StatementTimeoutError) as exc:
         return error_response(str(exc))
     except TransientError as exc:
@@ -140,7 +172,7 @@ async def availability() -> Response:
 
 
 @router.get("/capabilities", summary="VOSI capabilities with TAPRegExt")
-async def capabilities(request: Request, caller: CallerDep) -> Response:
+async def capabilities(request: Request, caller: CallerDep, stores: Stores) -> Response:
     base = str(request.url_for("sync")).rsplit("/sync", 1)[0]
     formats = "".join(
         f"<outputFormat><mime>{escape(mime)}</mime>"
@@ -151,6 +183,7 @@ async def capabilities(request: Request, caller: CallerDep) -> Response:
             "POINT", "CIRCLE", "BOX", "POLYGON", "CONTAINS", "INTERSECTS", "DISTANCE", "AREA",
             "CENTROID", "COORD1", "COORD2", "COORDSYS"))
     limit = caller.limits.max_rows
+    uploads = upload_limit(caller, stores.settings)
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<vosi:capabilities xmlns:vosi="http://www.ivoa.net/xml/VOSICapabilities/v1.0" '
@@ -166,8 +199,19 @@ async def capabilities(request: Request, caller: CallerDep) -> Response:
         '<languageFeatures type="ivo://ivoa.net/std/TAPRegExt#features-adqlgeo">'
         f"{geometry}</languageFeatures></language>"
         f"{formats}"
+        '<uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-inline"/>'
+        + ('<uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-http"/>'
+           '<uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-https"/>'
+           if stores.settings.tap_upload_urls else "")
+        +
+        f'<retentionPeriod><default>{int(stores.settings.tap_retention_days * 86400)}'
+        f'</default><hard>{int(stores.settings.tap_retention_days * 86400)}</hard>'
+        "</retentionPeriod>"
+        f"<executionDuration><default>{stores.settings.tap_async_seconds}</default>"
+        f"<hard>{stores.settings.tap_async_seconds}</hard></executionDuration>"
         f'<outputLimit><default unit="row">{limit}</default>'
         f'<hard unit="row">{limit}</hard></outputLimit>'
+        f'<uploadLimit><hard unit="byte">{uploads}</hard></uploadLimit>'
         "</capability>"
         '<capability standardID="ivo://ivoa.net/std/VOSI#capabilities">'
         f'<interface xsi:type="vs:ParamHTTP"><accessURL use="full">{escape(base)}/capabilities'

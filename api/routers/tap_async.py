@@ -34,10 +34,26 @@ from api.routers.tap import (
     format_of,
     maxrec_of,
     read_params,
+    read_request,
+    upload_limit,
+    uploads_of,
 )
 from broker.exceptions import NotFoundError, TransientError
-from broker.tap.jobs import ACTIVE, PHASES, BusyError, PhaseError, TapJob, results_dir
+from broker.tap.adql import ADQLError
+from broker.tap.jobs import (
+    ACTIVE,
+    PHASES,
+    BusyError,
+    PhaseError,
+    TapJob,
+    forget,
+    keep_uploads,
+    new_job_id,
+    results_dir,
+)
 from broker.tap.output import error_document
+from broker.tap.upload import fetch as fetch_upload
+from broker.tap.upload import resolve as resolve_uploads
 
 router = APIRouter(prefix="/tap/async", tags=["IVOA"])
 Stores = Annotated[LazyStores, Depends(get_stores)]
@@ -204,26 +220,37 @@ async def job_list(request: Request, caller: CallerDep, stores: Stores) -> Respo
 async def create(request: Request, caller: CallerDep, stores: Stores) -> Response:
     settings = stores.settings
     try:
-        params = await read_params(request)
+        params, parts = await read_request(request)
         values = _job_values(params, caller)
-        if "upload" in params:
-            raise RefusedError("UPLOAD is not supported yet (docs/tap.md)")
+        if params.get("upload"):  # URLs fetched now; every table read, to refuse it at once
+            params["upload"], parts = await run_in_threadpool(
+                resolve_uploads, params["upload"], parts, upload_limit(caller, settings),
+                fetch_upload if settings.tap_upload_urls else None)
+            await run_in_threadpool(uploads_of, params, parts, caller, settings)
         phase = params.get("phase", "").upper()
         if phase not in ("", "RUN"):
             raise RefusedError(f"PHASE={phase} cannot make a job: use PHASE=RUN or none")
         maxrec = values.get("maxrec", caller.limits.max_rows)
         run_id = values.get("run_id")
-        job = await run_in_threadpool(
-            lambda: stores.tap_jobs.create(
-                caller.subject, lang=str(values.get("lang", "ADQL")),
-                query=str(values.get("query", "")),
-                response_format=str(values.get("response_format", "votable")),
-                maxrec=maxrec if isinstance(maxrec, int) else caller.limits.max_rows,
-                run_id=run_id if isinstance(run_id, str) else None,
-                execution_duration=settings.tap_async_seconds,
-                retention=timedelta(days=settings.tap_retention_days),
-                queue=settings.tap_queue if phase == "RUN" else None))
-    except RefusedError as exc:
+        job_id = new_job_id()
+        if params.get("upload"):
+            await run_in_threadpool(keep_uploads, settings.state_dir, job_id, parts)
+        try:
+            job = await run_in_threadpool(
+                lambda: stores.tap_jobs.create(
+                    caller.subject, lang=str(values.get("lang", "ADQL")),
+                    query=str(values.get("query", "")),
+                    response_format=str(values.get("response_format", "votable")),
+                    maxrec=maxrec if isinstance(maxrec, int) else caller.limits.max_rows,
+                    run_id=run_id if isinstance(run_id, str) else None,
+                    execution_duration=settings.tap_async_seconds,
+                    retention=timedelta(days=settings.tap_retention_days),
+                    params={"upload": params["upload"]} if params.get("upload") else None,
+                    queue=settings.tap_queue if phase == "RUN" else None, job_id=job_id))
+        except BaseException:
+            forget(settings.state_dir, job_id)  # the uploads kept for it
+            raise
+    except (RefusedError, ADQLError) as exc:
         return error_response(str(exc))
     except BusyError as exc:
         return _busy(exc)
@@ -270,7 +297,7 @@ async def _delete(job_id: str, request: Request, caller: Caller, stores: LazySto
         await run_in_threadpool(stores.tap_jobs.delete, job_id, caller.subject)
     except NotFoundError:
         return _not_found(job_id)
-    results_dir(stores.settings.state_dir).joinpath(job_id).unlink(missing_ok=True)
+    forget(stores.settings.state_dir, job_id)
     # The list the answer points to holds only the caller's own jobs: never a long list of
     # everyone's (pyvo follows this redirect after every delete).
     return _see(f"{_base(request)}?LAST=0")
@@ -431,7 +458,7 @@ async def post_parameters(job_id: str, request: Request, caller: CallerDep,
         params = await read_params(request)
         values = _job_values(params, caller)
         if "upload" in params:
-            raise RefusedError("UPLOAD is not supported yet (docs/tap.md)")
+            raise RefusedError("UPLOAD is given when the job is made")
         await run_in_threadpool(lambda: stores.tap_jobs.update(job_id, caller.subject,
                                                                **values))
     except NotFoundError:

@@ -22,6 +22,7 @@ than MAXREC rows merged means overflow: the first MAXREC are returned and the an
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 import time
 import uuid
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -41,12 +42,13 @@ from broker.exceptions import StatementTimeoutError
 from broker.storage.catalog import ChunkedCatalog
 from broker.storage.dialect import column_list, marks, q
 from broker.storage.shards import ShardSet
-from broker.tap import neighbours
+from broker.tap import neighbours, uploaded
 from broker.tap.adql import ADQLError, Checked
 from broker.tap.aggregate import PARTIALS, Split, needs_split, split
 from broker.tap.functions import point_in_region, position_of, rewrite
 from broker.tap.geometry import region
 from broker.tap.tapschema import TapSchema
+from broker.tap.upload import Upload
 from broker.votable import Field, field_of
 
 #: The archive's tables that live on every shard, each row on its object's chunk's shard.
@@ -86,6 +88,12 @@ class _Halo:
         return run
 
 
+class _Temporary(Protocol):
+    """Temporary tables a query needs on each shard's connection (`_Halo`, uploads)."""
+
+    def around(self, shard: int, work: Callable[[Any], T]) -> Callable[[Any], T]: ...
+
+
 @dataclass(frozen=True)
 class Answer:
     """A query's rows as Arrow, its FIELDs, and whether MAXREC cut it."""
@@ -104,17 +112,34 @@ class Engine:
         self.shards: ShardSet = catalog.shards
 
     def _on(self, shards: Sequence[int] | None, work: Callable[[Any], T],
-            halo: _Halo | None = None) -> list[T]:
-        """``work`` on the given shards (every shard for None), in parallel, each with its
-        halo of a near-neighbour join's rows loaded first if there is one."""
+            temporary: Sequence[_Temporary] = ()) -> list[T]:
+        """``work`` on the given shards (every shard for None), in parallel, each with the
+        query's temporary tables (a near-neighbour join's halo, uploads) loaded first."""
         chosen = range(self.shards.count) if shards is None else shards
-        jobs = {s: work if halo is None else halo.around(s, work) for s in chosen}
+        jobs = {}
+        for shard in chosen:
+            job = work
+            for table in temporary:
+                job = table.around(shard, job)
+            jobs[shard] = job
         return list(self.shards.on_shards(jobs, write=False).values())
 
-    def run(self, checked: Checked, maxrec: int, *, seconds: float | None = None) -> Answer:
+    def run(self, checked: Checked, maxrec: int, *, seconds: float | None = None,
+            uploads: Sequence[Upload] = ()) -> Answer:
         """The query's answer, at most ``maxrec`` rows; each statement it takes is stopped by
-        its database after ``seconds`` (`broker.exceptions.StatementTimeoutError`)."""
+        its database after ``seconds`` (`broker.exceptions.StatementTimeoutError`).
+        ``uploads`` are the request's tables (checked against ``tap.with_tables`` of them)."""
         tables = set(checked.tables)
+        if uploads:
+            keys = {u.key for u in uploads}
+            named = {t for t in tables if t.lower() in keys}
+            if named:
+                if not tables - named <= CHUNKED:
+                    raise ADQLError("an uploaded table is read alone or with the archive's "
+                                    "chunked tables, not with TAP_SCHEMA or annotations")
+                engine = copy.copy(self)  # this query's view: TAP_SCHEMA and its uploads
+                engine.tap = self.tap.with_tables(u.table for u in uploads)
+                return engine._shards(checked, maxrec, seconds, uploads=uploads)
         if tables <= {t.name for t in self.tap if t.schema == "TAP_SCHEMA"}:
             return self._tap_schema(checked, maxrec, seconds)
         if tables <= CHUNKED:
@@ -141,24 +166,33 @@ class Engine:
     # -- the shards
 
     def _shards(self, checked: Checked, maxrec: int, seconds: float | None,
-                only: list[int] | None = None) -> Answer:
+                only: list[int] | None = None, uploads: Sequence[Upload] = ()) -> Answer:
         dialect = "sqlite" if self.shards.dialect.name == "sqlite" else "mysql"
         tree = checked.tree.copy()
         near = neighbours.plan(tree, CHUNKED)
-        halo = None
+        temporary: list[_Temporary] = []
         if near is not None and self._region(tree, near.local) is None \
                 and self._region(tree, near.remote) is not None:
             near = neighbours.swapped(near, tree)  # the table that can be narrowed is local
         tree, shards = self._prune(tree, None if near is None else near.local)
         if only is not None:
             shards = only
+        if uploads:
+            loaded, needed = uploaded.prepare(
+                tree, uploads, CHUNKED, chunker=self.catalog.chunker,
+                placement=self.catalog.placement, shard_count=self.shards.count,
+                sqlite=dialect == "sqlite")
+            temporary.append(loaded)
+            if needed is not None:
+                shards = needed if shards is None else sorted(set(shards) & set(needed))
         if shards == []:
             return self._finish(checked, _arrow([e.alias_or_name for e in tree.expressions],
                                                 []), maxrec)
         if near is not None:
-            halo = self._halo(tree, near, shards, seconds)
+            temporary.append(self._halo(tree, near, shards, seconds))
         if needs_split(tree):
-            return self._aggregate(checked, split(tree), dialect, maxrec, shards, halo, seconds)
+            return self._aggregate(checked, split(tree), dialect, maxrec, shards, temporary,
+                                   seconds)
         shard_tree = rewrite(tree, dialect)
         keys = _sort_keys(shard_tree)
         offset = _offset(shard_tree)
@@ -167,7 +201,7 @@ class Engine:
         shard_tree.set("offset", None)
         shard_tree.set("limit", exp.Limit(expression=exp.Literal.number(per_shard)))
         sql = shard_tree.sql(dialect=dialect)
-        results = self._on(shards, self._reader(sql, shard_tree, seconds), halo)
+        results = self._on(shards, self._reader(sql, shard_tree, seconds), temporary)
         names = results[0][0]
         rows = [row for _, shard_rows in results for row in shard_rows]
         table = _arrow(names, rows)
@@ -182,12 +216,12 @@ class Engine:
         return self._finish(checked, table, maxrec)
 
     def _aggregate(self, checked: Checked, parts: Split, dialect: str, maxrec: int,
-                   shards: Sequence[int] | None, halo: _Halo | None,
+                   shards: Sequence[int] | None, temporary: Sequence[_Temporary],
                    seconds: float | None) -> Answer:
         """Partial aggregates on the shards, merged by the final query in SQLite."""
         shard_tree = rewrite(parts.shard, dialect)
         results = self._on(shards, self._reader(shard_tree.sql(dialect=dialect), shard_tree,
-                                                seconds), halo)
+                                                seconds), temporary)
         names = results[0][0]
         final = rewrite(parts.final, "sqlite")
         limit = _limit(final)

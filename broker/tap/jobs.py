@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import threading
 import time
 import traceback
@@ -43,6 +44,7 @@ from broker.storage.shard0 import Shard0Tables, utc
 from broker.tap.adql import LANGUAGES, ADQLError, check
 from broker.tap.execute import Engine
 from broker.tap.output import MEDIA, encode, writer_for
+from broker.tap.upload import read as read_uploads
 
 log = structlog.get_logger(__name__)
 
@@ -57,9 +59,41 @@ STALE_S = 30.0
 HEARTBEAT_S = 5.0
 
 
+def new_job_id() -> str:
+    return secrets.token_hex(8)
+
+
 def results_dir(state_dir: Path) -> Path:
     """Where the jobs' results are written: shared by every API process of a deployment."""
     return state_dir / "tap" / "results"
+
+
+def uploads_dir(state_dir: Path, job_id: str) -> Path:
+    """Where a job's uploaded tables are kept until it is deleted, one file per part."""
+    return state_dir / "tap" / "uploads" / job_id
+
+
+def keep_uploads(state_dir: Path, job_id: str, parts: dict[str, bytes]) -> None:
+    folder = uploads_dir(state_dir, job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (_, body) in enumerate(sorted(parts.items())):
+        # Part names are the caller's: files are numbered, the names kept in a list.
+        (folder / f"{index}.part").write_bytes(body)
+    (folder / "names.json").write_text(json.dumps(sorted(parts)), encoding="utf-8")
+
+
+def kept_uploads(state_dir: Path, job_id: str) -> dict[str, bytes]:
+    folder = uploads_dir(state_dir, job_id)
+    if not folder.exists():
+        return {}
+    names = json.loads((folder / "names.json").read_text(encoding="utf-8"))
+    return {name: (folder / f"{i}.part").read_bytes() for i, name in enumerate(names)}
+
+
+def forget(state_dir: Path, job_id: str) -> None:
+    """Delete a job's files: its result and its uploads."""
+    (results_dir(state_dir) / job_id).unlink(missing_ok=True)
+    shutil.rmtree(uploads_dir(state_dir, job_id), ignore_errors=True)
 
 
 class BusyError(Exception):
@@ -127,11 +161,12 @@ class TapJobStore(Shard0Tables):
 
     def create(self, owner: str, *, lang: str, query: str, response_format: str, maxrec: int,
                execution_duration: int, retention: timedelta, run_id: str | None = None,
-               params: dict[str, Any] | None = None, queue: int | None = None) -> TapJob:
-        """A new job, PENDING, or QUEUED if ``queue`` (the most jobs the queue may hold) is
-        given: `BusyError` when the queue holds that many already."""
+               params: dict[str, Any] | None = None, queue: int | None = None,
+               job_id: str | None = None) -> TapJob:
+        """A new job (``job_id``, or a new one), PENDING, or QUEUED if ``queue`` (the most
+        jobs the queue may hold) is given: `BusyError` when the queue holds that many."""
         now = self.clock()
-        job_id = secrets.token_hex(8)
+        job_id = job_id or new_job_id()
         phase = "PENDING" if queue is None else "QUEUED"
         values = {
             "job_id": job_id, "owner": owner, "run_id": run_id, "phase": phase, "lang": lang,
@@ -404,7 +439,7 @@ class TapRunner:
         for job_id in self.jobs.expired():
             with contextlib.suppress(NotFoundError):
                 self.jobs.delete(job_id, None)
-            self.result_path(job_id).unlink(missing_ok=True)
+            forget(self.results.parent.parent, job_id)
 
     def _execute(self, job: TapJob) -> None:
         started = time.monotonic()
@@ -414,8 +449,16 @@ class TapRunner:
             if job.lang.upper() not in LANGUAGES:
                 raise ADQLError(f"LANG={job.lang} is not supported: use ADQL")
             engine = self.engine()
-            checked = check(job.query, engine.tap)
-            answer = engine.run(checked, job.maxrec, seconds=float(job.execution_duration))
+            uploads = []
+            if job.params.get("upload"):  # checked against the owner's limit when made
+                uploads = read_uploads(job.params["upload"],
+                                       kept_uploads(self.results.parent.parent, job.job_id),
+                                       max_bytes=2**62)
+            described = engine.tap.with_tables(u.table for u in uploads) if uploads \
+                else engine.tap
+            checked = check(job.query, described)
+            answer = engine.run(checked, job.maxrec, seconds=float(job.execution_duration),
+                                uploads=uploads)
             writer = writer_for(job.response_format)
             with partial.open("wb") as out:
                 for block in encode(answer, writer):

@@ -1,20 +1,18 @@
-"""Tables a TAP request uploads (DALI's ``UPLOAD=name,param:part``), read into Arrow and
-described as TAP_SCHEMA would describe them, under the schema ``TAP_UPLOAD``.
+"""Tables a TAP request uploads (DALI's ``UPLOAD=name,param:part``), read into Arrow and described
+as TAP_SCHEMA would describe them, under the schema ``TAP_UPLOAD``.
 
-Only uploads carried in the request itself (``param:``, a part of a multipart POST) are read:
-a URL would make the service fetch whatever a caller names (its own network included), so it
-is refused. An upload is a VOTable, read by astropy: its columns of numbers, booleans and text
-(one value per cell) become the table's columns; arrays are refused. Sizes are bounded by the
-caller's tier (bytes) and by `MAX_ROWS`. The position of an uploaded row, for near-neighbour
-joins, is its columns with UCD ``pos.eq.ra``/``pos.eq.dec`` (``meta.main`` preferred), or else
-those named ``ra``/``dec``.
+Uploads come in the request itself (``param:``, a part of a multipart POST), or from an
+``http(s)`` URL the service fetches (`fetch`: public addresses only, see there). An upload is a
+VOTable, read by astropy: its columns of numbers, booleans and text (one value per cell) become
+the table's columns; arrays are refused. Sizes are bounded by the caller's tier (bytes) and by
+`MAX_ROWS`.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,21 +40,19 @@ class UploadError(ADQLError):
 @dataclass(frozen=True)
 class Upload:
     """One uploaded table: its name (as the query writes it, ``TAP_UPLOAD.<name>``), its
-    description, its rows, and its position columns (None when it has none)."""
+    description and its rows."""
 
     name: str
     table: TapTable
     data: pa.Table
-    ra: str | None
-    dec: str | None
 
     @property
     def key(self) -> str:
         return self.table.name.lower()
 
 
-def parse_spec(spec: str) -> list[tuple[str, str]]:
-    """``UPLOAD``'s value: (table name, part name) pairs, ``;``-separated."""
+def parse_spec(spec: str, *, urls: bool = False) -> list[tuple[str, str]]:
+    """``UPLOAD``'s value: (table name, ``param:part`` or URL) pairs, ``;``-separated."""
     pairs = []
     for item in (s.strip() for s in spec.split(";")):
         if not item:
@@ -67,10 +63,12 @@ def parse_spec(spec: str) -> list[tuple[str, str]]:
         if not _NAME.fullmatch(name):
             raise UploadError(f"an uploaded table's name is a letter then letters, digits or "
                               f"_ (at most 64), not {name!r}")
-        if not uri.lower().startswith("param:"):
-            raise UploadError(f"UPLOAD {name}: only tables sent with the request (param:part) "
-                              "are read, never a URL the service would have to fetch")
-        pairs.append((name, uri[len("param:"):]))
+        scheme = uri.split(":", 1)[0].lower()
+        if scheme != "param" and not (urls and scheme in ("http", "https")):
+            raise UploadError(f"UPLOAD {name}: tables come with the request (param:part)"
+                              + (" or from an http(s) URL" if urls else "")
+                              + f", not from {scheme}:")
+        pairs.append((name, uri))
     if not pairs:
         raise UploadError("UPLOAD names no table")
     if len(pairs) > MAX_TABLES:
@@ -81,22 +79,47 @@ def parse_spec(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def read(spec: str, parts: Mapping[str, bytes], max_bytes: int) -> list[Upload]:
-    """The tables ``spec`` names, read from the request's ``parts`` (part name → bytes)."""
-    pairs = parse_spec(spec)
+def read(spec: str, parts: Mapping[str, bytes], max_bytes: int, *,
+         fetch: Callable[[str, int], bytes] | None = None) -> list[Upload]:
+    """The tables ``spec`` names, read from the request's ``parts`` (part name → bytes), or
+    from URLs by ``fetch`` (refused when None)."""
+    pairs = parse_spec(spec, urls=fetch is not None)
     if max_bytes <= 0:
         raise UploadError("uploads need a token of a tier that allows them (docs/api.md)")
     total = 0
     uploads = []
     for name, part in pairs:
-        body = parts.get(part)
+        body: bytes | None
+        if part.lower().startswith(("http://", "https://")):
+            assert fetch is not None
+            body = fetch(part, max_bytes - total)
+        else:
+            body = parts.get(part.removeprefix("param:"))
         if body is None:
-            raise UploadError(f"UPLOAD {name}: the request has no part {part!r}")
+            raise UploadError(f"UPLOAD {name}: the request has no part "
+                              f"{part.removeprefix('param:')!r}")
         total += len(body)
         if total > max_bytes:
             raise UploadError(f"the uploads are larger than your tier's {max_bytes:,} bytes")
         uploads.append(_table(name, body))
     return uploads
+
+
+def resolve(spec: str, parts: Mapping[str, bytes], max_bytes: int,
+            fetch: Callable[[str, int], bytes] | None) -> tuple[str, dict[str, bytes]]:
+    """``spec`` and ``parts`` with every URL fetched now into a part of its own (an
+    asynchronous job keeps its tables as they were when it was made)."""
+    out = dict(parts)
+    items = []
+    for name, uri in parse_spec(spec, urls=fetch is not None):
+        kept = uri
+        if uri.lower().startswith(("http://", "https://")):
+            assert fetch is not None
+            part = f"lanner_url_{name}"
+            out[part] = fetch(uri, max_bytes)
+            kept = f"param:{part}"
+        items.append(f"{name},{kept}")
+    return ";".join(items), out
 
 
 def _table(name: str, body: bytes) -> Upload:
@@ -128,13 +151,13 @@ def _table(name: str, body: bytes) -> Upload:
         arrays.append(_arrow(values, _ARROW[datatype]))
         columns.append(TapColumn(column_name, "char" if datatype == "unicodeChar" else datatype,
                                  "*" if datatype in ("char", "unicodeChar") else None,
-                                 None, field.unit.to_string() if field.unit else None,
+                                 field.xtype or None,
+                                 field.unit.to_string() if field.unit else None,
                                  field.ucd, None, field.description, True, False, False))
     table = TapTable(SCHEMA, f"{SCHEMA}.{name}", f"The table uploaded as {name}",
                      tuple(columns))
     data = pa.table(arrays, names=[c.name for c in columns])
-    ra, dec = _position(columns)
-    return Upload(name, table, data, ra, dec)
+    return Upload(name, table, data)
 
 
 def _arrow(values: np.ma.MaskedArray, wanted: pa.DataType) -> pa.Array:
@@ -149,15 +172,48 @@ def _arrow(values: np.ma.MaskedArray, wanted: pa.DataType) -> pa.Array:
     return pa.array(data, mask=mask, type=wanted, from_pandas=False)
 
 
-def _position(columns: list[TapColumn]) -> tuple[str | None, str | None]:
-    def find(axis: str) -> str | None:
-        by_ucd = [c for c in columns if c.ucd and f"pos.eq.{axis}" in c.ucd.lower()]
-        main = [c for c in by_ucd if "meta.main" in (c.ucd or "").lower()]
-        for group in (main, by_ucd):
-            if group:
-                return group[0].name
-        named = [c for c in columns if c.name.lower() == axis]
-        return named[0].name if named else None
+#: How long a URL upload may take to arrive, in seconds.
+FETCH_TIMEOUT_S = 30.0
 
-    ra, dec = find("ra"), find("dec")
-    return (ra, dec) if ra and dec else (None, None)
+
+def fetch(url: str, max_bytes: int) -> bytes:
+    """An uploaded table at an http(s) URL, at most ``max_bytes``.
+
+    The service must not become a way into its own network: the host's every address must be
+    a public one (not loopback, private, link-local, reserved or multicast), redirects are not
+    followed (each would need the same check), and the body is cut at ``max_bytes``. A host
+    whose DNS answer changes between this check and the connection is the one gap left; an
+    operator who cannot accept it turns URL uploads off (``tap_upload_urls``).
+    """
+    import ipaddress  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.parse  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UploadError(f"cannot fetch {url!r}: an upload URL is http(s)://host/...")
+    try:
+        found = socket.getaddrinfo(parts.hostname, parts.port, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise UploadError(f"cannot fetch {url}: {exc}") from None
+    for *_, address in found:
+        ip = ipaddress.ip_address(address[0])
+        if not ip.is_global:
+            raise UploadError(f"cannot fetch {url}: {parts.hostname} is not a public address")
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            raise UploadError(f"cannot fetch {url}: it redirects, and redirects are not "
+                              "followed")
+
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(url, timeout=FETCH_TIMEOUT_S) as answer:
+            body = answer.read(max_bytes + 1)
+    except (urllib.error.URLError, OSError) as exc:
+        raise UploadError(f"cannot fetch {url}: {exc}") from None
+    if len(body) > max_bytes:
+        raise UploadError(f"the uploads are larger than your tier's limit ({url})")
+    return bytes(body)
