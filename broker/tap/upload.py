@@ -130,8 +130,9 @@ def _table(name: str, body: bytes) -> Upload:
     except Exception as exc:  # astropy raises many kinds for a broken document
         raise UploadError(f"UPLOAD {name} is not a VOTable astropy can read: "
                           f"{type(exc).__name__}: {str(exc)[:300]}") from None
-    if votable.nrows > MAX_ROWS:
-        raise UploadError(f"UPLOAD {name} has {votable.nrows:,} rows; at most {MAX_ROWS:,}")
+    if len(votable.array) > MAX_ROWS:
+        raise UploadError(f"UPLOAD {name} has {len(votable.array):,} rows; at most "
+                          f"{MAX_ROWS:,}")
     columns: list[TapColumn] = []
     arrays: list[pa.Array] = []
     seen: set[str] = set()
