@@ -214,6 +214,14 @@ def binary2_rows(fields: Sequence[Field], batch: pa.RecordBatch) -> np.ndarray:
     return matrix[keep]
 
 
+def _failed(closing: str, exc: Exception) -> bytes:
+    """The end of a document whose rows failed part way: the rows so far, then the
+    ``QUERY_STATUS`` ``ERROR`` INFO after the table that DALI allows a streamed answer."""
+    message = f"the answer failed after its rows so far: {type(exc).__name__}: {exc}"
+    return (f'{closing}\n</TABLE>\n<INFO name="QUERY_STATUS" value="ERROR">{escape(message)}'
+            "</INFO></RESOURCE>\n</VOTABLE>\n").encode()
+
+
 def _infos(infos: Iterable[tuple[str, str]]) -> str:
     return "".join(f"<INFO name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in infos)
 
@@ -240,14 +248,29 @@ def dataless(fields: Sequence[Field], *, name: str = "result",
 def binary2(fields: Sequence[Field], batches: Iterable[pa.RecordBatch], *, name: str = "result",
             infos: Sequence[tuple[str, str]] = (("QUERY_STATUS", "OK"),),
             trailer: Sequence[tuple[str, str]] = (), description: str = "",
-            block_rows: int = BLOCK_ROWS) -> Iterator[bytes]:
+            block_rows: int = BLOCK_ROWS, report: bool = False) -> Iterator[bytes]:
     """A VOTable document with one BINARY2 table, as chunks of bytes: the ``infos`` come
     before the table (``QUERY_STATUS`` first), the ``trailer`` INFOs after it (an
-    ``OVERFLOW`` known only once the rows are out, as DALI allows)."""
+    ``OVERFLOW`` known only once the rows are out, as DALI allows). With ``report``, rows
+    that fail part way (their batches, or a value the field cannot hold) end the document
+    after the rows so far with a ``QUERY_STATUS`` ``ERROR`` INFO, instead of raising: a
+    streamed answer whose header is out can say no more."""
     yield _header(fields, name=name, infos=infos, description=description).encode()
     yield b'<DATA><BINARY2><STREAM encoding="base64">\n'
     carry = b""
-    for block in _encoded_blocks(fields, batches, block_rows):
+    blocks = _encoded_blocks(fields, batches, block_rows)
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration:
+            break
+        except Exception as exc:  # the rows so far are whole blocks: end the document there
+            if not report:
+                raise
+            if carry:
+                yield pybase64.b64encode(carry) + b"\n"
+            yield _failed("</STREAM></BINARY2></DATA>", exc)
+            return
         # base64 runs in quanta of 3 bytes: the 0 to 2 bytes left over at the end of a block
         # begin the next quantum with the next block's first bytes (no copy of the block).
         start = 0
@@ -279,12 +302,17 @@ def _encoded_blocks(fields: Sequence[Field], batches: Iterable[pa.RecordBatch],
                     block_rows: int) -> Iterator[np.ndarray]:
     """Each block's BINARY2 bytes, in order, built on `_BUILDERS` a few blocks ahead."""
     pending: deque[Future[np.ndarray]] = deque()
-    for batch in batches:
-        for start in range(0, batch.num_rows, block_rows):
-            pending.append(_BUILDERS.submit(binary2_rows, fields,
-                                            batch.slice(start, block_rows)))
-            if len(pending) > _AHEAD:
-                yield pending.popleft().result()
+    try:
+        for batch in batches:
+            for start in range(0, batch.num_rows, block_rows):
+                pending.append(_BUILDERS.submit(binary2_rows, fields,
+                                                batch.slice(start, block_rows)))
+                if len(pending) > _AHEAD:
+                    yield pending.popleft().result()
+    except Exception:  # the batches failed: the blocks already built go out first
+        while pending:
+            yield pending.popleft().result()
+        raise
     while pending:
         yield pending.popleft().result()
 
@@ -302,20 +330,31 @@ def _cell(value: object, datatype: str) -> str:
 def tabledata(fields: Sequence[Field], batches: Iterable[pa.RecordBatch], *,
               name: str = "result",
               infos: Sequence[tuple[str, str]] = (("QUERY_STATUS", "OK"),),
-              trailer: Sequence[tuple[str, str]] = (), description: str = "") -> Iterator[bytes]:
+              trailer: Sequence[tuple[str, str]] = (), description: str = "",
+              report: bool = False) -> Iterator[bytes]:
     """The same document with the table as TABLEDATA (XML cells: for small answers and
-    readers that want text); a NULL is an empty cell."""
+    readers that want text); a NULL is an empty cell. ``report`` as for `binary2`."""
     yield _header(fields, name=name, infos=infos, description=description).encode()
     yield b"<DATA><TABLEDATA>\n"
-    for batch in batches:
-        for column, field in zip(batch.columns, fields, strict=True):
-            if field.datatype in _TEXT:
-                _checked_text(column, field)  # the same values as BINARY2 takes, or none
-        columns = [column.to_pylist() for column in batch.columns]
-        lines = []
-        for row in zip(*columns, strict=True):
-            cells = "".join(_cell(v, f.datatype) for v, f in zip(row, fields, strict=True))
-            lines.append(f"<TR>{cells}</TR>\n")
+    source = iter(batches)
+    while True:
+        try:
+            batch = next(source, None)
+            if batch is None:
+                break
+            for column, field in zip(batch.columns, fields, strict=True):
+                if field.datatype in _TEXT:
+                    _checked_text(column, field)  # the same values as BINARY2 takes, or none
+            columns = [column.to_pylist() for column in batch.columns]
+            lines = []
+            for row in zip(*columns, strict=True):
+                cells = "".join(_cell(v, f.datatype) for v, f in zip(row, fields, strict=True))
+                lines.append(f"<TR>{cells}</TR>\n")
+        except Exception as exc:  # the batches before are out: end the document there
+            if not report:
+                raise
+            yield _failed("</TABLEDATA></DATA>", exc)
+            return
         yield "".join(lines).encode()
     yield (f"</TABLEDATA></DATA>\n</TABLE>\n{_infos(trailer)}</RESOURCE>\n"
            "</VOTABLE>\n").encode()

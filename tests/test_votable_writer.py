@@ -131,6 +131,11 @@ def test_text_a_char_field_cannot_hold_is_refused() -> None:
     fields = [field_of("name", pa.string())]
     with pytest.raises(VOTableError, match="outside ASCII"):
         b"".join(binary2(fields, [batch]))
+    for writer in (binary2, tabledata):  # as a streamed answer says it
+        document = b"".join(writer(fields, [batch], report=True))
+        infos = [i for r in parse(io.BytesIO(document)).resources for i in r.infos]
+        assert [i.value for i in infos] == ["OK", "ERROR"]
+        assert "outside ASCII" in infos[-1].content
     with pytest.raises(VOTableError, match="no VOTable datatype"):
         field_of("when", pa.timestamp("us"))
 
@@ -225,3 +230,27 @@ def test_votlint_reports_a_document_that_lies(tmp_path) -> None:
     extra = b"".join(tabledata([field_of("id", pa.int32())], [batch])).replace(
         b"<TD>2</TD>", b"<TD>2</TD><TD>9</TD>")
     assert any("Wrong number of TDs" in line for line in votlint(extra, tmp_path))
+
+
+@pytest.mark.parametrize("writer", [
+    lambda fields, batches: binary2(fields, batches, block_rows=64, report=True),
+    lambda fields, batches: tabledata(fields, batches, report=True)],
+    ids=["binary2", "tabledata"])
+def test_rows_that_fail_part_way_end_the_document_with_an_error(
+        writer: Callable[..., Any], tmp_path) -> None:
+    columns = _mixed(200, 7)
+    batch = pa.RecordBatch.from_pydict(columns)
+    fields = [field_of(name, array.type) for name, array in columns.items()]
+
+    def batches() -> Any:
+        yield batch
+        raise RuntimeError("the shard went away")
+
+    document = b"".join(writer(fields, batches()))
+    # The rows written before the failure read back whole, and the status after them says
+    # what happened.
+    _assert_same(_read(document), columns)
+    infos = [i for r in parse(io.BytesIO(document)).resources for i in r.infos]
+    assert [i.value for i in infos] == ["OK", "ERROR"]
+    assert "the shard went away" in infos[-1].content
+    assert votlint(document, tmp_path) == []

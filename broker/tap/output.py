@@ -57,9 +57,10 @@ def encode(answer: Answer, writer: str) -> Iterator[bytes]:
     trailer = [("QUERY_STATUS", "OVERFLOW")] if answer.overflow else []
     batches = answer.table.to_batches(max_chunksize=65_536)
     if writer == "binary2":
-        yield from binary2(answer.fields, batches, infos=status, trailer=trailer)
+        yield from binary2(answer.fields, batches, infos=status, trailer=trailer, report=True)
     elif writer == "tabledata":
-        yield from tabledata(answer.fields, batches, infos=status, trailer=trailer)
+        yield from tabledata(answer.fields, batches, infos=status, trailer=trailer,
+                             report=True)
     elif writer == "voparquet":
         yield from voparquet(answer.fields, batches, infos=status, trailer=trailer)
     else:
