@@ -45,7 +45,7 @@ _REFUSED_INTERSECTS = ("INTERSECTS is supported for a POINT and a CIRCLE, BOX or
 
 def rewrite(tree: exp.Select, dialect: str) -> exp.Select:
     """ADQL's functions in the terms of ``dialect`` (``mysql`` or ``sqlite``), and the
-    archive's tables by their names in a shard's database."""
+    archive's tables by their names in a shard's database; ``tree`` is rewritten in place."""
     geo.check_shapes(tree)
 
     def fix(node: exp.Expr) -> exp.Expr:
@@ -61,7 +61,8 @@ def rewrite(tree: exp.Select, dialect: str) -> exp.Select:
     # A replaced node's children are not visited again by `transform`: the geometry of a
     # CONTAINS is read whole, then the MIN_OF_ONE made by `geo.distance` is rewritten on a
     # second pass.
-    rewritten = tree.transform(fix).transform(fix)
+    # In place: every caller hands over a tree of its own (a copy of the checked one).
+    rewritten = tree.transform(fix, copy=False).transform(fix, copy=False)
     assert isinstance(rewritten, exp.Select)
     return rewritten
 

@@ -16,6 +16,7 @@ import copy
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -109,6 +110,8 @@ class TapSchema:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         self.path = path
+        #: sqlglot's schemas of sets of these tables (`broker.tap.adql`), made once each.
+        self.qualify_cache: dict[frozenset[str], Any] = {}
         self.url = f"sqlite:///{path}"
         manager = TableManager(engine_url=self.url)
         context = create_database_context(self.url, manager.metadata)
@@ -185,6 +188,7 @@ class TapSchema:
         """This TAP_SCHEMA and ``extra`` tables (a request's uploads), for one query."""
         copied = copy.copy(self)
         copied.tables = {**self.tables, **{t.name.lower(): t for t in extra}}
+        copied.qualify_cache = {}  # its tables are this request's
         return copied
 
     def table(self, name: str) -> TapTable | None:
