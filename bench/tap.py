@@ -55,6 +55,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -439,7 +440,11 @@ def cones(layout: Layout, engine: Engine, workers: int, clients: int, queries: i
             for i in range(clients)]
         for process in processes:
             process.start()
-        barrier.wait(timeout=600)
+        try:
+            barrier.wait(timeout=600)
+        except threading.BrokenBarrierError:  # a client failed in its warm-up: say why
+            failed = results.get(timeout=60)
+            raise RuntimeError(f"client {failed[0]} failed: {failed[3]}") from None
         started = time.perf_counter()
         gathered = sorted((results.get(timeout=1200) for _ in range(clients)),
                           key=lambda g: g[0])
