@@ -304,3 +304,30 @@ def test_what_is_refused_with_catalogs(sky) -> None:
             engine.run(check(text, engine.tap), 10)
     with pytest.raises(ADQLError, match=r"unknown table refcat\.nosuch"):
         check("SELECT id FROM refcat.nosuch", engine.tap)
+
+
+def test_catalogs_without_recorded_notes_are_described_by_felis(tmp_path) -> None:
+    """The data release's catalog, made by row-level changes (nothing recorded), takes its
+    felis table's notes; any catalog has its position's; notes felis refuses (a registry
+    edited by hand) are left out rather than failing TAP_SCHEMA."""
+    entry = {"name": "dr_objects", "rows": 2, "version": 4, "loaded_at": "2026-01-01",
+             "kind": "generic", "metadata": None,
+             "columns": [["id", "int64"], ["ra", "float64"], ["dec", "float64"],
+                         ["g_psfflux", "float64"], ["refband", "text"]]}
+    other = {**entry, "name": "mine", "columns": [["id", "text"], ["ra", "float64"],
+                                                   ["dec", "float64"], ["v", "float64"]],
+             "metadata": {"columns": {"v": {"unit": "not a unit at all"}}}}
+    tap = refcats.build(tmp_path / "tap_schema.db", [entry, other])
+    dr = tap.table("refcat.dr_objects")
+    assert dr is not None
+    assert (dr.column("g_psfflux").unit, dr.column("g_psfflux").ucd) == ("nJy", "phot.flux")
+    assert dr.column("refband").datatype == "char"
+    assert dr.column("ra").description.startswith("Fiducial ICRS right ascension")
+    assert "data-release object catalog" in (dr.description or "")
+    mine = tap.table("refcat.mine")
+    assert mine is not None
+    assert (mine.column("id").datatype, mine.column("id").arraysize) == ("char", "191*")
+    assert mine.column("v").unit is None
+    assert (mine.column("ra").unit, mine.column("ra").ucd) == ("deg", "pos.eq.ra;meta.main")
+    assert tap.catalogs["refcat.dr_objects"] == refcats.Pinned(
+        "dr_objects", 4, "2026-01-01", "rc_dr_objects_v4")

@@ -87,9 +87,9 @@ class Pinned:
     table: str
 
 
-def _notes(entry: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+def _notes(entry: Mapping[str, Any], *, recorded: bool) -> dict[str, dict[str, str]]:
     """Every column's unit, UCD and description: the template's, then a felis table of the
-    catalog's name (``dr_objects``), then what the load recorded."""
+    catalog's name (``dr_objects``), then (if ``recorded``) what the load recorded."""
     notes: dict[str, dict[str, str]] = {}
     sources = [felis_schema.column_docs("refcat_rows")]
     with contextlib.suppress(KeyError):  # most catalogs have no felis table of their own
@@ -98,16 +98,16 @@ def _notes(entry: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         for name, doc in docs.items():
             notes[name] = {k: v for k, v in (("unit", doc.unit), ("ucd", doc.ucd),
                                              ("description", doc.description)) if v}
-    recorded = (entry.get("metadata") or {}).get("columns", {})
-    for name, note in recorded.items():
+    for name, note in ((entry.get("metadata") or {}).get("columns", {}) if recorded
+                       else {}).items():
         notes[name] = {**notes.get(name, {}), **note}
     return notes
 
 
-def _table(entry: Mapping[str, Any], *, described: bool) -> dict[str, Any]:
-    """The felis table of one catalog (with its notes only when ``described``)."""
+def _table(entry: Mapping[str, Any], *, recorded: bool) -> dict[str, Any]:
+    """The felis table of one catalog (with what its load recorded if ``recorded``)."""
     name = entry["name"]
-    notes = _notes(entry) if described else {}
+    notes = _notes(entry, recorded=recorded)
     kinds = [tuple(c) for c in entry["columns"]]
     kinds += [(c, "int64") for c in _PLACEMENT]
     columns = []
@@ -128,21 +128,21 @@ def _table(entry: Mapping[str, Any], *, described: bool) -> dict[str, Any]:
             ("fits:tunit", "unit"), ("ivoa:ucd", "ucd"), ("description", "description"))
             if note.get(field)})
         columns.append(made)
-    recorded = (entry.get("metadata") or {}).get("description")
-    if recorded is None and described:
+    told = (entry.get("metadata") or {}).get("description") if recorded else None
+    if told is None:
         own = next((t for t in felis_schema.described().tables if t.name == name), None)
-        recorded = own.description if own is not None else None
+        told = own.description if own is not None else None
     about = (f"Reference catalog {name} ({entry.get('kind') or 'generic'}): "
              f"{int(entry['rows']):,} rows, version {entry['version']}, current since "
              f"{entry['loaded_at']} UTC.")
     return {"name": name, "@id": f"#{name}",
-            "description": f"{recorded.strip()} {about}" if recorded else about,
+            "description": f"{told.strip()} {about}" if told else about,
             "primaryKey": f"#{name}.id", "columns": columns}
 
 
 def felis_schema_of(entries: Sequence[Mapping[str, Any]]) -> Any:
-    """The felis schema ``refcat`` of the registry's catalogs. A catalog whose notes felis
-    refuses (checked at load, so only a registry edited by hand) is described without
+    """The felis schema ``refcat`` of the registry's catalogs. A catalog whose recorded notes
+    felis refuses (checked at load, so only a registry edited by hand) is described without
     them, and logged."""
     from felis.datamodel import Schema, Table  # noqa: PLC0415
     from pydantic import ValidationError  # noqa: PLC0415
@@ -150,13 +150,13 @@ def felis_schema_of(entries: Sequence[Mapping[str, Any]]) -> Any:
     context = {"id_generation": True}
     tables = []
     for entry in entries:
-        table = _table(entry, described=True)
+        table = _table(entry, recorded=True)
         try:
             Table.model_validate(table, context=context)
         except ValidationError as exc:
             log.warning("reference catalog described without its notes", catalog=entry["name"],
                         error=str(exc).splitlines()[0])
-            table = _table(entry, described=False)
+            table = _table(entry, recorded=False)
         tables.append(table)
     return Schema.model_validate({"name": SCHEMA, "@id": f"#{SCHEMA}",
                                   "description": _DESCRIPTION, "tables": tables},
