@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import os
 import threading
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,6 +23,7 @@ from broker.streaming.queue import Publisher
 if TYPE_CHECKING:
     from broker.tap.execute import Engine
     from broker.tap.jobs import TapJobStore
+    from broker.tap.refcats import TapSource
 
 
 class LazyStores:
@@ -50,7 +49,7 @@ class LazyStores:
         self._publisher: Publisher | None = None
         self._annotations_lock = threading.Lock()
         self._tap_lock = threading.Lock()
-        self._tap: Engine | None = None
+        self._tap: TapSource | None = None
 
     @property
     def lightcurves(self) -> LightCurveArchive:
@@ -109,20 +108,22 @@ class LazyStores:
     @property
     def tap(self) -> Engine:
         """The TAP engine: TAP_SCHEMA made by felis in a file of this process (in the
-        state folder, removed when the process exits), and the archive's shards."""
+        state folder, removed when the process exits), over the archive's shards and the
+        reference catalogs on them. TAP_SCHEMA is made again when the catalogs' registry
+        changed since (checked on each call: `broker.tap.refcats.TapSource`); a request
+        keeps the engine it got."""
         with self._tap_lock:
             if self._tap is None:
                 from broker.storage.catalog import ChunkedCatalog  # noqa: PLC0415
-                from broker.tap.execute import Engine  # noqa: PLC0415
-                from broker.tap.tapschema import TapSchema  # noqa: PLC0415
+                from broker.tap.refcats import TapSource  # noqa: PLC0415
 
                 catalog = self.catalog
                 if not isinstance(catalog, ChunkedCatalog):
                     raise LannerError("TAP reads the chunked catalog")
-                path = self.settings.state_dir / "tap" / f"tap_schema-{os.getpid()}.db"
-                atexit.register(path.unlink, missing_ok=True)
-                self._tap = Engine(TapSchema(path), catalog)
-            return self._tap
+                self._tap = TapSource(folder=self.settings.state_dir / "tap", catalog=catalog,
+                                      refcats=self.refcats)
+            source = self._tap
+        return source.engine()
 
     def publisher(self) -> Publisher:
         """The API process's one producer (made on first use, closed with the factory;

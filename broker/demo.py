@@ -399,7 +399,8 @@ def load_catalogs(factory: Factory, progress: Progress | None = None) -> tuple[s
                 factory.refcats.load(catalog.name, batches, catalog.id_col,
                                      catalog.ra_col, catalog.dec_col, kind=catalog.kind,
                                      shape=catalog.shape, motion=catalog.motion,
-                                     overlap_deg=catalog.overlap_deg)
+                                     overlap_deg=catalog.overlap_deg,
+                                     description=catalog.description)
             finally:
                 source.close()
     return tuple(catalog.name for catalog in CATALOGS)

@@ -26,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from api.auth import Caller, CallerDep
 from api.dependencies import LazyStores, get_stores
 from broker.config import Settings
-from broker.exceptions import StatementTimeoutError, TransientError
+from broker.exceptions import CatalogReloadedError, StatementTimeoutError, TransientError
 from broker.tap.adql import LANGUAGES, ADQLError, check
 from broker.tap.output import (
     DECLARED,
@@ -155,12 +155,20 @@ async def sync(request: Request, caller: CallerDep, stores: Stores) -> Response:
                                          uploads=uploads)
     except (RefusedError, ADQLError, StatementTimeoutError) as exc:
         return error_response(str(exc))
+    except CatalogReloadedError as exc:
+        return error_response(reloaded(exc), status=503)
     except TransientError as exc:
         return error_response(f"the archive is unavailable: {exc}", status=503)
     except Exception as exc:  # still an error document, as DALI asks; the trace is logged
         log.exception("TAP query failed")
         return error_response(f"the query failed: {type(exc).__name__}", status=500)
     return StreamingResponse(encode(answer, writer), media_type=MEDIA[writer])
+
+
+def reloaded(exc: CatalogReloadedError) -> str:
+    """The answer to a query that read a reference catalog while it was reloaded."""
+    return (f"reference catalog {exc.name} was reloaded while the query read it (version "
+            f"{exc.version} is gone): send the query again")
 
 
 @router.get("/availability", summary="VOSI availability")

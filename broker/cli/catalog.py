@@ -55,6 +55,11 @@ def catalog_load(
         "--overlap-arcmin", help="The catalog's overlap radius in arcmin (default 1, at most "
                                  "12): nothing further from an alert can be matched, so a "
                                  "catalog of large galaxies needs more.")] = None,
+    describe: Annotated[Path | None, typer.Option(
+        "--describe", help="JSON file of the catalog's description and its columns' units, "
+                           'UCDs and descriptions, shown in TAP_SCHEMA: {"description": ..., '
+                           '"columns": {"COLUMN": {"unit": ..., "ucd": ..., "description": '
+                           "...}}} (input column names).")] = None,
     only: Annotated[str | None, typer.Option(
         "--only", help="Load only the rows whose COLUMN is one of the values: "
                        "COLUMN=V1[,V2...] (e.g. type=G for OpenNGC's galaxies).")] = None,
@@ -79,6 +84,16 @@ def catalog_load(
         only_values = [v.strip() for v in values.split(",") if v.strip()]
         if not only_column.strip() or not only_values:
             raise LannerError(f"--only {only!r} is not COLUMN=V1[,V2...]")
+    description = None
+    if describe is not None:
+        import json  # noqa: PLC0415
+
+        from broker.domain.described import description_from  # noqa: PLC0415
+
+        try:
+            description = description_from(json.loads(describe.read_text()))
+        except (OSError, ValueError) as exc:
+            raise LannerError(f"--describe {describe}: {exc}") from None
     import pyarrow as pa  # noqa: PLC0415
     from rich.progress import Progress  # noqa: PLC0415
 
@@ -98,7 +113,7 @@ def catalog_load(
                                 lambda _: progress.update(task, completed=source.position()),
                                 kind=kind, shape=shape, motion=motion,
                                 overlap_deg=None if overlap_arcmin is None
-                                else overlap_arcmin / 60.0)
+                                else overlap_arcmin / 60.0, description=description)
             progress.update(task, completed=source.total)
     except ValueError as exc:
         raise LannerError(str(exc)) from None

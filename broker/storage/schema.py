@@ -146,3 +146,22 @@ def refcat_table(template: str, name: str, *, text_ids: bool,
         suffix = str(index.name).removeprefix(f"idx_{template}_")
         Index(f"{name}_{suffix}", *(made.c[c.name] for c in index.columns))
     return made
+
+
+def check_notes(notes: dict[str, Any]) -> None:
+    """Check the units and UCDs of a catalog's column notes (`broker.domain.described`) as
+    felis checks those of its own tables (astropy's units, the IVOA's UCD vocabulary), so that
+    TAP_SCHEMA can be made from them; ValueError naming the first column that is wrong."""
+    from felis.datamodel import Column as FelisColumn  # noqa: PLC0415
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    for name, note in notes.get("columns", {}).items():
+        try:
+            FelisColumn.model_validate({
+                "name": name, "@id": f"#{name}", "datatype": "double",
+                "fits:tunit": note.get("unit"), "ivoa:ucd": note.get("ucd")})
+        except ValidationError as exc:
+            reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ").split(".  ")[0]
+                                for e in exc.errors())
+            msg = f"column {name}: {reasons}"
+            raise ValueError(msg) from None

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from broker.domain.archive import ArchiveBatch, Seen
 from broker.domain.catalogs import MotionSpec, ShapeSpec
+from broker.domain.described import CatalogDescription
 from broker.domain.enrichment import ObjectEnrichment
 from broker.domain.sky import SkyCells
 
@@ -188,16 +189,21 @@ class ReferenceCatalogs(Protocol):
         """Every loaded catalog: name, rows, version, loaded_at, columns, overlap_deg, kind,
         shape."""
 
+    def versions(self) -> dict[str, tuple[int, str]]:
+        """Every loaded catalog's current version and when it was made current, read afresh."""
+
     def describe(self, name: str) -> Row:
         """The registry entry of one catalog (`UnknownCatalogError` if there is none)."""
 
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
              dec_col: str, progress: Progress | None = None, *, kind: str = "generic",
              shape: ShapeSpec | None = None, motion: MotionSpec | None = None,
-             overlap_deg: float | None = None) -> LoadReport:
+             overlap_deg: float | None = None,
+             description: CatalogDescription | None = None) -> LoadReport:
         """Load a catalog of a kind (star, galaxy, qso, generic; a galaxy catalog with its
         shape columns; optionally proper-motion columns and their epoch), with its own overlap
-        radius or the store's, replacing any loaded version atomically."""
+        radius or the store's, and the units, UCDs and descriptions of its columns, replacing
+        any loaded version atomically."""
 
     def apply(self, name: str, upserts: pa.Table, deletes: Iterable[tuple[Any, int]] = (), *,
               id_col: str, ra_col: str, dec_col: str,

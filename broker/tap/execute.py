@@ -42,7 +42,8 @@ from broker.exceptions import StatementTimeoutError
 from broker.storage.catalog import ChunkedCatalog
 from broker.storage.dialect import column_list, marks, q
 from broker.storage.shards import ShardSet
-from broker.tap import neighbours, uploaded
+from broker.storage.stores import ReferenceCatalogs
+from broker.tap import neighbours, refcats, uploaded
 from broker.tap.adql import ADQLError, Checked
 from broker.tap.aggregate import PARTIALS, Split, needs_split, split
 from broker.tap.functions import point_in_region, position_of, rewrite
@@ -104,12 +105,18 @@ class Answer:
 
 
 class Engine:
-    """Runs checked queries on TAP_SCHEMA's file and on the chunked archive's shards."""
+    """Runs checked queries on TAP_SCHEMA's file and on the chunked archive's shards, and on
+    the reference catalogs TAP_SCHEMA describes (`broker.tap.refcats`), on the same shards."""
 
-    def __init__(self, tap: TapSchema, catalog: ChunkedCatalog) -> None:
+    #: The tables read as chunked (a query of catalogs adds their versions' tables).
+    chunked: frozenset[str] = CHUNKED
+
+    def __init__(self, tap: TapSchema, catalog: ChunkedCatalog, *,
+                 refcats: ReferenceCatalogs | None = None) -> None:
         self.tap = tap
         self.catalog = catalog
         self.shards: ShardSet = catalog.shards
+        self.refcats = refcats
 
     def _on(self, shards: Sequence[int] | None, work: Callable[[Any], T],
             temporary: Sequence[_Temporary] = ()) -> list[T]:
@@ -136,12 +143,16 @@ class Engine:
             if named:
                 if not tables - named <= CHUNKED:
                     raise ADQLError("an uploaded table is read alone or with the archive's "
-                                    "chunked tables, not with TAP_SCHEMA or annotations")
+                                    "chunked tables, not with TAP_SCHEMA, annotations or the "
+                                    "reference catalogs (not yet: docs/tap.md)")
                 engine = copy.copy(self)  # this query's view: TAP_SCHEMA and its uploads
                 engine.tap = self.tap.with_tables(u.table for u in uploads)
                 return engine._shards(checked, maxrec, seconds, uploads=uploads)
         if tables <= {t.name for t in self.tap if t.schema == "TAP_SCHEMA"}:
             return self._tap_schema(checked, maxrec, seconds)
+        if refcats.read_by(checked, self.tap):
+            with refcats.pinned(self, checked) as (view, renamed):
+                return view._shards(renamed, maxrec, seconds)
         if tables <= CHUNKED:
             return self._shards(checked, maxrec, seconds)
         if tables <= ON_SHARD0:
@@ -169,7 +180,7 @@ class Engine:
                 only: list[int] | None = None, uploads: Sequence[Upload] = ()) -> Answer:
         dialect = "sqlite" if self.shards.dialect.name == "sqlite" else "mysql"
         tree = checked.tree.copy()
-        near = neighbours.plan(tree, CHUNKED)
+        near = neighbours.plan(tree, self.chunked)
         temporary: list[_Temporary] = []
         if near is not None and self._region(tree, near.local) is None \
                 and self._region(tree, near.remote) is not None:

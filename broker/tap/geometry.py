@@ -77,11 +77,23 @@ def angle(u: np.ndarray, v: np.ndarray) -> float:
 
 
 def number(node: exp.Expr) -> float:
-    """A literal number, negated or in brackets or not; ValueError otherwise."""
+    """A literal number, negated or in brackets or not, or +, -, * or / of such (``30.0 /
+    3600``: a radius in arcseconds; not a quotient of two whole numbers, which the databases
+    do not agree on); ValueError otherwise."""
     if isinstance(node, exp.Neg):
         return -number(node.this)
     if isinstance(node, exp.Paren):
         return number(node.this)
+    if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div):
+        a, b = number(node.this), number(node.expression)
+        if isinstance(node, exp.Div) and (b == 0 or all(
+                isinstance(n, exp.Literal) and n.this.lstrip("-").isdigit()
+                for n in (node.this, node.expression))):
+            raise ValueError(node)  # 30 / 3600 is 0 in SQLite (whole numbers): not folded
+        value = (a + b if isinstance(node, exp.Add) else a - b if isinstance(node, exp.Sub)
+                 else a * b if isinstance(node, exp.Mul) else a / b)
+        if math.isfinite(value):
+            return value
     if isinstance(node, exp.Literal) and not node.is_string:
         value = float(node.this)
         if math.isfinite(value):

@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from broker.exceptions import NotFoundError, StatementTimeoutError
+from broker.exceptions import CatalogReloadedError, NotFoundError, StatementTimeoutError
 from broker.storage import schema
 from broker.storage.dialect import column_list, marks
 from broker.storage.shard0 import Shard0Tables, utc
@@ -471,6 +471,9 @@ class TapRunner:
                      seconds=round(time.monotonic() - started, 3))
         except (ADQLError, StatementTimeoutError, ValueError) as exc:
             self.jobs.finish(job.job_id, "ERROR", error=str(exc))
+        except CatalogReloadedError as exc:
+            self.jobs.finish(job.job_id, "ERROR", error=f"{exc}: the catalog was reloaded "
+                             "while the query read it; submit the job again")
         except Exception as exc:  # a job must not take its worker down: record, go on
             log.error("TAP job failed", job_id=job.job_id,
                       error=traceback.format_exception_only(exc)[-1].strip())

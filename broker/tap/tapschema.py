@@ -13,7 +13,7 @@ service's own bookkeeping (accounts, tokens, jobs, filters) are not in it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,15 @@ class TapTable:
 
 class TapSchema:
     """TAP_SCHEMA in a SQLite file at ``path`` (made again on each start: felis is the
-    source), and the tables and columns it describes."""
+    source), and the tables and columns it describes.
 
-    def __init__(self, path: Path) -> None:
+    ``extra``: other felis schemas to describe after the archive's, each with its
+    schema_index (the reference catalogs', made from their registry by
+    `broker.tap.refcats`); ``catalogs``: what those tables are stored as, by TAP name
+    (`broker.tap.refcats.Pinned`), for the engine."""
+
+    def __init__(self, path: Path, extra: Sequence[tuple[Any, int]] = (),
+                 catalogs: Mapping[str, Any] | None = None) -> None:
         from felis.db.database_context import create_database_context  # noqa: PLC0415
         from felis.tap_schema import DataLoader, TableManager  # noqa: PLC0415
 
@@ -121,10 +127,13 @@ class TapSchema:
             archive = described.model_copy(update={
                 "tables": [t for t in described.tables if t.name in PUBLIC]})
             DataLoader(archive, manager, context, tap_schema_index=_INDEX["lanner"]).load()
+            for other, index in extra:
+                DataLoader(other, manager, context, tap_schema_index=index).load()
             DataLoader(manager.schema, manager, context,
                        tap_schema_index=_INDEX["TAP_SCHEMA"]).load()
             self._amend(context.engine, manager)
             self.tables = self._read(context.engine, manager)
+            self.catalogs = dict(catalogs or {})
         finally:
             context.close()
 

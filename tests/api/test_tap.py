@@ -9,13 +9,18 @@ import io
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from astropy.io.votable import parse, parse_single_table
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from broker.data import CATALOGS
+from broker.domain.context import offset_by
+from broker.domain.sky import angular_separation_deg
 from tests.support.alerts import produce_placed, scattered
+from tests.support.catalogs import HIPPARCOS
 from tests.support.server import served
 
 OBJECTS = 25
@@ -127,3 +132,52 @@ def test_pyvo_reads_the_service(tap) -> None:
         assert "lanner.objects" in {str(n) for n in schema["table_name"]}
         with pytest.raises(pyvo.dal.DALQueryError, match="unknown column"):
             service.run_sync("SELECT nosuch FROM lanner.objects")
+
+
+def test_reference_catalogs_in_tables_and_cross_matched_by_sync(tap) -> None:
+    """A catalog loaded while the service runs is in /tap/tables at the next request, with its
+    units and UCDs, and the objects near its stars are found by a near-neighbour join."""
+    client, app, harness = tap
+    app.state.stores.factory.__dict__["refcats"] = harness.refcats  # on the archive's shards
+    before = ET.fromstring(client.get("/tap/tables").content)
+    assert "refcat.hipparcos" not in {t.findtext("name") for t in before.iter("table")}
+    stars = pq.read_table(HIPPARCOS).slice(0, 3000)
+    harness.refcats.load("hipparcos", stars.to_batches(), "hip", "ra", "dec", kind="star",
+                         description=CATALOGS[0].description)
+    ra, dec = stars.column("ra").to_numpy(), stars.column("dec").to_numpy()
+    near = offset_by(ra[:6], dec[:6], 90.0, 12.0 / 3600.0)
+    produce_placed(harness, [(float(a) % 360.0, float(d)) for a, d in zip(*near, strict=True)],
+                   first_id=921_000_000_000, seed=53)
+    assert harness.ingest_once().archived == 6
+
+    tables = ET.fromstring(client.get("/tap/tables").content)
+    [table] = [t for t in tables.iter("table") if t.findtext("name") == "refcat.hipparcos"]
+    columns = {c.findtext("name"): (c.findtext("unit"), c.findtext("ucd"))
+               for c in table.iter("column")}
+    assert columns["ra"] == ("deg", "pos.eq.ra;meta.main")
+    assert columns["id"] == (None, "meta.id;meta.main")
+    assert columns["pmra"] == ("mas/yr", "pos.pm;pos.eq.ra")
+
+    def plain(cursor: Any) -> list[tuple]:
+        cursor.execute("SELECT object_id, ra, `dec` FROM objects")
+        return list(cursor.fetchall())
+
+    objects = [r for rows in harness.catalog.shards.all_shards(plain, write=False).values()
+               for r in rows]
+    hip = stars.column("hip").to_pylist()
+    want = sorted(
+        (o, h) for o, a, d in objects
+        for h, s in zip(hip, angular_separation_deg(np.full(len(ra), a), np.full(len(ra), d),
+                                                   ra, dec), strict=True) if s <= 30 / 3600)
+    assert len(want) >= 6
+    query = ("SELECT o.object_id, s.id, s.hpmag, DISTANCE(POINT('ICRS', o.ra, o.dec), "
+             "POINT('ICRS', s.ra, s.dec)) * 3600 AS sep_arcsec FROM lanner.objects AS o "
+             "JOIN refcat.hipparcos AS s ON 1 = CONTAINS(POINT('ICRS', s.ra, s.dec), "
+             "CIRCLE('ICRS', o.ra, o.dec, 30.0 / 3600)) ORDER BY sep_arcsec")
+    answer = client.get("/tap/sync", params={"LANG": "ADQL", "QUERY": query})
+    assert answer.status_code == 200, answer.text
+    got = parse_single_table(io.BytesIO(answer.content))
+    assert sorted((str(o), int(h)) for o, h in zip(
+        got.array["object_id"], got.array["id"], strict=True)) == want
+    assert got.get_field_by_id_or_name("hpmag").unit == "mag"
+    assert got.get_field_by_id_or_name("id").ucd == "meta.id;meta.main"

@@ -5,6 +5,7 @@ over the two real MariaDB shards."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import subprocess
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from broker.domain.catalogs import plan_columns, prepare_batch, validate_name
+from broker.domain.described import CatalogDescription, ColumnDescription
 from broker.domain.sky import Chunker, angular_separation_deg, crc32_of
 from broker.storage.refcat import (
     CatalogBusyError,
@@ -876,18 +878,60 @@ def test_a_registry_of_an_earlier_release_gains_the_new_columns(
 
     def legacy(cursor: Any) -> None:
         if isinstance(catalogs.shards, SQLiteShards):
-            cursor.execute("ALTER TABLE refcat_registry DROP COLUMN kind")
-            cursor.execute("ALTER TABLE refcat_registry DROP COLUMN shape")
+            for column in ("kind", "shape", "metadata"):
+                cursor.execute(f"ALTER TABLE refcat_registry DROP COLUMN {column}")
         else:
-            cursor.execute("ALTER TABLE refcat_registry DROP COLUMN kind, DROP COLUMN shape")
+            cursor.execute("ALTER TABLE refcat_registry DROP COLUMN kind, DROP COLUMN shape, "
+                           "DROP COLUMN metadata")
 
     catalogs.shards.run(0, legacy)
     fresh = _another(catalogs)
     try:
         [entry] = fresh.list()
-        assert (entry["name"], entry["kind"], entry["shape"]) == ("old", "generic", None)
+        assert (entry["name"], entry["kind"], entry["shape"], entry["metadata"]) == (
+            "old", "generic", None, None)
     finally:
         fresh.shards.close()
+
+
+def test_a_load_records_what_it_is_told_of_the_columns(catalogs: ChunkedRefCatalogs) -> None:
+    """Units, UCDs and descriptions from the input's field metadata and from the caller (who
+    wins), kept in the registry for TAP_SCHEMA; the id and the position are always the main
+    ones, in degrees; a wrong unit, UCD or column name is refused before anything is
+    written."""
+    batch = pa.record_batch(
+        [pa.array([1, 2]), pa.array([10.0, 11.0]), pa.array([5.0, 6.0]),
+         pa.array([12.5, 13.0]), pa.array(["a", "b"])],
+        schema=pa.schema([
+            pa.field("sid", pa.int64()),
+            pa.field("RA", pa.float64(), metadata={"unit": "rad", "ucd": "pos.eq.ra"}),
+            pa.field("Dec", pa.float64()),
+            pa.field("Vmag", pa.float64(), metadata={"unit": "mag", "ucd": "phot.mag",
+                                                     "description": "From the file."}),
+            pa.field("note", pa.string(), metadata={"description": "A note."})]))
+    told = CatalogDescription("Two stars.", {
+        "Vmag": ColumnDescription(ucd="phot.mag;em.opt.V"),
+        "RA": ColumnDescription(description="Where it is.")})
+    catalogs.load("told", [batch], "sid", "RA", "Dec", description=told)
+    [entry] = catalogs.list()
+    assert entry["metadata"] == {"description": "Two stars.", "columns": {
+        "id": {"ucd": "meta.id;meta.main",
+               "description": "The catalog's identifier (input column sid)."},
+        "ra": {"unit": "deg", "ucd": "pos.eq.ra;meta.main", "description": "Where it is."},
+        "dec": {"unit": "deg", "ucd": "pos.eq.dec;meta.main",
+                "description": "ICRS declination (input column Dec)."},
+        "vmag": {"unit": "mag", "ucd": "phot.mag;em.opt.V", "description": "From the file."},
+        "note": {"description": "A note."}}}
+    for wrong, said in [
+        ({"Vmag": ColumnDescription(unit="furlongs")}, "column vmag: Invalid unit"),
+        ({"Vmag": ColumnDescription(ucd="phot.nonsense")}, "column vmag: Invalid IVOA UCD"),
+        ({"vmag": ColumnDescription(unit="mag")}, "columns the input does not have: vmag"),
+    ]:
+        with pytest.raises(ValueError, match=said):
+            catalogs.load("told", [batch], "sid", "RA", "Dec",
+                          description=CatalogDescription(columns=wrong))
+    assert [e["version"] for e in catalogs.list()] == [1]
+    assert catalogs.tables() == sorted(table_names("told", 1))
 
 
 def test_cli_load_with_kind_and_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -933,6 +977,28 @@ def test_cli_load_with_kind_and_shape(tmp_path: Path, monkeypatch: pytest.Monkey
             assert result.exit_code == 1, extra
             assert message in result.output, (extra, result.output)
             assert "Traceback" not in result.output
+        # The columns' units and UCDs, for TAP_SCHEMA, from a JSON file.
+        told = tmp_path / "ngc.json"
+        told.write_text(json.dumps({"description": "OpenNGC.", "columns": {
+            "bmag": {"unit": "mag", "ucd": "phot.mag;em.opt.B"}}}))
+        result = runner.invoke(app, [*args, "--major-col", "majax_arcmin", "--describe",
+                                     str(told)])
+        assert result.exit_code == 0, result.output
+        from broker.factory import Factory
+
+        factory = Factory(get_settings())
+        try:
+            [entry] = factory.refcats.list()
+        finally:
+            factory.close()
+        assert entry["metadata"]["description"] == "OpenNGC."
+        assert entry["metadata"]["columns"]["bmag"] == {"unit": "mag",
+                                                        "ucd": "phot.mag;em.opt.B"}
+        told.write_text(json.dumps({"columns": {"bmag": {"unit": "furlongs"}}}))
+        result = runner.invoke(app, [*args, "--major-col", "majax_arcmin", "--describe",
+                                     str(told)])
+        assert result.exit_code == 1
+        assert "column bmag: Invalid unit" in result.output
     finally:
         get_settings.cache_clear()
 

@@ -48,6 +48,7 @@ from broker.domain.catalogs import (
     profile_json,
     validate_name,
 )
+from broker.domain.described import CatalogDescription, plan_description
 from broker.domain.sky import Chunker, ChunkPlacement, check_cone, cone_cover, nearest_first
 from broker.exceptions import (
     CatalogReloadedError,
@@ -269,17 +270,34 @@ class ChunkedRefCatalogs:
         raise AssertionError("unreachable")
 
     def list(self) -> list[dict[str, Any]]:
-        """Every loaded catalog: name, rows, version, loaded_at, columns, overlap_deg."""
+        """Every loaded catalog: name, rows, version, loaded_at, columns, overlap_deg, kind,
+        shape, and the metadata its load recorded (`broker.domain.described`; None if
+        none)."""
         def work(cursor: Any) -> list[tuple]:
             cursor.execute("SELECT name, `rows`, version, loaded_at, `columns`, overlap_deg, kind, "
-                           "shape FROM refcat_registry WHERE status = 'ready' ORDER BY name")
+                           "shape, metadata FROM refcat_registry WHERE status = 'ready' "
+                           "ORDER BY name")
             return list(cursor.fetchall())
 
         self.setup()
         rows = self.shards.run(0, work, write=False)
         return [{"name": r[0], "rows": int(r[1]), "version": int(r[2]), "loaded_at": r[3],
                  "columns": json.loads(r[4]), "overlap_deg": float(r[5]), "kind": r[6],
-                 "shape": json.loads(r[7]) if r[7] else None} for r in rows]
+                 "shape": json.loads(r[7]) if r[7] else None,
+                 "metadata": json.loads(r[8]) if r[8] else None} for r in rows]
+
+    def versions(self) -> dict[str, tuple[int, str]]:
+        """The current version of every loaded catalog and when it was made current, read
+        afresh (no cache): one small read on shard 0, cheap enough to run per request. A
+        reload changes both; a catalog dropped and loaded again starts at version 1 again
+        and is told apart by the time."""
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute("SELECT name, version, loaded_at FROM refcat_registry "
+                           "WHERE status = 'ready'")
+            return list(cursor.fetchall())
+
+        self.setup()
+        return {r[0]: (int(r[1]), str(r[2])) for r in self.shards.run(0, work, write=False)}
 
     def describe(self, name: str) -> dict[str, Any]:
         """The registry entry of one catalog (version, rows, columns, ...), from the same
@@ -293,12 +311,14 @@ class ChunkedRefCatalogs:
                         replace: bool, kind: str = "generic",
                         shape: CatalogShape | None = None,
                         motion: CatalogMotion | None = None,
-                        overlap_deg: float | None = None) -> None:
+                        overlap_deg: float | None = None,
+                        metadata: dict[str, Any] | None = None) -> None:
         profile = profile_json(shape, motion)
         overlap = self.overlap_deg if overlap_deg is None else overlap_deg
         values = [name, version, rows, json.dumps(_columns_of(columns)), overlap,
                   self.dialect.time_value(changes.utc_now()), "ready", kind,
-                  json.dumps(profile) if profile else None]
+                  json.dumps(profile) if profile else None,
+                  json.dumps(metadata) if metadata is not None else None]
         if replace:
             sql = self.dialect.upsert("refcat_registry", _REGISTRY_COLUMNS, ["name"],
                                       [(c, self.dialect.new(c)) for c in _REGISTRY_COLUMNS[1:]])
@@ -315,7 +335,8 @@ class ChunkedRefCatalogs:
     def load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
              dec_col: str, progress: Progress | None = None, *, kind: str = "generic",
              shape: ShapeSpec | None = None, motion: MotionSpec | None = None,
-             overlap_deg: float | None = None) -> LoadReport:
+             overlap_deg: float | None = None,
+             description: CatalogDescription | None = None) -> LoadReport:
         """Load a catalog from record batches, replacing any loaded version atomically.
 
         ``overlap_deg`` is this catalog's overlap (halo) radius, by default the store's (1'):
@@ -325,6 +346,11 @@ class ChunkedRefCatalogs:
         ``kind``, ``shape`` (the input's shape columns) and ``motion`` (its proper-motion
         columns and epoch) are checked against the input's columns before anything is written
         (`plan_profile`, `plan_motion`) and kept in the registry.
+
+        ``description`` (the catalog's and its columns' units, UCDs and descriptions, by input
+        column name), with what the input's schema says of its columns, is checked (felis's
+        units and UCDs) before anything is written and kept in the registry for TAP_SCHEMA
+        (`broker.domain.described`).
 
         The catalog's lock is held throughout; if another process holds it (a load, or a
         change being applied), `CatalogBusyError` is raised at once and nothing is written.
@@ -338,16 +364,18 @@ class ChunkedRefCatalogs:
         self.setup()
         with self._exclusive(name, 0):
             return self._load(name, batches, id_col, ra_col, dec_col, progress, kind, shape,
-                              motion, overlap)
+                              motion, overlap, description)
 
     def _load(self, name: str, batches: Iterable[pa.RecordBatch], id_col: str, ra_col: str,
               dec_col: str, progress: Progress | None, kind: str,
               shape_spec: ShapeSpec | None, motion_spec: MotionSpec | None,
-              overlap_deg: float) -> LoadReport:
+              overlap_deg: float, description: CatalogDescription | None) -> LoadReport:
         started = time.perf_counter()
         first, rest, columns = _plan_input(name, batches, id_col, ra_col, dec_col)
         kind, shape = plan_profile(kind, shape_spec, columns)
         motion = plan_motion(motion_spec, columns)
+        metadata = plan_description(description, columns, first.schema)
+        schema.check_notes(metadata)
         current = self._registry(name)
         version = (current["version"] if current else 0) + 1
         tables = table_names(name, version)
@@ -364,7 +392,8 @@ class ChunkedRefCatalogs:
 
             self.shards.all_shards(enable)
             self._write_registry(name, version, rows, columns, replace=True, kind=kind,
-                                 shape=shape, motion=motion, overlap_deg=overlap_deg)
+                                 shape=shape, motion=motion, overlap_deg=overlap_deg,
+                                 metadata=metadata)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._drop_tables(tables)
