@@ -28,6 +28,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -99,25 +100,31 @@ def _serve(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
     return process
 
 
-def one_run(env: dict[str, str], workers: int, work: list[list[Query]],
-            warmup: list[Query]) -> tuple[dict[str, Any], list[list[list[str]]]]:
+def clients_against(env: dict[str, str], workers: int, client: Any,
+                    args: list[tuple[Any, ...]]) -> tuple[list[tuple], float]:
+    """Serve the API (``workers`` processes) and run one ``client`` process per item of
+    ``args``, each called as ``client(port, *item, barrier, results, index)``: it warms up,
+    waits at the barrier, sends its timed requests and puts ``(index, latencies, bodies,
+    error)`` on ``results``. Every client's results in order, and the wall time from the
+    barrier to the last result."""
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     server = _serve(env, port, workers)
     try:
-        clients = len(work)
         context = multiprocessing.get_context("spawn")
-        barrier = context.Barrier(clients + 1)
+        barrier = context.Barrier(len(args) + 1)
         results = context.Queue()
-        processes = [context.Process(target=_client, args=(port, work[i], warmup[i::clients],
-                                                           barrier, results, i))
-                     for i in range(clients)]
+        processes = [context.Process(target=client, args=(port, *item, barrier, results, i))
+                     for i, item in enumerate(args)]
         for process in processes:
             process.start()
-        barrier.wait(timeout=600)
+        try:
+            barrier.wait(timeout=600)
+        except threading.BrokenBarrierError:  # a client failed in its warm-up: say why
+            failed = results.get(timeout=60)
+            raise RuntimeError(f"client {failed[0]} failed: {failed[3]}") from None
         started = time.perf_counter()
-        gathered = sorted((results.get(timeout=600) for _ in range(clients)),
-                          key=lambda g: g[0])
+        gathered = sorted((results.get(timeout=1200) for _ in args), key=lambda g: g[0])
         wall = time.perf_counter() - started
         for process in processes:
             process.join(60)
@@ -127,6 +134,14 @@ def one_run(env: dict[str, str], workers: int, work: list[list[Query]],
     errors = [g[3] for g in gathered if g[3]]
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]}")
+    return gathered, wall
+
+
+def one_run(env: dict[str, str], workers: int, work: list[list[Query]],
+            warmup: list[Query]) -> tuple[dict[str, Any], list[list[list[str]]]]:
+    clients = len(work)
+    gathered, wall = clients_against(env, workers, _client,
+                                     [(work[i], warmup[i::clients]) for i in range(clients)])
     ms = np.array([v for g in gathered for v in g[1]])
     figures = {"workers": workers, "p50_ms": round(float(np.percentile(ms, 50)), 3),
                "p99_ms": round(float(np.percentile(ms, 99)), 3),

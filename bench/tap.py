@@ -49,13 +49,10 @@ import contextlib
 import http.client
 import io
 import json
-import multiprocessing
 import os
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -70,7 +67,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from api_cone import _serve  # noqa: E402
+from api_cone import clients_against  # noqa: E402
 
 from broker.config import Settings  # noqa: E402
 from broker.domain.sky import Chunker, ChunkPlacement, hpx29  # noqa: E402
@@ -426,37 +423,11 @@ def cones(layout: Layout, engine: Engine, workers: int, clients: int, queries: i
     ra, dec, _ = survey_sky(clients * queries + 8 * clients, rng)
     texts = [cone_query(float(a), float(d)) for a, d in zip(ra, dec, strict=True)]
     warmup, work = texts[:8 * clients], texts[8 * clients:]
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
     env = {**os.environ, "LANNER_BACKEND": "services", "LANNER_LOG_LEVEL": "WARNING",
            "LANNER_MARIADB_DATABASE": DATABASES[2]}
-    server = _serve(env, port, workers)
-    try:
-        context = multiprocessing.get_context("spawn")
-        barrier = context.Barrier(clients + 1)
-        results = context.Queue()
-        processes = [context.Process(target=_client, args=(
-            port, token, work[i::clients], warmup[i::clients], barrier, results, i))
-            for i in range(clients)]
-        for process in processes:
-            process.start()
-        try:
-            barrier.wait(timeout=600)
-        except threading.BrokenBarrierError:  # a client failed in its warm-up: say why
-            failed = results.get(timeout=60)
-            raise RuntimeError(f"client {failed[0]} failed: {failed[3]}") from None
-        started = time.perf_counter()
-        gathered = sorted((results.get(timeout=1200) for _ in range(clients)),
-                          key=lambda g: g[0])
-        wall = time.perf_counter() - started
-        for process in processes:
-            process.join(60)
-    finally:
-        server.terminate()
-        server.wait(60)
-    errors = [g[3] for g in gathered if g[3]]
-    if errors:
-        raise RuntimeError(f"a client failed: {errors[0]}")
+    gathered, wall = clients_against(
+        env, workers, _client,
+        [(token, work[i::clients], warmup[i::clients]) for i in range(clients)])
     agree, found = True, 0
     for index, _, bodies, _ in gathered:
         for query, body in zip(work[index::clients], bodies, strict=True):

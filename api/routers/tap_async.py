@@ -11,7 +11,8 @@ POST ``ACTION=DELETE``) deletes it and its result and answers 303 to the caller'
 which holds only the caller's own jobs (filters ``PHASE``, ``AFTER``, ``LAST``).
 
 A job belongs to its caller (``user:NAME``, or ``anon:ADDRESS`` without a token): anyone else
-gets 404 for it. A queue holding ``tap_queue`` jobs refuses more with 503 and ``Retry-After``.
+gets 404 for it (the store's `NotFoundError`, answered by `api.errors`). A queue holding
+``tap_queue`` jobs refuses more with 503 and ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from api.routers.tap import (
     upload_limit,
     uploads_of,
 )
-from broker.exceptions import NotFoundError, TransientError
+from broker.exceptions import TransientError
 from broker.tap.adql import ADQLError
 from broker.tap.jobs import (
     ACTIVE,
@@ -124,10 +125,6 @@ def _base(request: Request) -> str:
 
 def _see(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
-
-
-def _not_found(job_id: str) -> Response:
-    return PlainTextResponse(f"no job {job_id}", status_code=404)
 
 
 def _busy(exc: BusyError) -> Response:
@@ -285,18 +282,13 @@ async def get_job(job_id: str, request: Request, caller: CallerDep, stores: Stor
                 await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.5)
                 job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
     except RefusedError as exc:
         return error_response(str(exc))
     return Response(_job_xml(job, _base(request)), media_type=XML)
 
 
 async def _delete(job_id: str, request: Request, caller: Caller, stores: LazyStores) -> Response:
-    try:
-        await run_in_threadpool(stores.tap_jobs.delete, job_id, caller.subject)
-    except NotFoundError:
-        return _not_found(job_id)
+    await run_in_threadpool(stores.tap_jobs.delete, job_id, caller.subject)
     forget(stores.settings.state_dir, job_id)
     # The list the answer points to holds only the caller's own jobs: never a long list of
     # everyone's (pyvo follows this redirect after every delete).
@@ -315,20 +307,14 @@ async def post_job(job_id: str, request: Request, caller: CallerDep,
     params = await read_params(request)
     if params.get("action", "").upper() == "DELETE":
         return await _delete(job_id, request, caller, stores)
-    try:
-        await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    await _job(stores, job_id, caller)
     return error_response("POST to a job takes ACTION=DELETE; its phase, parameters and times "
                           "have their own resources")
 
 
 @router.get("/{job_id}/phase", summary="The job's phase")
 async def get_phase(job_id: str, caller: CallerDep, stores: Stores) -> Response:
-    try:
-        job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    job = await _job(stores, job_id, caller)
     return PlainTextResponse(job.phase)
 
 
@@ -348,8 +334,6 @@ async def post_phase(job_id: str, request: Request, caller: CallerDep,
         else:
             await _job(stores, job_id, caller)
             raise RefusedError(f"PHASE must be RUN or ABORT, not {phase or 'missing'}")
-    except NotFoundError:
-        return _not_found(job_id)
     except BusyError as exc:
         return _busy(exc)
     except RefusedError as exc:
@@ -359,10 +343,7 @@ async def post_phase(job_id: str, request: Request, caller: CallerDep,
 
 @router.get("/{job_id}/executionduration", summary="The job's longest run, in seconds")
 async def get_duration(job_id: str, caller: CallerDep, stores: Stores) -> Response:
-    try:
-        job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    job = await _job(stores, job_id, caller)
     return PlainTextResponse(str(job.execution_duration))
 
 
@@ -376,8 +357,6 @@ async def post_duration(job_id: str, request: Request, caller: CallerDep,
         seconds = min(seconds, stores.settings.tap_async_seconds)
         await run_in_threadpool(lambda: stores.tap_jobs.set_times(
             job_id, caller.subject, execution_duration=seconds))
-    except NotFoundError:
-        return _not_found(job_id)
     except (RefusedError, PhaseError) as exc:
         return error_response(str(exc))
     return _see(f"{_base(request)}/{job_id}")
@@ -385,10 +364,7 @@ async def post_duration(job_id: str, request: Request, caller: CallerDep,
 
 @router.get("/{job_id}/destruction", summary="When the job is deleted")
 async def get_destruction(job_id: str, caller: CallerDep, stores: Stores) -> Response:
-    try:
-        job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    job = await _job(stores, job_id, caller)
     return PlainTextResponse(_time(job.destruction))
 
 
@@ -402,8 +378,6 @@ async def post_destruction(job_id: str, request: Request, caller: CallerDep,
         latest = job.created_at + timedelta(days=stores.settings.tap_retention_days)
         await run_in_threadpool(lambda: stores.tap_jobs.set_times(
             job_id, caller.subject, destruction=min(wanted, latest)))
-    except NotFoundError:
-        return _not_found(job_id)
     except RefusedError as exc:
         return error_response(str(exc))
     return _see(f"{_base(request)}/{job_id}")
@@ -411,10 +385,7 @@ async def post_destruction(job_id: str, request: Request, caller: CallerDep,
 
 @router.get("/{job_id}/error", summary="Why the job failed (an error VOTable)")
 async def get_error(job_id: str, caller: CallerDep, stores: Stores) -> Response:
-    try:
-        job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    job = await _job(stores, job_id, caller)
     if job.phase != "ERROR":
         return PlainTextResponse(f"job {job_id} is {job.phase}, not in error", status_code=404)
     return Response(error_document(job.error or "the query failed"),
@@ -423,28 +394,19 @@ async def get_error(job_id: str, caller: CallerDep, stores: Stores) -> Response:
 
 @router.get("/{job_id}/quote", summary="When the job is expected to end (not estimated)")
 async def get_quote(job_id: str, caller: CallerDep, stores: Stores) -> Response:
-    try:
-        await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    await _job(stores, job_id, caller)
     return PlainTextResponse("")
 
 
 @router.get("/{job_id}/owner", summary="The job's owner")
 async def get_owner(job_id: str, caller: CallerDep, stores: Stores) -> Response:
-    try:
-        job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    job = await _job(stores, job_id, caller)
     return PlainTextResponse(_owner_id(job.owner) or "")
 
 
 @router.get("/{job_id}/parameters", summary="The job's parameters")
 async def get_parameters(job_id: str, caller: CallerDep, stores: Stores) -> Response:
-    try:
-        job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    job = await _job(stores, job_id, caller)
     return Response(f'<?xml version="1.0" encoding="UTF-8"?>\n{_parameters(job)}'
                     .replace("<uws:parameters>", f"<uws:parameters {UWS}>", 1),
                     media_type=XML)
@@ -461,8 +423,6 @@ async def post_parameters(job_id: str, request: Request, caller: CallerDep,
             raise RefusedError("UPLOAD is given when the job is made")
         await run_in_threadpool(lambda: stores.tap_jobs.update(job_id, caller.subject,
                                                                **values))
-    except NotFoundError:
-        return _not_found(job_id)
     except (RefusedError, PhaseError) as exc:
         return error_response(str(exc))
     return _see(f"{_base(request)}/{job_id}")
@@ -471,10 +431,7 @@ async def post_parameters(job_id: str, request: Request, caller: CallerDep,
 @router.get("/{job_id}/results", summary="The job's results (one, id result)")
 async def get_results(job_id: str, request: Request, caller: CallerDep,
                       stores: Stores) -> Response:
-    try:
-        job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    job = await _job(stores, job_id, caller)
     body = _results(job, _base(request))
     return Response('<?xml version="1.0" encoding="UTF-8"?>\n'
                     + body.replace("<uws:results", f"<uws:results {UWS}", 1), media_type=XML)
@@ -482,10 +439,7 @@ async def get_results(job_id: str, request: Request, caller: CallerDep,
 
 @router.get("/{job_id}/results/result", summary="The job's result")
 async def get_result(job_id: str, caller: CallerDep, stores: Stores) -> Response:
-    try:
-        job = await _job(stores, job_id, caller)
-    except NotFoundError:
-        return _not_found(job_id)
+    job = await _job(stores, job_id, caller)
     path = results_dir(stores.settings.state_dir) / job_id
     if job.phase != "COMPLETED" or not path.exists():
         return PlainTextResponse(f"job {job_id} is {job.phase}: it has no result",
