@@ -66,6 +66,27 @@ def _records(rng: np.random.Generator) -> tuple[list[dict], dict[str, dict]]:
     return records, newest
 
 
+def _until_output(harness: ServicesHarness, process: subprocess.Popen,
+                  timeout_s: float = 120.0) -> None:
+    """Wait until the enrich process has written its first records (a loaded machine can take
+    longer than the kills' random delays to start one)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": harness.stack.kafka.bootstrap,
+                         "group.id": "lanner-test-watermarks"})
+    try:
+        partitions = consumer.list_topics(harness.enriched, timeout=10).topics[
+            harness.enriched].partitions
+        deadline = time.monotonic() + timeout_s
+        while not any(consumer.get_watermark_offsets(TopicPartition(harness.enriched, p),
+                                                     timeout=10)[1] > 0 for p in partitions):
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the enrich process wrote nothing in 2 minutes"
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
 def test_sigkill_at_random_moments_enriches_every_alert_once(stack, kafka_topics) -> None:
     harness = ServicesHarness(stack, kafka_topics)
     try:
@@ -82,9 +103,13 @@ def test_sigkill_at_random_moments_enriches_every_alert_once(stack, kafka_topics
 
         rng = random.Random(5)
         progress = []
-        for _ in range(KILLS):
+        for kill in range(KILLS):
             process = _enrich_process(harness)
-            time.sleep(rng.uniform(2.0, 5.0))
+            if kill == 0:  # mid-stream: once it has written, however long its start took
+                _until_output(harness, process)
+                time.sleep(rng.uniform(0.2, 1.0))
+            else:
+                time.sleep(rng.uniform(2.0, 5.0))
             assert process.poll() is None, process.stdout.read().decode()
             process.send_signal(signal.SIGKILL)
             process.wait(30)
