@@ -16,6 +16,7 @@ from broker.tap.adql import ADQLError, check
 from broker.tap.execute import Engine
 from broker.tap.tapschema import TapSchema
 from tests.support.alerts import produce_placed
+from tests.support.backends import plain_rows, separation_deg
 
 OBJECTS = 60
 CENTRE = (150.0, 10.0)
@@ -40,24 +41,6 @@ def archive(harness, tmp_path) -> Any:
     return Engine(tap, harness.catalog), harness
 
 
-def _plain(harness: Any, sql: str) -> list[dict[str, Any]]:
-    """Rows read from every shard by plain SQL, no rewriting."""
-    def work(cursor: Any) -> list[dict[str, Any]]:
-        cursor.execute(sql)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-    return [row for rows in harness.catalog.shards.all_shards(work, write=False).values()
-            for row in rows]
-
-
-def _distance(a1: float, d1: float, a2: float, d2: float) -> float:
-    r = math.radians
-    h = (math.sin((r(d2) - r(d1)) / 2) ** 2
-         + math.cos(r(d1)) * math.cos(r(d2)) * math.sin((r(a2) - r(a1)) / 2) ** 2)
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
-
-
 def _run(engine: Engine, text: str, maxrec: int = 10_000) -> Any:
     return engine.run(check(text, engine.tap), maxrec)
 
@@ -68,11 +51,11 @@ CONES = [(*CENTRE, 1.5), (0.4, 0.5, 1.5), (359.7, -0.5, 2.0)]
 
 def test_cones_return_what_a_scan_finds(archive) -> None:
     engine, harness = archive
-    objects = _plain(harness, "SELECT object_id, ra, `dec` FROM objects")
+    objects = plain_rows(harness, "SELECT object_id, ra, `dec` FROM objects")
     assert len(objects) == OBJECTS
     for ra0, dec0, radius in CONES:
         want = sorted(o["object_id"] for o in objects
-                      if _distance(o["ra"], o["dec"], ra0, dec0) <= radius)
+                      if separation_deg(o["ra"], o["dec"], ra0, dec0) <= radius)
         assert 0 < len(want) < OBJECTS
         text = ("SELECT object_id, ra, dec, DISTANCE(POINT('ICRS', ra, dec), "
                 f"POINT('ICRS', {ra0}, {dec0})) AS d FROM lanner.objects "
@@ -83,7 +66,7 @@ def test_cones_return_what_a_scan_finds(archive) -> None:
         assert sorted(r["object_id"] for r in got) == want, (ra0, dec0)
         assert [r["d"] for r in got] == sorted(r["d"] for r in got)
         for row in got:
-            assert row["d"] == pytest.approx(_distance(row["ra"], row["dec"], ra0, dec0),
+            assert row["d"] == pytest.approx(separation_deg(row["ra"], row["dec"], ra0, dec0),
                                              abs=1e-9)
         # The cone was narrowed to the chunks and HEALPix ranges that cover it.
         pruned, shards = engine._prune(check(text, engine.tap).tree.copy())
@@ -99,7 +82,7 @@ def test_cones_return_what_a_scan_finds(archive) -> None:
 
 def test_order_top_offset_and_maxrec_merge_across_shards(archive) -> None:
     engine, harness = archive
-    rows = _plain(harness, "SELECT source_id, object_id, mjd, band FROM alert_rows")
+    rows = plain_rows(harness, "SELECT source_id, object_id, mjd, band FROM alert_rows")
     by_time = sorted(rows, key=lambda r: (-r["mjd"], r["source_id"]))
     answer = _run(engine, "SELECT TOP 7 source_id, mjd FROM lanner.alert_rows "
                           "ORDER BY mjd DESC, source_id OFFSET 3")
@@ -140,7 +123,7 @@ def test_tap_schema_answers_and_what_is_not_there_yet(archive) -> None:
 
 def test_aggregates_merge_exactly_across_shards(archive) -> None:
     engine, harness = archive
-    rows = _plain(harness, "SELECT source_id, object_id, mjd, band, psf_flux FROM alert_rows")
+    rows = plain_rows(harness, "SELECT source_id, object_id, mjd, band, psf_flux FROM alert_rows")
     assert engine.shards.count > 1
     bands: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -187,7 +170,7 @@ def test_aggregates_merge_exactly_across_shards(archive) -> None:
 def test_annotations_are_read_on_shard_zero(archive) -> None:
     engine, harness = archive
     store = AnnotationStore(harness.catalog.shards)
-    objects = sorted(r["object_id"] for r in _plain(harness, "SELECT object_id FROM objects"))
+    objects = sorted(r["object_id"] for r in plain_rows(harness, "SELECT object_id FROM objects"))
     store.add(objects[0], "classifier", "SN Ia", 0.9)
     store.add(objects[0], "classifier", "SN II", 0.6)
     store.add(objects[1], "other", "AGN")
@@ -211,7 +194,7 @@ def test_a_query_past_its_time_limit_is_stopped_by_the_database(archive) -> None
                + " ".join(f"JOIN lanner.alert_rows AS {t} ON {t}.object_id = a.object_id"
                           for t in "bcdef")
                + " WHERE a.mjd + b.mjd + c.mjd + d.mjd + e.mjd + f.mjd < 0")
-    most = max(r["n"] for r in _plain(harness, "SELECT COUNT(*) AS n FROM alert_rows "
+    most = max(r["n"] for r in plain_rows(harness, "SELECT COUNT(*) AS n FROM alert_rows "
                                                "GROUP BY object_id"))
     assert most >= 20
     for text in (endless, "SELECT COUNT(*) AS n FROM TAP_SCHEMA.columns AS a, "
@@ -249,7 +232,7 @@ def sky(harness, tmp_path) -> Any:
     produce_placed(harness, places, first_id=920_000_000_000, seed=53)
     assert harness.ingest_once().archived == len(places)
     engine = Engine(TapSchema(tmp_path / "tap_schema.db"), harness.catalog)
-    objects = _plain(harness, "SELECT object_id, ra, `dec` FROM objects")
+    objects = plain_rows(harness, "SELECT object_id, ra, `dec` FROM objects")
     assert len(objects) == len(places)
     return engine, objects
 
@@ -339,7 +322,7 @@ def test_boxes_and_polygons_return_what_a_scan_finds(sky) -> None:
 
 def test_circles_intersect_and_contain_circles(sky) -> None:
     engine, objects = sky
-    far = {o["object_id"]: _distance(o["ra"], o["dec"], 359.0, 1.0) for o in objects}
+    far = {o["object_id"]: separation_deg(o["ra"], o["dec"], 359.0, 1.0) for o in objects}
     near = _run(engine, "SELECT object_id FROM lanner.objects WHERE 1 = INTERSECTS("
                         "CIRCLE('ICRS', 359.0, 1.0, 1.5), CIRCLE('ICRS', ra, dec, 0.5))")
     want = sorted(i for i, d in far.items() if d <= 2.0)
@@ -381,7 +364,7 @@ def test_area_centroid_and_coordsys_of_literal_regions(sky) -> None:
     assert (got["circle"], got["cap"], got["point"]) == (pytest.approx(cap),
                                                          pytest.approx(cap), 0)
     mean = (_vectors(ras[inside], decs[inside]) * weights[inside, None]).sum(axis=0)
-    assert _distance(got["a"], got["d"], math.degrees(math.atan2(mean[1], mean[0])) % 360.0,
+    assert separation_deg(got["a"], got["d"], math.degrees(math.atan2(mean[1], mean[0])) % 360.0,
                      math.degrees(math.asin(mean[2] / np.linalg.norm(mean)))) < 1e-3
     assert (got["box_d"], got["frame"]) == (0.5, "ICRS")
 
@@ -429,12 +412,12 @@ def _near(left: list[dict[str, Any]], right: list[dict[str, Any]], key: str,
           radius: float = RADIUS) -> list[tuple[Any, Any]]:
     """All pairs within the radius, brute force."""
     return sorted((a["object_id"], b[key]) for a in left for b in right
-                  if _distance(a["ra"], a["dec"], b["ra"], b["dec"]) <= radius)
+                  if separation_deg(a["ra"], a["dec"], b["ra"], b["dec"]) <= radius)
 
 
 def test_near_neighbour_joins_find_every_pair_once(pairs) -> None:
     engine, harness = pairs
-    objects = _plain(harness, "SELECT object_id, ra, `dec`, chunk_id FROM objects")
+    objects = plain_rows(harness, "SELECT object_id, ra, `dec`, chunk_id FROM objects")
     want = _near(objects, objects, "object_id")
     chunk = {o["object_id"]: o["chunk_id"] for o in objects}
     count = engine.shards.count
@@ -482,12 +465,12 @@ def test_near_neighbour_joins_find_every_pair_once(pairs) -> None:
 
 def test_objects_near_other_objects_alert_rows(pairs) -> None:
     engine, harness = pairs
-    objects = _plain(harness, "SELECT object_id, ra, `dec` FROM objects")
-    rows = _plain(harness, "SELECT source_id, object_id, ra, `dec` FROM alert_rows")
+    objects = plain_rows(harness, "SELECT object_id, ra, `dec` FROM objects")
+    rows = plain_rows(harness, "SELECT source_id, object_id, ra, `dec` FROM alert_rows")
     # Source ids repeat between the simulator's objects: a row is told apart by its object.
     want = sorted((o["object_id"], r["source_id"]) for o in objects for r in rows
                   if r["object_id"] != o["object_id"]
-                  and _distance(o["ra"], o["dec"], r["ra"], r["dec"]) <= RADIUS)
+                  and separation_deg(o["ra"], o["dec"], r["ra"], r["dec"]) <= RADIUS)
     assert want
     got = _run(engine, "SELECT o.object_id AS x, s.source_id AS y FROM lanner.objects AS o "
                        "JOIN lanner.alert_rows AS s ON DISTANCE(POINT('ICRS', o.ra, o.dec), "

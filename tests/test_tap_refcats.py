@@ -6,7 +6,6 @@ that read the replaced version is refused rather than answered from it."""
 
 from __future__ import annotations
 
-import math
 from functools import cache
 from typing import Any
 
@@ -24,7 +23,7 @@ from broker.tap.adql import ADQLError, check
 from broker.tap.execute import Engine
 from broker.tap.refcats import TapSource
 from tests.support.alerts import produce_placed
-from tests.support.backends import CHUNKER
+from tests.support.backends import CHUNKER, plain_rows, separation_deg
 from tests.support.catalogs import HIPPARCOS
 
 RADIUS = 30.0 / 3600.0
@@ -34,16 +33,9 @@ REGION_DEG = 2.5
 STEP_DEG = 25.0 / 3600.0
 
 
-def _distance(a1: float, d1: float, a2: float, d2: float) -> float:
-    r = math.radians
-    h = (math.sin((r(d2) - r(d1)) / 2) ** 2
-         + math.cos(r(d1)) * math.cos(r(d2)) * math.sin((r(a2) - r(a1)) / 2) ** 2)
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
-
-
 def _within(ra: np.ndarray, dec: np.ndarray, centre: tuple[float, float],
             radius: float) -> np.ndarray:
-    return np.array([_distance(a, d, *centre) <= radius for a, d in zip(ra, dec, strict=True)])
+    return np.array([separation_deg(a, d, *centre) <= radius for a, d in zip(ra, dec, strict=True)])
 
 
 @cache
@@ -108,21 +100,11 @@ def sky(harness, tmp_path) -> Any:
         source.close()
 
 
-def _plain(harness: Any, sql: str) -> list[dict[str, Any]]:
-    def work(cursor: Any) -> list[dict[str, Any]]:
-        cursor.execute(sql)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-    return [row for rows in harness.catalog.shards.all_shards(work, write=False).values()
-            for row in rows]
-
-
 def _stored(harness: Any) -> list[dict[str, Any]]:
     """The catalog's rows as stored, read plainly from its current version's table."""
     [entry] = [e for e in harness.refcats.list() if e["name"] == "hipparcos"]
     table = table_names("hipparcos", entry["version"])[0]
-    return _plain(harness, f"SELECT id, ra, `dec`, chunk_id, hpmag FROM {table}")
+    return plain_rows(harness, f"SELECT id, ra, `dec`, chunk_id, hpmag FROM {table}")
 
 
 def _run(engine: Engine, text: str, maxrec: int = 100_000) -> list[dict[str, Any]]:
@@ -169,7 +151,7 @@ def test_a_cone_on_a_catalog_equals_a_scan(sky) -> None:
     assert len(stored) == stars.num_rows
     for ra0, dec0 in CENTRES:
         want = sorted(s["id"] for s in stored
-                      if _distance(s["ra"], s["dec"], ra0, dec0) <= 1.5)
+                      if separation_deg(s["ra"], s["dec"], ra0, dec0) <= 1.5)
         assert 0 < len(want) < len(stored)
         text = (f"SELECT id, ra, dec, hpmag FROM refcat.hipparcos WHERE 1 = CONTAINS("
                 f"POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra0}, {dec0}, 1.5)) ORDER BY id")
@@ -198,10 +180,10 @@ def test_a_cone_on_a_catalog_equals_a_scan(sky) -> None:
 def test_objects_cross_matched_with_a_catalog_equal_all_pairs(sky) -> None:
     source, harness, _ = sky
     engine = source.engine()
-    objects = _plain(harness, "SELECT object_id, ra, `dec`, chunk_id FROM objects")
+    objects = plain_rows(harness, "SELECT object_id, ra, `dec`, chunk_id FROM objects")
     stored = _stored(harness)
     want = sorted((o["object_id"], s["id"]) for o in objects for s in stored
-                  if _distance(o["ra"], o["dec"], s["ra"], s["dec"]) <= RADIUS)
+                  if separation_deg(o["ra"], o["dec"], s["ra"], s["dec"]) <= RADIUS)
     assert len(want) >= 25
     chunk = {o["object_id"]: o["chunk_id"] for o in objects}
     star_chunk = {s["id"]: s["chunk_id"] for s in stored}
@@ -232,7 +214,7 @@ def test_objects_cross_matched_with_a_catalog_equal_all_pairs(sky) -> None:
     for r in rows:
         star = by_id[r["y"]]
         assert r["sep"] == pytest.approx(
-            _distance(*position[r["x"]], star["ra"], star["dec"]) * 3600, abs=1e-6)
+            separation_deg(*position[r["x"]], star["ra"], star["dec"]) * 3600, abs=1e-6)
         assert r["mag"] == pytest.approx(star["hpmag"])
     # Objects with no star near are kept by a LEFT JOIN; a region on the objects narrows.
     left = _run(engine, "SELECT o.object_id AS x, s.id AS y FROM lanner.objects AS o LEFT "
@@ -243,7 +225,7 @@ def test_objects_cross_matched_with_a_catalog_equal_all_pairs(sky) -> None:
         want + [(o, 0) for o in alone])
     ra0, dec0 = CENTRES[1]
     inside = {o["object_id"] for o in objects
-              if _distance(o["ra"], o["dec"], ra0, dec0) <= REGION_DEG}
+              if separation_deg(o["ra"], o["dec"], ra0, dec0) <= REGION_DEG}
     assert inside
     narrowed = _run(engine, "SELECT o.object_id AS x, s.id AS y FROM lanner.objects AS o JOIN "
                             f"refcat.hipparcos AS s ON 1 = CONTAINS({point}, {circle}) WHERE "

@@ -20,6 +20,7 @@ from broker.data import CATALOGS
 from broker.domain.context import offset_by
 from broker.domain.sky import angular_separation_deg
 from tests.support.alerts import produce_placed, scattered
+from tests.support.backends import object_ids
 from tests.support.catalogs import HIPPARCOS
 from tests.support.server import served
 
@@ -36,15 +37,6 @@ def tap(harness, tmp_path) -> Any:
         yield client, app, harness
 
 
-def _object_ids(harness: Any) -> list[str]:
-    def work(cursor: Any) -> list[str]:
-        cursor.execute("SELECT object_id FROM objects")
-        return [row[0] for row in cursor.fetchall()]
-
-    return sorted(o for ids in harness.catalog.shards.all_shards(work, write=False).values()
-                  for o in ids)
-
-
 def _status(document: bytes) -> list[str]:
     votable = parse(io.BytesIO(document))
     return [i.value for r in votable.resources for i in r.infos if i.name == "QUERY_STATUS"]
@@ -52,7 +44,7 @@ def _status(document: bytes) -> list[str]:
 
 def test_sync_answers_in_every_format(tap) -> None:
     client, _, harness = tap
-    want = _object_ids(harness)
+    want = object_ids(harness)
     query = "SELECT object_id, ra, dec FROM lanner.objects ORDER BY object_id"
     binary = client.get("/tap/sync", params={"LANG": "ADQL", "QUERY": query})
     assert binary.status_code == 200, binary.text
@@ -127,7 +119,7 @@ def test_pyvo_reads_the_service(tap) -> None:
         service = pyvo.dal.TAPService(f"{url}/tap")
         result = service.run_sync("SELECT TOP 5 object_id, ra FROM lanner.objects "
                                   "ORDER BY object_id")
-        assert [str(o) for o in result.to_table()["object_id"]] == _object_ids(harness)[:5]
+        assert [str(o) for o in result.to_table()["object_id"]] == object_ids(harness)[:5]
         schema = service.run_sync("SELECT table_name FROM TAP_SCHEMA.tables").to_table()
         assert "lanner.objects" in {str(n) for n in schema["table_name"]}
         with pytest.raises(pyvo.dal.DALQueryError, match="unknown column"):

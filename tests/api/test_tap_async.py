@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from tests.api.conftest import users_with_tokens
 from tests.support.alerts import produce_placed, scattered
+from tests.support.backends import object_ids
 from tests.support.server import served
 
 OBJECTS = 20
@@ -35,15 +36,6 @@ def _factory(harness: Any, tmp_path: Any, **settings: Any) -> Any:
     factory.settings = factory.settings.model_copy(
         update={"state_dir": tmp_path / "state", **settings})
     return factory
-
-
-def _object_ids(harness: Any) -> list[str]:
-    def work(cursor: Any) -> list[str]:
-        cursor.execute("SELECT object_id FROM objects")
-        return [row[0] for row in cursor.fetchall()]
-
-    return sorted(o for ids in harness.catalog.shards.all_shards(work, write=False).values()
-                  for o in ids)
 
 
 def _job(client: TestClient, url: str, headers: dict[str, str] | None = None,
@@ -76,7 +68,7 @@ def test_a_job_runs_and_its_result_equals_the_answer(archive, tmp_path) -> None:
         body = client.get(href)
         assert body.headers["content-type"].startswith("application/x-votable+xml")
         table = parse_single_table(io.BytesIO(body.content)).to_table()
-        assert list(table["object_id"]) == _object_ids(archive)
+        assert list(table["object_id"]) == object_ids(archive)
         parameters = {p.get("id"): p.text for p in job.iterfind("uws:parameters/uws:parameter",
                                                                   NS)}
         assert parameters["QUERY"] == QUERY
@@ -134,7 +126,7 @@ def test_pending_jobs_take_parameters_then_run(archive, tmp_path) -> None:
         lines = result.text.splitlines()
         assert len(lines) == 6
         assert lines[0] == '"object_id","ra","dec"'
-        assert [line.split(",")[0].strip('"') for line in lines[1:]] == _object_ids(archive)[:5]
+        assert [line.split(",")[0].strip('"') for line in lines[1:]] == object_ids(archive)[:5]
         # A job that has left PENDING takes no more parameters.
         late = client.post(f"{url}/parameters", data={"QUERY": "SELECT 1"})
         assert late.status_code == 400
@@ -228,13 +220,13 @@ def test_pyvo_runs_asynchronous_queries(archive, tmp_path) -> None:
     with TestClient(app), served(app) as url:
         service = pyvo.dal.TAPService(f"{url}/tap")
         table = service.run_async(QUERY, maxrec=8).to_table()
-        assert [str(o) for o in table["object_id"]] == _object_ids(archive)[:8]
+        assert [str(o) for o in table["object_id"]] == object_ids(archive)[:8]
         job = service.submit_job("SELECT TOP 3 object_id FROM lanner.objects ORDER BY object_id")
         job.run()
         job.wait(timeout=60)
         assert job.phase == "COMPLETED"
         assert [str(o) for o in job.fetch_result().to_table()["object_id"]] == \
-            _object_ids(archive)[:3]
+            object_ids(archive)[:3]
         job.delete()
         with pytest.raises(pyvo.dal.DALQueryError, match="nosuch"):
             service.run_async("SELECT nosuch FROM lanner.objects")

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from broker.storage.dialect import q
 from tests.support.alerts import produce_placed
+from tests.support.backends import plain_rows, separation_deg
 from tests.support.server import served
 
 RADIUS_ARCSEC = 2.0
@@ -40,21 +41,9 @@ def service(harness, tmp_path) -> Any:
         yield client, app, harness
 
 
-def _objects(harness: Any) -> list[dict[str, Any]]:
-    def work(cursor: Any) -> list[dict[str, Any]]:
-        cursor.execute(f"SELECT object_id, ra, {q('dec')} FROM objects")
-        return [{"object_id": r[0], "ra": float(r[1]), "dec": float(r[2])}
-                for r in cursor.fetchall()]
-
-    return [o for rows in harness.catalog.shards.all_shards(work, write=False).values()
-            for o in rows]
-
-
-def _distance(a1: float, d1: float, a2: float, d2: float) -> float:
-    r = math.radians
-    h = (math.sin((r(d2) - r(d1)) / 2) ** 2
-         + math.cos(r(d1)) * math.cos(r(d2)) * math.sin((r(a2) - r(a1)) / 2) ** 2)
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
+def _objects_of(harness: Any) -> list[dict[str, Any]]:
+    return [{"object_id": r["object_id"], "ra": float(r["ra"]), "dec": float(r["dec"])}
+            for r in plain_rows(harness, f"SELECT object_id, ra, {q('dec')} FROM objects")]
 
 
 def _list(objects: list[dict[str, Any]]) -> Table:
@@ -100,12 +89,12 @@ CROSSMATCH = ("SELECT u.name, o.object_id, DISTANCE(POINT('ICRS', u.ra, u.dec), 
 
 def test_a_crossmatch_finds_the_pairs_a_brute_force_finds(service) -> None:
     client, _, harness = service
-    objects = _objects(harness)
+    objects = _objects_of(harness)
     mine = _list(objects)
     want = sorted((str(n), o["object_id"]) for n, a, d in zip(mine["name"], mine["ra"],
                                                               mine["dec"], strict=True)
                   for o in objects
-                  if _distance(a, d, o["ra"], o["dec"]) <= RADIUS_ARCSEC / 3600.0)
+                  if separation_deg(a, d, o["ra"], o["dec"]) <= RADIUS_ARCSEC / 3600.0)
     assert len(want) >= 40
     for query in (CROSSMATCH, CROSSMATCH.replace(
             "JOIN lanner.objects AS o ON 1 = CONTAINS(POINT('ICRS', o.ra, o.dec), "
@@ -127,7 +116,7 @@ def test_a_crossmatch_finds_the_pairs_a_brute_force_finds(service) -> None:
 
 def test_uploads_joined_on_ids_read_alone_and_refused(service) -> None:
     client, _, harness = service
-    objects = _objects(harness)
+    objects = _objects_of(harness)
     ids = Table({"oid": [o["object_id"] for o in objects[:7]] + ["nosuch"],
                  "weight": np.arange(8, dtype=np.int32)})
     body = _votable(ids)
@@ -167,7 +156,7 @@ def test_uploads_joined_on_ids_read_alone_and_refused(service) -> None:
 
 def test_async_jobs_and_pyvo_upload(service) -> None:
     client, app, harness = service
-    objects = _objects(harness)
+    objects = _objects_of(harness)
     mine = _list(objects)
     made = client.post("/tap/async", data={"LANG": "ADQL", "QUERY": CROSSMATCH,
                                            "UPLOAD": "mine,param:list", "PHASE": "RUN"},

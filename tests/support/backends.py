@@ -9,6 +9,7 @@ on the real services started for the session.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import uuid
 from pathlib import Path
@@ -354,3 +355,29 @@ def committed_offsets(bootstrap: str, group: str, topic: str
     finally:
         consumer.close()
     return {tp.partition: tp.offset for tp in committed}, ends
+
+
+def plain_rows(harness: Harness, sql: str) -> list[dict[str, Any]]:
+    """The rows of ``sql`` read plainly on every shard of the harness's catalog, as dicts:
+    what the TAP tests compare the engine's answers with."""
+    def work(cursor: Any) -> list[dict[str, Any]]:
+        cursor.execute(sql)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    return [row for rows in harness.catalog.shards.all_shards(work, write=False).values()
+            for row in rows]
+
+
+def object_ids(harness: Harness) -> list[str]:
+    """Every archived object's id, sorted."""
+    return sorted(r["object_id"] for r in plain_rows(harness, "SELECT object_id FROM objects"))
+
+
+def separation_deg(a1: float, d1: float, a2: float, d2: float) -> float:
+    """The angle between two positions in degrees, by the haversine formula, in plain Python:
+    the brute force the TAP tests hold the engine's geometry to."""
+    r = math.radians
+    h = (math.sin((r(d2) - r(d1)) / 2) ** 2
+         + math.cos(r(d1)) * math.cos(r(d2)) * math.sin((r(a2) - r(a1)) / 2) ** 2)
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
