@@ -298,24 +298,32 @@ class TapJobStore(Shard0Tables):
 
     def claim(self, per_owner: int) -> TapJob | None:
         """The oldest queued job whose owner has fewer than ``per_owner`` executing, now
-        EXECUTING (None if there is none); one claimant wins."""
-        def work(cursor: Any) -> str | None:
+        EXECUTING (None if there is none); one claimant wins. The look is a plain read: an
+        idle runner writes nothing (shard 0 is a SQLite file in the embedded mode)."""
+        def look(cursor: Any) -> tuple | None:
             cursor.execute(
-                "SELECT q.job_id FROM tap_jobs q WHERE q.phase = 'QUEUED' AND "
+                "SELECT q.job_id, q.owner FROM tap_jobs q WHERE q.phase = 'QUEUED' AND "
                 "(SELECT COUNT(*) FROM tap_jobs e WHERE e.owner = q.owner "
                 "AND e.phase = 'EXECUTING') < %s ORDER BY q.created_at, q.job_id LIMIT 1",
                 [per_owner])
-            row = cursor.fetchone()
-            if row is None:
-                return None
+            return cursor.fetchone()
+
+        found = self._run(look, write=False)
+        if found is None:
+            return None
+
+        def take(cursor: Any) -> bool:
+            cursor.execute("SELECT COUNT(*) FROM tap_jobs WHERE owner = %s AND "
+                           "phase = 'EXECUTING'", [found[1]])
+            if int(cursor.fetchone()[0]) >= per_owner:
+                return False  # another runner took one of the owner's meanwhile
             now = self._now()
             cursor.execute("UPDATE tap_jobs SET phase = 'EXECUTING', started_at = %s, "
                            "heartbeat_at = %s WHERE job_id = %s AND phase = 'QUEUED'",
-                           [now, now, row[0]])
-            return str(row[0]) if cursor.rowcount == 1 else None
+                           [now, now, found[0]])
+            return cursor.rowcount == 1
 
-        job_id = self._run(work)
-        return None if job_id is None else self.get(job_id, None)
+        return self.get(str(found[0]), None) if self._run(take) else None
 
     def heartbeat(self, job_ids: Sequence[str]) -> None:
         if job_ids:
@@ -326,6 +334,14 @@ class TapJobStore(Shard0Tables):
     def requeue_stale(self, stale_s: float = STALE_S) -> int:
         """Queue again the executing jobs whose process went quiet; how many."""
         before = self.dialect.time_value(self.clock() - timedelta(seconds=stale_s))
+
+        def look(cursor: Any) -> int:
+            cursor.execute("SELECT COUNT(*) FROM tap_jobs WHERE phase = 'EXECUTING' AND "
+                           "heartbeat_at < %s", [before])
+            return int(cursor.fetchone()[0])
+
+        if not self._run(look, write=False):
+            return 0
 
         def work(cursor: Any) -> int:
             cursor.execute("UPDATE tap_jobs SET phase = 'QUEUED', started_at = NULL WHERE "
