@@ -18,6 +18,11 @@ rewritten into its terms (`broker.tap.functions.rewrite`, with the math of regio
 MAXREC: each database returns at most MAXREC + 1 rows (and OFFSET + TOP when smaller); more
 than MAXREC rows merged means overflow: the first MAXREC are returned and the answer says
 ``OVERFLOW``.
+
+Why one file of about 500 lines: `Engine` is one plan of a query over the shards (where it
+runs, the temporary tables it needs, how the answers merge); the parts that stand alone are
+already modules of their own (`aggregate`, `functions`, `geometry`, `neighbours`,
+`uploaded`, `refcats`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ from the start (a query writes nothing, so running it twice is harmless). Abort 
 marks the job ABORTED (or removes it) at once; a query already running goes on until it ends
 or reaches its time limit (``executionDuration``, enforced by each database), and its result
 is then thrown away. Jobs past their destruction time are deleted with their files.
+
+Why one file of about 500 lines: the store (`TapJobStore`), the files a job keeps and the
+runner (`TapRunner`) are one protocol: the phases the store's conditional updates allow are
+the runner's whole contract, and reading them apart would hide it.
 """
 
 from __future__ import annotations
